@@ -1,0 +1,12 @@
+//! Types and helpers every Quilt Mesh component shares.
+//!
+//! - [`cluster`]: the cluster's address plan (cluster CIDR, node prefix length) and the
+//!   checks that a node subnet belongs to it.
+//! - [`logging`]: the one way binaries install a `tracing` subscriber.
+//! - [`shutdown`]: a future that completes on SIGTERM or SIGINT.
+
+pub mod cluster;
+pub mod logging;
+pub mod shutdown;
+
+pub use cluster::{ClusterError, ClusterNetwork};
