@@ -1,0 +1,377 @@
+//! The real [`Kernel`]: rtnetlink for links and routes, [`NexthopSocket`] for the
+//! nexthop objects that gateway routes point at.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+use tokio::task::JoinHandle;
+
+use crate::nexthop::{self, Mode, Nexthop, NexthopSocket};
+use crate::{Kernel, KernelError, Link, Route};
+
+const ENODEV: i32 = 19;
+const ESRCH: i32 = 3;
+const EEXIST: i32 = 17;
+const ENETUNREACH: i32 = 101;
+
+/// A connection to the kernel of the network namespace it was opened in.
+pub struct NetlinkKernel {
+    handle: Handle,
+    nexthops: NexthopSocket,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for NetlinkKernel {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl NetlinkKernel {
+    /// Opens netlink sockets in the calling thread's network namespace. Needs a tokio
+    /// runtime: the rtnetlink connection runs as a task owned by the returned value.
+    pub fn open() -> Result<Self, KernelError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| KernelError::io("open netlink socket", e))?;
+        let connection = tokio::spawn(connection);
+        let nexthops = NexthopSocket::open()?;
+        Ok(Self {
+            handle,
+            nexthops,
+            connection,
+        })
+    }
+
+    /// The rtnetlink handle, for operations this crate does not wrap yet.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    async fn link_by_index(&self, index: u32) -> Result<Option<Link>, KernelError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(message) => Ok(message.map(link_from_message)),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(KernelError::from_rtnetlink(format!("get link {index}"), e)),
+        }
+    }
+
+    async fn link_names(&self) -> Result<HashMap<u32, String>, KernelError> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| KernelError::from_rtnetlink("list links", e))?;
+        Ok(links
+            .into_iter()
+            .map(link_from_message)
+            .map(|l| (l.index, l.name))
+            .collect())
+    }
+
+    async fn require_link(&self, name: &str) -> Result<Link, KernelError> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| KernelError::NoSuchLink(name.to_string()))
+    }
+
+    /// Makes sure our nexthop for `gateway` on `oif` exists, without touching a nexthop
+    /// of the same id that someone else made.
+    fn ensure_nexthop(&self, gateway: Ipv4Addr, oif: u32, protocol: u8) -> Result<u32, KernelError> {
+        let wanted = Nexthop {
+            id: nexthop::id_for_gateway(gateway),
+            gateway,
+            oif,
+            protocol,
+        };
+        match self.nexthops.create(&wanted, Mode::Exclusive) {
+            Ok(()) => Ok(wanted.id),
+            Err(e) if NexthopSocket::is_exists(&e) => match self.nexthops.get(wanted.id)? {
+                Some(existing) if existing.protocol != protocol => Err(KernelError::ForeignNexthop {
+                    id: wanted.id,
+                    gateway,
+                    protocol: existing.protocol,
+                }),
+                Some(existing) if existing == wanted => Ok(wanted.id),
+                _ => self.nexthops.create(&wanted, Mode::Replace).map(|()| wanted.id),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes our nexthop `id` when nothing needs it any more.
+    fn release_nexthop(&self, id: u32, protocol: u8) {
+        match self.nexthops.get(id) {
+            Ok(Some(nh)) if nh.protocol == protocol => {
+                if let Err(e) = self.nexthops.delete(id) {
+                    tracing::warn!(nexthop = id, error = %e, "could not delete unused nexthop");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(nexthop = id, error = %e, "could not look up nexthop"),
+        }
+    }
+
+    async fn route_message(&self, route: &Route) -> Result<(RouteMessage, Option<u32>), KernelError> {
+        let link = self.require_link(&route.interface).await?;
+        let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(route.destination.network(), route.destination.prefix_len())
+            .protocol(RouteProtocol::from(route.protocol))
+            .table_id(u32::from(RouteHeader::RT_TABLE_MAIN));
+        match route.gateway {
+            Some(gateway) => {
+                let id = self.ensure_nexthop(gateway, link.index, route.protocol)?;
+                Ok((builder.scope(RouteScope::Universe).nhid(id).build(), Some(id)))
+            }
+            None => Ok((
+                builder
+                    .scope(RouteScope::Link)
+                    .output_interface(link.index)
+                    .build(),
+                None,
+            )),
+        }
+    }
+
+    async fn resolve(&self, message: RouteMessage, names: &HashMap<u32, String>) -> Result<Option<Route>, KernelError> {
+        let Some(mut parsed) = ParsedRoute::from_message(&message) else {
+            return Ok(None);
+        };
+        if let Some(id) = parsed.nhid
+            && (parsed.gateway.is_none() || parsed.oif.is_none())
+            && let Some(nh) = self.nexthops.get(id)?
+        {
+            parsed.gateway = Some(nh.gateway).filter(|g| !g.is_unspecified());
+            parsed.oif = Some(nh.oif);
+        }
+        let interface = parsed
+            .oif
+            .and_then(|i| names.get(&i).cloned())
+            .unwrap_or_default();
+        Ok(Some(Route {
+            destination: parsed.destination,
+            interface,
+            gateway: parsed.gateway,
+            protocol: parsed.protocol,
+        }))
+    }
+}
+
+impl Kernel for NetlinkKernel {
+    async fn link(&self, name: &str) -> Result<Option<Link>, KernelError> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(message) => Ok(message.map(link_from_message)),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(KernelError::from_rtnetlink(format!("get link {name}"), e)),
+        }
+    }
+
+    async fn routes(&self, protocol: u8) -> Result<Vec<Route>, KernelError> {
+        let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let messages: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(request)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| KernelError::from_rtnetlink("list routes", e))?;
+        let names = self.link_names().await?;
+        let mut routes = Vec::new();
+        for message in messages {
+            if u8::from(message.header.protocol) != protocol || table_of(&message) != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                continue;
+            }
+            if let Some(route) = self.resolve(message, &names).await? {
+                routes.push(route);
+            }
+        }
+        Ok(routes)
+    }
+
+    async fn route(&self, destination: Ipv4Net) -> Result<Option<Route>, KernelError> {
+        // A `fibmatch` lookup answers the table entry that matches the destination's
+        // network address: one round trip instead of a dump of the whole table.
+        let mut message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), 32)
+            .build();
+        message.header.flags = RouteFlags::FibMatch;
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
+        request.header.flags = NLM_F_REQUEST;
+        let mut handle = self.handle.clone();
+        let mut replies = handle
+            .request(request)
+            .map_err(|e| KernelError::from_rtnetlink(format!("look up route {destination}"), e))?;
+        let mut found = None;
+        while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+            match reply.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(m)) => found = Some(m),
+                NetlinkPayload::Error(e) => {
+                    let errno = e.code.map(|c| -c.get()).unwrap_or(0);
+                    if errno == ENETUNREACH || errno == ESRCH {
+                        return Ok(None);
+                    }
+                    return Err(KernelError::from_errno(format!("look up route {destination}"), errno));
+                }
+                _ => {}
+            }
+        }
+        let Some(message) = found else { return Ok(None) };
+        if message.header.destination_prefix_length != destination.prefix_len()
+            || table_of(&message) != u32::from(RouteHeader::RT_TABLE_MAIN)
+        {
+            return Ok(None);
+        }
+        let names = match ParsedRoute::from_message(&message).and_then(|p| p.oif) {
+            Some(index) => self
+                .link_by_index(index)
+                .await?
+                .map(|l| HashMap::from([(l.index, l.name)]))
+                .unwrap_or_default(),
+            None => HashMap::new(),
+        };
+        let route = self.resolve(message, &names).await?;
+        Ok(route.filter(|r| r.destination == destination))
+    }
+
+    async fn add_route(&self, route: &Route) -> Result<(), KernelError> {
+        let (message, nexthop_id) = self.route_message(route).await?;
+        match self.handle.route().add(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let errno = errno_of(&e);
+                if errno == Some(EEXIST) {
+                    let existing = self.route(route.destination).await?;
+                    return Err(KernelError::RouteExists {
+                        destination: route.destination,
+                        protocol: existing.map(|r| r.protocol).unwrap_or(0),
+                    });
+                }
+                if let Some(id) = nexthop_id {
+                    self.release_nexthop(id, route.protocol);
+                }
+                Err(KernelError::from_rtnetlink(format!("add route {route}"), e))
+            }
+        }
+    }
+
+    async fn replace_route(&self, route: &Route) -> Result<(), KernelError> {
+        let previous = self.route(route.destination).await?;
+        let (message, _) = self.route_message(route).await?;
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| KernelError::from_rtnetlink(format!("replace route {route}"), e))?;
+        if let Some(old_gateway) = previous.and_then(|p| p.gateway)
+            && Some(old_gateway) != route.gateway
+        {
+            self.release_nexthop(nexthop::id_for_gateway(old_gateway), route.protocol);
+        }
+        Ok(())
+    }
+
+    async fn delete_route(&self, destination: Ipv4Net, protocol: u8) -> Result<bool, KernelError> {
+        let existing = self.route(destination).await?;
+        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .protocol(RouteProtocol::from(protocol))
+            .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
+            .scope(RouteScope::NoWhere)
+            .build();
+        match self.handle.route().del(message).execute().await {
+            Ok(()) => {
+                if let Some(gateway) = existing.filter(|r| r.protocol == protocol).and_then(|r| r.gateway) {
+                    self.release_nexthop(nexthop::id_for_gateway(gateway), protocol);
+                }
+                Ok(true)
+            }
+            Err(e) if errno_of(&e) == Some(ESRCH) => Ok(false),
+            Err(e) => Err(KernelError::from_rtnetlink(format!("delete route {destination}"), e)),
+        }
+    }
+}
+
+/// The fields of a route message the mesh cares about.
+struct ParsedRoute {
+    destination: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    oif: Option<u32>,
+    nhid: Option<u32>,
+    protocol: u8,
+}
+
+impl ParsedRoute {
+    fn from_message(message: &RouteMessage) -> Option<Self> {
+        let mut destination = Ipv4Addr::UNSPECIFIED;
+        let (mut gateway, mut oif, mut nhid) = (None, None, None);
+        for attribute in &message.attributes {
+            match attribute {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => destination = *a,
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::NhId(i) => nhid = Some(*i),
+                _ => {}
+            }
+        }
+        let destination = Ipv4Net::new(destination, message.header.destination_prefix_length).ok()?;
+        Some(Self {
+            destination,
+            gateway,
+            oif,
+            nhid,
+            protocol: u8::from(message.header.protocol),
+        })
+    }
+}
+
+fn table_of(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table))
+}
+
+fn link_from_message(message: LinkMessage) -> Link {
+    let mut link = Link {
+        index: message.header.index,
+        name: String::new(),
+        mtu: 0,
+        mac: None,
+    };
+    for attribute in message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            _ => {}
+        }
+    }
+    link
+}
+
+pub(crate) fn errno_of(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
+        _ => None,
+    }
+}

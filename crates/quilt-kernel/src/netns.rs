@@ -1,0 +1,161 @@
+//! Running code inside a named network namespace (`/run/netns/NAME`, as `ip netns` makes
+//! them). `setns` changes only the calling thread, so the code runs on a thread of its
+//! own that ends with it; the caller's thread never changes namespace.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use nix::sched::{CloneFlags, setns};
+
+use crate::KernelError;
+
+/// Where `ip netns` keeps the namespace called `name`.
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(name)
+}
+
+/// Runs `f` on a new thread that has entered network namespace `name`, and returns its
+/// result. Sockets `f` opens (netlink, TCP) belong to that namespace for their lifetime.
+pub fn run_in<T, F>(name: &str, f: F) -> Result<T, KernelError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let netns_path = path(name);
+    let file = File::open(&netns_path).map_err(|e| KernelError::Netns {
+        name: name.to_string(),
+        message: format!("cannot open {}: {e}", netns_path.display()),
+    })?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| KernelError::Netns {
+                    name: name.to_string(),
+                    message: format!("setns failed: {e}"),
+                })?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| KernelError::Netns {
+                name: name.to_string(),
+                message: "the thread running inside the namespace panicked".to_string(),
+            })?
+    })
+}
+
+/// A network namespace this process created (with `ip netns add`) and deletes when
+/// dropped, after killing whatever still runs inside it. Tests and the lab build every
+/// host and container from these, so nothing lands in the machine's own namespace.
+#[derive(Debug)]
+pub struct OwnedNetns {
+    name: String,
+}
+
+impl OwnedNetns {
+    /// Creates namespace `name` with its loopback up; fails if it already exists.
+    pub fn create(name: &str) -> Result<Self, KernelError> {
+        if path(name).exists() {
+            return Err(KernelError::Netns {
+                name: name.to_string(),
+                message: "already exists".to_string(),
+            });
+        }
+        ip(&["netns", "add", name]).map_err(|message| KernelError::Netns {
+            name: name.to_string(),
+            message,
+        })?;
+        let owned = Self {
+            name: name.to_string(),
+        };
+        owned.ip(&["link", "set", "lo", "up"])?;
+        Ok(owned)
+    }
+
+    /// Takes over an existing namespace (for example one a crashed lab left behind),
+    /// so that dropping the value deletes it.
+    pub fn adopt(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip ARGS` inside the namespace; the error carries ip's own message.
+    pub fn ip(&self, args: &[&str]) -> Result<String, KernelError> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full).map_err(|message| KernelError::Other {
+            operation: format!("ip {}", full.join(" ")),
+            message,
+        })
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    /// Kills every process running inside the namespace.
+    pub fn kill_all(&self) {
+        if let Ok(pids) = ip(&["netns", "pids", &self.name]) {
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for OwnedNetns {
+    fn drop(&mut self) {
+        self.kill_all();
+        if let Err(message) = ip(&["netns", "delete", &self.name]) {
+            tracing::warn!(netns = %self.name, %message, "could not delete network namespace");
+        }
+    }
+}
+
+/// A namespace name no other test or process of this machine uses: `prefix-PID-N`.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether this process may create network namespaces. When it may not, the answer is
+/// `false` and a note is printed, unless `QUILT_REQUIRE_NETNS=1` (as CI sets it), in
+/// which case this panics so a privileged test can never pass by skipping.
+pub fn privileged_or_skip(test: &str) -> bool {
+    let probe = unique_name("quilt-probe");
+    let ok = ip(&["netns", "add", &probe]).is_ok();
+    if ok {
+        let _ = ip(&["netns", "delete", &probe]);
+        return true;
+    }
+    if std::env::var("QUILT_REQUIRE_NETNS").as_deref() == Ok("1") {
+        panic!("{test}: cannot create a network namespace (root and iproute2 are needed) and QUILT_REQUIRE_NETNS=1");
+    }
+    eprintln!("skipping {test}: cannot create network namespaces (needs root and iproute2)");
+    false
+}
+
+/// Runs `ip ARGS`; on failure answers ip's stderr.
+fn ip(args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}

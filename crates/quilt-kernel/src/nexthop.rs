@@ -1,0 +1,258 @@
+//! Kernel nexthop objects (`ip nexthop`), which rtnetlink does not cover: a small
+//! synchronous netlink client for RTM_NEWNEXTHOP, RTM_GETNEXTHOP and RTM_DELNEXTHOP.
+//!
+//! Why: routes that each carry their own `via X onlink` gateway slow down quadratically
+//! in the kernel past a few thousand (the fib info hash ignores the gateway); routes that
+//! point at nexthop objects (`nhid N`) stay linear. `ip route show` still prints each
+//! route with its gateway and device.
+
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::KernelError;
+
+const RTM_NEWNEXTHOP: u16 = 104;
+const RTM_DELNEXTHOP: u16 = 105;
+const RTM_GETNEXTHOP: u16 = 106;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+
+const NHA_ID: u16 = 1;
+const NHA_OIF: u16 = 5;
+const NHA_GATEWAY: u16 = 6;
+
+const AF_INET: u8 = 2;
+const RTNH_F_ONLINK: u32 = 4;
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+
+/// A single-path IPv4 nexthop object: `id N via GATEWAY dev OIF onlink proto P`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nexthop {
+    pub id: u32,
+    pub gateway: Ipv4Addr,
+    pub oif: u32,
+    pub protocol: u8,
+}
+
+/// The nexthop id the mesh uses for `gateway`: the address itself as a number, so the id
+/// is the same after restarts and needs no bookkeeping. Node gateways are unique (each
+/// lies inside its own node subnet), so so are the ids.
+pub fn id_for_gateway(gateway: Ipv4Addr) -> u32 {
+    u32::from(gateway)
+}
+
+/// How a create request treats an existing object with the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fail with EEXIST.
+    Exclusive,
+    /// Overwrite it.
+    Replace,
+}
+
+/// A netlink socket for nexthop requests. Requests are short and answered at once, so
+/// one mutex-guarded socket serves every caller.
+pub struct NexthopSocket {
+    socket: Mutex<Socket>,
+    sequence: AtomicU32,
+}
+
+impl NexthopSocket {
+    /// Opens a socket in the calling thread's network namespace.
+    pub fn open() -> Result<Self, KernelError> {
+        let mut socket =
+            Socket::new(NETLINK_ROUTE).map_err(|e| KernelError::io("open nexthop socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| KernelError::io("bind nexthop socket", e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| KernelError::io("connect nexthop socket", e))?;
+        Ok(Self {
+            socket: Mutex::new(socket),
+            sequence: AtomicU32::new(1),
+        })
+    }
+
+    /// Creates nexthop `nh`; with [`Mode::Exclusive`] an existing id fails with EEXIST.
+    pub fn create(&self, nh: &Nexthop, mode: Mode) -> Result<(), KernelError> {
+        let flags = NLM_F_CREATE
+            | match mode {
+                Mode::Exclusive => NLM_F_EXCL,
+                Mode::Replace => NLM_F_REPLACE,
+            };
+        let mut body = nhmsg(AF_INET, nh.protocol, RTNH_F_ONLINK);
+        put_attr(&mut body, NHA_ID, &nh.id.to_ne_bytes());
+        put_attr(&mut body, NHA_OIF, &nh.oif.to_ne_bytes());
+        put_attr(&mut body, NHA_GATEWAY, &nh.gateway.octets());
+        self.request(RTM_NEWNEXTHOP, flags, &body)
+            .map(|_| ())
+            .map_err(|errno| KernelError::from_errno(format!("add nexthop {} via {}", nh.id, nh.gateway), errno))
+    }
+
+    /// The nexthop with `id`, if it exists.
+    pub fn get(&self, id: u32) -> Result<Option<Nexthop>, KernelError> {
+        let mut body = nhmsg(0, 0, 0);
+        put_attr(&mut body, NHA_ID, &id.to_ne_bytes());
+        match self.request(RTM_GETNEXTHOP, 0, &body) {
+            Ok(replies) => Ok(replies.iter().find_map(|reply| parse_nexthop(reply))),
+            Err(ENOENT) => Ok(None),
+            Err(errno) => Err(KernelError::from_errno(format!("get nexthop {id}"), errno)),
+        }
+    }
+
+    /// Deletes the nexthop with `id`; answers whether it existed.
+    pub fn delete(&self, id: u32) -> Result<bool, KernelError> {
+        let mut body = nhmsg(0, 0, 0);
+        put_attr(&mut body, NHA_ID, &id.to_ne_bytes());
+        match self.request(RTM_DELNEXTHOP, 0, &body) {
+            Ok(_) => Ok(true),
+            Err(ENOENT) => Ok(false),
+            Err(errno) => Err(KernelError::from_errno(format!("delete nexthop {id}"), errno)),
+        }
+    }
+
+    /// Whether an error is the kernel's "already exists".
+    pub fn is_exists(err: &KernelError) -> bool {
+        err.errno() == Some(EEXIST)
+    }
+
+    /// Sends one request and collects the payloads of its replies until the ACK. Errors
+    /// are positive errno values.
+    fn request(&self, kind: u16, flags: u16, body: &[u8]) -> Result<Vec<Vec<u8>>, i32> {
+        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let total = 16 + body.len();
+        let mut msg = Vec::with_capacity(total);
+        msg.extend_from_slice(&(total as u32).to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(body);
+
+        let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+        socket.send(&msg, 0).map_err(|e| e.raw_os_error().unwrap_or(5))?;
+        let mut replies = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = socket
+                .recv(&mut &mut buf[..], 0)
+                .map_err(|e| e.raw_os_error().unwrap_or(5))?;
+            let mut offset = 0;
+            while offset + 16 <= n {
+                let len = u32_at(&buf, offset) as usize;
+                if len < 16 || offset + len > n {
+                    return Err(71); // EPROTO: a truncated message
+                }
+                let msg_kind = u16::from_ne_bytes([buf[offset + 4], buf[offset + 5]]);
+                let msg_seq = u32_at(&buf, offset + 8);
+                let payload = &buf[offset + 16..offset + len];
+                offset += align4(len);
+                if msg_seq != seq {
+                    continue;
+                }
+                match msg_kind {
+                    NLMSG_ERROR => {
+                        let code = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                        return if code == 0 { Ok(replies) } else { Err(-code) };
+                    }
+                    NLMSG_DONE => return Ok(replies),
+                    _ => replies.push(payload.to_vec()),
+                }
+            }
+        }
+    }
+}
+
+fn nhmsg(family: u8, protocol: u8, flags: u32) -> Vec<u8> {
+    let mut body = vec![family, 0, protocol, 0];
+    body.extend_from_slice(&flags.to_ne_bytes());
+    body
+}
+
+fn put_attr(body: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    body.extend_from_slice(&(len as u16).to_ne_bytes());
+    body.extend_from_slice(&kind.to_ne_bytes());
+    body.extend_from_slice(value);
+    body.resize(align4(body.len()), 0);
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn u32_at(buf: &[u8], offset: usize) -> u32 {
+    u32::from_ne_bytes([buf[offset], buf[offset + 1], buf[offset + 2], buf[offset + 3]])
+}
+
+/// Decodes an RTM_NEWNEXTHOP payload (nhmsg and attributes) into a single-path nexthop.
+fn parse_nexthop(payload: &[u8]) -> Option<Nexthop> {
+    if payload.len() < 8 {
+        return None;
+    }
+    let protocol = payload[2];
+    let (mut id, mut oif, mut gateway) = (None, None, None);
+    let mut offset = 8;
+    while offset + 4 <= payload.len() {
+        let len = u16::from_ne_bytes([payload[offset], payload[offset + 1]]) as usize;
+        let kind = u16::from_ne_bytes([payload[offset + 2], payload[offset + 3]]) & 0x3fff;
+        if len < 4 || offset + len > payload.len() {
+            break;
+        }
+        let value = &payload[offset + 4..offset + len];
+        match (kind, value.len()) {
+            (NHA_ID, 4) => id = Some(u32_at(value, 0)),
+            (NHA_OIF, 4) => oif = Some(u32_at(value, 0)),
+            (NHA_GATEWAY, 4) => gateway = Some(Ipv4Addr::new(value[0], value[1], value[2], value[3])),
+            _ => {}
+        }
+        offset += align4(len);
+    }
+    Some(Nexthop {
+        id: id?,
+        gateway: gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        oif: oif.unwrap_or(0),
+        protocol,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nexthop_message_decodes_to_what_was_encoded() {
+        let mut body = nhmsg(AF_INET, 158, RTNH_F_ONLINK);
+        put_attr(&mut body, NHA_ID, &7u32.to_ne_bytes());
+        put_attr(&mut body, NHA_OIF, &3u32.to_ne_bytes());
+        put_attr(&mut body, NHA_GATEWAY, &[10, 42, 2, 0]);
+        assert_eq!(
+            parse_nexthop(&body),
+            Some(Nexthop {
+                id: 7,
+                gateway: Ipv4Addr::new(10, 42, 2, 0),
+                oif: 3,
+                protocol: 158
+            })
+        );
+    }
+
+    #[test]
+    fn gateway_ids_are_stable_and_distinct() {
+        let a = id_for_gateway(Ipv4Addr::new(10, 42, 1, 0));
+        let b = id_for_gateway(Ipv4Addr::new(10, 42, 2, 0));
+        assert_ne!(a, b);
+        assert_eq!(a, id_for_gateway(Ipv4Addr::new(10, 42, 1, 0)));
+    }
+}
