@@ -2,10 +2,12 @@
 //!
 //! - [`cluster`]: the cluster's address plan (cluster CIDR, node prefix length) and the
 //!   checks that a node subnet belongs to it.
+//! - [`duration`]: durations on the command line (`500ms`, `3s`).
 //! - [`logging`]: the one way binaries install a `tracing` subscriber.
 //! - [`shutdown`]: a future that completes on SIGTERM or SIGINT.
 
 pub mod cluster;
+pub mod duration;
 pub mod logging;
 pub mod shutdown;
 

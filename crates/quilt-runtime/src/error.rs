@@ -1,0 +1,45 @@
+//! What can go wrong in the runtime, each variant naming the value that failed.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use quilt_common::ClusterError;
+use quilt_kernel::KernelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Invalid(#[from] ClusterError),
+    #[error("{field} {value:?} is {reason}")]
+    BadField {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("destination {0} is this node's own subnet; its addresses are local, not routed over the overlay")]
+    OwnSubnet(Ipv4Net),
+    #[error("interface {interface:?} is not an overlay interface routes may use (allowed: {allowed})")]
+    InterfaceNotAllowed { interface: String, allowed: String },
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error("gateway {gateway} is outside destination {destination}")]
+    GatewayOutside { gateway: Ipv4Addr, destination: Ipv4Net },
+    #[error("route {destination} exists with route protocol {protocol} and was not made by quilt-runtime (protocol {}); it is left alone", crate::ROUTE_PROTOCOL)]
+    NotOurs { destination: Ipv4Net, protocol: u8 },
+    #[error("node subnet is {current}; cannot change it to {requested} while {allocations} container addresses are allocated")]
+    SubnetInUse {
+        current: Ipv4Net,
+        requested: Ipv4Net,
+        allocations: usize,
+    },
+    #[error("no node subnet is configured yet (call ConfigureNodeSubnet first)")]
+    NoSubnet,
+    #[error("node subnet {0} has no free container address left")]
+    PoolExhausted(Ipv4Net),
+    #[error("kernel: {0}")]
+    Kernel(#[from] KernelError),
+    #[error("the change was undone because the state store failed: {0}")]
+    NotRecorded(String),
+    #[error("state store: {0}")]
+    Store(#[from] rusqlite::Error),
+}

@@ -1,0 +1,201 @@
+//! The `quilt.QuiltRuntime` gRPC service: wire messages in, typed requests to the core,
+//! and every error mapped in one place to `success = false` with a readable text.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use quilt_kernel::Kernel;
+use quilt_proto as pb;
+use quilt_proto::quilt_runtime_server::QuiltRuntime;
+use tonic::{Request, Response, Status};
+
+use crate::request::Rules;
+use crate::runtime::Runtime;
+use crate::{ROUTE_PROTOCOL, RuntimeError};
+
+/// The gRPC face of a [`Runtime`].
+pub struct GrpcService<K> {
+    runtime: Arc<Runtime<K>>,
+    rules: Rules,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl<K: Kernel> GrpcService<K> {
+    pub fn new(runtime: Arc<Runtime<K>>, rules: Rules, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { runtime, rules, metrics }
+    }
+
+    fn record(&self, method: &str, started: Instant, success: bool) {
+        self.metrics.observe_rpc(method, success, started.elapsed());
+    }
+}
+
+/// The one mapping from a result to the wire: `(success, error)`. Refusals and kernel
+/// failures are answers, not gRPC errors, because that is what existing clients read.
+fn outcome<T>(method: &str, result: &Result<T, RuntimeError>) -> (bool, String) {
+    match result {
+        Ok(_) => (true, String::new()),
+        Err(e) => {
+            tracing::debug!(method, error = %e, "request refused");
+            (false, e.to_string())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<K: Kernel> QuiltRuntime for GrpcService<K> {
+    async fn configure_node_subnet(
+        &self,
+        request: Request<pb::ConfigureNodeSubnetRequest>,
+    ) -> Result<Response<pb::ConfigureNodeSubnetResponse>, Status> {
+        let started = Instant::now();
+        let result = match self.rules.node_subnet(&request.get_ref().subnet) {
+            Ok(subnet) => self.runtime.configure_subnet(subnet).await,
+            Err(e) => Err(e),
+        };
+        let (success, error) = outcome("ConfigureNodeSubnet", &result);
+        self.record("ConfigureNodeSubnet", started, success);
+        Ok(Response::new(pb::ConfigureNodeSubnetResponse { success, error }))
+    }
+
+    async fn inject_route(
+        &self,
+        request: Request<pb::InjectRouteRequest>,
+    ) -> Result<Response<pb::InjectRouteResponse>, Status> {
+        let started = Instant::now();
+        let mut results = self.inject(std::slice::from_ref(request.get_ref())).await;
+        let response = results.pop().unwrap_or_else(|| pb::InjectRouteResponse {
+            success: false,
+            error: "no result".into(),
+        });
+        self.record("InjectRoute", started, response.success);
+        Ok(Response::new(response))
+    }
+
+    async fn remove_route(
+        &self,
+        request: Request<pb::RemoveRouteRequest>,
+    ) -> Result<Response<pb::RemoveRouteResponse>, Status> {
+        let started = Instant::now();
+        let result = match self.rules.destination(&request.get_ref().destination) {
+            Ok(destination) => self.runtime.remove_route(destination).await,
+            Err(e) => Err(e),
+        };
+        let (success, error) = outcome("RemoveRoute", &result);
+        self.record("RemoveRoute", started, success);
+        Ok(Response::new(pb::RemoveRouteResponse { success, error }))
+    }
+
+    async fn inject_routes(
+        &self,
+        request: Request<pb::InjectRoutesRequest>,
+    ) -> Result<Response<pb::InjectRoutesResponse>, Status> {
+        let started = Instant::now();
+        let results = self.inject(&request.get_ref().routes).await;
+        self.record("InjectRoutes", started, results.iter().all(|r| r.success));
+        Ok(Response::new(pb::InjectRoutesResponse { results }))
+    }
+
+    async fn list_routes(
+        &self,
+        _request: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        let started = Instant::now();
+        let result = self.runtime.list_routes().await;
+        self.record("ListRoutes", started, result.is_ok());
+        let routes = result.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::ListRoutesResponse {
+            routes: routes
+                .into_iter()
+                .map(|s| pb::ManagedRoute {
+                    destination: s.route.destination.to_string(),
+                    via_interface: s.route.interface,
+                    gateway: s.route.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                    in_kernel: s.in_kernel,
+                })
+                .collect(),
+            route_protocol: u32::from(ROUTE_PROTOCOL),
+        }))
+    }
+
+    async fn allocate_ip(
+        &self,
+        request: Request<pb::AllocateIpRequest>,
+    ) -> Result<Response<pb::AllocateIpResponse>, Status> {
+        let started = Instant::now();
+        let result = match self.rules.owner(&request.get_ref().owner) {
+            Ok(owner) => self.runtime.allocate(&owner).await,
+            Err(e) => Err(e),
+        };
+        let (success, error) = outcome("AllocateIp", &result);
+        self.record("AllocateIp", started, success);
+        let (address, gateway) = match result {
+            Ok(lease) => (lease.address.to_string(), lease.gateway.to_string()),
+            Err(_) => (String::new(), String::new()),
+        };
+        Ok(Response::new(pb::AllocateIpResponse {
+            success,
+            error,
+            address,
+            gateway,
+        }))
+    }
+
+    async fn release_ip(
+        &self,
+        request: Request<pb::ReleaseIpRequest>,
+    ) -> Result<Response<pb::ReleaseIpResponse>, Status> {
+        let started = Instant::now();
+        let result = match self.rules.owner(&request.get_ref().owner) {
+            Ok(owner) => self.runtime.release(&owner).await,
+            Err(e) => Err(e),
+        };
+        let (success, error) = outcome("ReleaseIp", &result);
+        self.record("ReleaseIp", started, success);
+        Ok(Response::new(pb::ReleaseIpResponse { success, error }))
+    }
+
+    async fn list_allocations(
+        &self,
+        _request: Request<pb::ListAllocationsRequest>,
+    ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
+        let started = Instant::now();
+        let desired = self.runtime.desired().await;
+        self.record("ListAllocations", started, true);
+        Ok(Response::new(pb::ListAllocationsResponse {
+            subnet: desired.subnet.map(|s| s.to_string()).unwrap_or_default(),
+            allocations: desired
+                .allocations
+                .into_iter()
+                .map(|(owner, address)| pb::Allocation {
+                    owner,
+                    address: address.to_string(),
+                })
+                .collect(),
+        }))
+    }
+}
+
+impl<K: Kernel> GrpcService<K> {
+    /// Parses each route at the edge, applies the valid ones as one batch, and answers
+    /// one response per request, in order.
+    async fn inject(&self, requests: &[pb::InjectRouteRequest]) -> Vec<pb::InjectRouteResponse> {
+        let parsed: Vec<Result<_, RuntimeError>> = requests
+            .iter()
+            .map(|r| self.rules.route(&r.destination, &r.via_interface, &r.gateway))
+            .collect();
+        let valid: Vec<_> = parsed.iter().filter_map(|p| p.as_ref().ok()).cloned().collect();
+        let mut applied = self.runtime.inject_routes(&valid).await.into_iter();
+        parsed
+            .into_iter()
+            .map(|p| {
+                let result = match p {
+                    Ok(_) => applied.next().unwrap_or_else(|| Err(RuntimeError::NotRecorded("no result for this route".into()))).map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                let (success, error) = outcome("InjectRoute", &result);
+                pb::InjectRouteResponse { success, error }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,46 @@
+//! Container address allocation: which address of the node subnet comes next.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// The gateway of a node subnet: its first host address (`.1`), held by the bridge.
+pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// The lowest address of `subnet` that is not the network, the gateway, the broadcast
+/// address or already in `used`.
+pub fn next_free(subnet: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let first = u32::from(subnet.network()) + 2;
+    let last = u32::from(subnet.broadcast()).checked_sub(1)?;
+    (first..=last).map(Ipv4Addr::from).find(|a| !used.contains(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_network_gateway_and_broadcast() {
+        let subnet: Ipv4Net = "10.42.1.0/24".parse().unwrap();
+        let mut used = BTreeSet::new();
+        assert_eq!(gateway(subnet), Ipv4Addr::new(10, 42, 1, 1));
+        assert_eq!(next_free(subnet, &used), Some(Ipv4Addr::new(10, 42, 1, 2)));
+        for _ in 0..253 {
+            let a = next_free(subnet, &used).unwrap();
+            assert!(a != subnet.network() && a != gateway(subnet) && a != subnet.broadcast());
+            assert!(used.insert(a));
+        }
+        assert_eq!(used.len(), 253);
+        assert_eq!(next_free(subnet, &used), None, "a /24 holds 253 containers");
+    }
+
+    #[test]
+    fn reuses_the_lowest_released_address() {
+        let subnet: Ipv4Net = "10.42.1.0/29".parse().unwrap();
+        let used: BTreeSet<_> = [2, 4].into_iter().map(|h| Ipv4Addr::new(10, 42, 1, h)).collect();
+        assert_eq!(next_free(subnet, &used), Some(Ipv4Addr::new(10, 42, 1, 3)));
+    }
+}

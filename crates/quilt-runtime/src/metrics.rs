@@ -1,0 +1,127 @@
+//! The runtime's Prometheus metrics and the HTTP endpoint that serves them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 25 µs .. ~0.8 s
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 16))
+}
+
+/// Every metric the runtime exports.
+pub struct Metrics {
+    registry: Registry,
+    pub rpc_requests: Family<RpcLabels, Counter>,
+    pub rpc_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    pub managed_routes: Gauge,
+    pub allocated_ips: Gauge,
+    pub reconcile_runs: Counter,
+    pub reconcile_repairs: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("quilt_runtime");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        let rpc_seconds = Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let managed_routes = Gauge::default();
+        let allocated_ips = Gauge::default();
+        let reconcile_runs = Counter::default();
+        let reconcile_repairs = Counter::default();
+        registry.register("rpc_requests", "gRPC calls by method and result (ok, refused)", rpc_requests.clone());
+        registry.register("rpc_duration_seconds", "gRPC call latency by method", rpc_seconds.clone());
+        registry.register("managed_routes", "Routes the runtime manages (desired)", managed_routes.clone());
+        registry.register("allocated_ips", "Container addresses allocated", allocated_ips.clone());
+        registry.register("reconcile_runs", "Reconcile passes", reconcile_runs.clone());
+        registry.register("reconcile_repairs", "Kernel changes made by reconcile passes", reconcile_repairs.clone());
+        Self {
+            registry,
+            rpc_requests,
+            rpc_seconds,
+            managed_routes,
+            allocated_ips,
+            reconcile_runs,
+            reconcile_repairs,
+        }
+    }
+
+    /// Records one RPC call.
+    pub fn observe_rpc(&self, method: &str, success: bool, elapsed: Duration) {
+        let result = if success { "ok" } else { "refused" };
+        self.rpc_requests
+            .get_or_create(&RpcLabels {
+                method: method.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+        self.rpc_seconds
+            .get_or_create(&MethodLabels {
+                method: method.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        text
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().route("/metrics", get(render)).with_state(metrics);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        metrics.encode(),
+    )
+}
+
+/// Binds the metrics listener, naming the address when that fails.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on metrics address {addr}"))
+}

@@ -1,0 +1,163 @@
+//! Parsing RPC input at the edge: strings from the wire become typed, checked values,
+//! so the core never re-validates. Every error names the field and the value.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use quilt_common::ClusterNetwork;
+use quilt_common::cluster::{self, ClusterError, MAX_INPUT_LEN, excerpt};
+
+use crate::RuntimeError;
+
+/// Longest container id / owner accepted for an address allocation.
+pub const MAX_OWNER_LEN: usize = 256;
+
+/// A checked InjectRoute request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRequest {
+    pub destination: Ipv4Net,
+    pub interface: String,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The rules RPC input must follow: the cluster's address plan and the interfaces
+/// routes may use.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub cluster: ClusterNetwork,
+    pub overlay_interfaces: Vec<String>,
+}
+
+impl Rules {
+    /// A node subnet for ConfigureNodeSubnet.
+    pub fn node_subnet(&self, raw: &str) -> Result<Ipv4Net, RuntimeError> {
+        Ok(self.cluster.parse_node_subnet("subnet", raw)?)
+    }
+
+    /// An InjectRoute request. Whether the destination is the node's own subnet and
+    /// whether the interface exists depend on state; the core checks those.
+    pub fn route(&self, destination: &str, via_interface: &str, gateway: &str) -> Result<RouteRequest, RuntimeError> {
+        let destination = self.destination(destination)?;
+        let interface = self.interface(via_interface)?;
+        let gateway = if gateway.is_empty() {
+            None
+        } else {
+            let gateway = cluster::parse_addr("gateway", gateway)?;
+            if !destination.contains(&gateway) {
+                return Err(RuntimeError::GatewayOutside {
+                    gateway,
+                    destination,
+                });
+            }
+            Some(gateway)
+        };
+        Ok(RouteRequest {
+            destination,
+            interface,
+            gateway,
+        })
+    }
+
+    /// A route destination: a node subnet of the cluster.
+    pub fn destination(&self, raw: &str) -> Result<Ipv4Net, RuntimeError> {
+        Ok(self.cluster.parse_node_subnet("destination", raw)?)
+    }
+
+    fn interface(&self, raw: &str) -> Result<String, RuntimeError> {
+        check_text("via_interface", raw, MAX_INPUT_LEN)?;
+        if !self.overlay_interfaces.iter().any(|allowed| allowed == raw) {
+            return Err(RuntimeError::InterfaceNotAllowed {
+                interface: excerpt(raw),
+                allowed: self.overlay_interfaces.join(", "),
+            });
+        }
+        Ok(raw.to_string())
+    }
+
+    /// The owner of a container address (a container id).
+    pub fn owner(&self, raw: &str) -> Result<String, RuntimeError> {
+        check_text("owner", raw, MAX_OWNER_LEN)?;
+        if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(RuntimeError::BadField {
+                field: "owner",
+                value: excerpt(raw),
+                reason: "not allowed to contain spaces or control characters".into(),
+            });
+        }
+        Ok(raw.to_string())
+    }
+}
+
+fn check_text(field: &'static str, raw: &str, max: usize) -> Result<(), RuntimeError> {
+    if raw.is_empty() {
+        return Err(ClusterError::Empty { what: field }.into());
+    }
+    if raw.len() > max {
+        return Err(RuntimeError::BadField {
+            field,
+            value: excerpt(raw),
+            reason: format!("{} bytes long, more than the limit of {max}", raw.len()),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            cluster: ClusterNetwork::new("10.42.0.0/16".parse().unwrap(), 24).unwrap(),
+            overlay_interfaces: vec!["vxlan100".into()],
+        }
+    }
+
+    fn refusal(dest: &str, iface: &str, gw: &str) -> String {
+        rules().route(dest, iface, gw).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_a_peer_route_with_and_without_gateway() {
+        let r = rules().route("10.42.2.0/24", "vxlan100", "10.42.2.0").unwrap();
+        assert_eq!(r.gateway, Some(Ipv4Addr::new(10, 42, 2, 0)));
+        let r = rules().route("10.42.2.0/24", "vxlan100", "").unwrap();
+        assert_eq!(r.gateway, None);
+    }
+
+    #[test]
+    fn the_refusal_table() {
+        let long = "x".repeat(5000);
+        let cases: Vec<(&str, &str, &str, &str)> = vec![
+            ("0.0.0.0/0", "vxlan100", "", "destination 0.0.0.0/0 is outside cluster cidr 10.42.0.0/16"),
+            ("0.0.0.0/1", "vxlan100", "", "destination 0.0.0.0/1 is outside cluster cidr"),
+            ("8.8.8.0/24", "vxlan100", "", "destination 8.8.8.0/24 is outside cluster cidr"),
+            ("10.42.2.0/24", "lo", "", "interface \"lo\" is not an overlay interface"),
+            ("10.42.2.0/24", "eth0", "", "interface \"eth0\" is not an overlay interface"),
+            ("10.42.2.5/24", "vxlan100", "", "host bits set"),
+            ("10.42.2.0/33", "vxlan100", "", "\"10.42.2.0/33\" is not an IPv4 network"),
+            ("garbage", "vxlan100", "", "\"garbage\" is not an IPv4 network"),
+            ("", "vxlan100", "", "destination is empty"),
+            ("10.42.2.0/24", "", "", "via_interface is empty"),
+            ("10.42.2.0/24", "vxlan100", "10.42.3.0", "gateway 10.42.3.0 is outside destination 10.42.2.0/24"),
+            ("10.42.2.0/24", "vxlan100", "nonsense", "gateway \"nonsense\" is not an IPv4 address"),
+            ("10.42.2.0/25", "vxlan100", "", "prefix length /25"),
+            (&long, "vxlan100", "", "5000 bytes long"),
+            ("10.42.2.0/24", &long, "", "5000 bytes long"),
+            ("10.42.2.0/24", "vxlan100", &long, "5000 bytes long"),
+        ];
+        for (dest, iface, gw, expected) in cases {
+            let err = refusal(dest, iface, gw);
+            assert!(err.contains(expected), "({dest:.20}, {iface:.20}, {gw:.20}): {err}");
+            assert!(err.len() < 300, "long input must not be echoed whole: {err}");
+        }
+    }
+
+    #[test]
+    fn owners_are_short_printable_ids() {
+        assert!(rules().owner("abc123").is_ok());
+        assert!(rules().owner("").is_err());
+        assert!(rules().owner("a b").is_err());
+        assert!(rules().owner(&"a".repeat(257)).unwrap_err().to_string().contains("257 bytes"));
+    }
+}
