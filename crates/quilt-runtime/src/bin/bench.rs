@@ -1,1 +1,260 @@
-fn main() {}
+//! quilt-runtime-bench: route programming through the gRPC API against `ip -batch`, in
+//! network namespaces this command makes and removes. Prints routes/s for both, their
+//! ratio, single-call InjectRoute latency p50/p99, and the runtime's RSS.
+//!
+//! Run as root: `cargo run --release -p quilt-runtime --bin quilt-runtime-bench`.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use quilt_kernel::netns::{self, OwnedNetns};
+use quilt_proto as pb;
+use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(about = "Benchmark route programming: quilt-runtime's gRPC API against ip -batch")]
+struct Args {
+    /// How many routes to program.
+    #[arg(long, default_value_t = 10_000)]
+    routes: u32,
+    /// Routes per InjectRoutes call.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Concurrent single InjectRoute calls in the throughput run.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Sequential single calls measured for latency.
+    #[arg(long, default_value_t = 2000)]
+    latency_calls: u32,
+}
+
+const GRPC_ADDR: &str = "127.0.0.1:50051";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !netns::privileged_or_skip("quilt-runtime-bench") {
+        bail!("the benchmark needs root to create network namespaces");
+    }
+    let runtime_bin = sibling_binary("quilt-runtime")?;
+    println!("quilt-runtime-bench: {} routes, batch {}, concurrency {}", args.routes, args.batch, args.concurrency);
+
+    // Baselines: ip -batch with nexthop objects (what the runtime programs) and with
+    // per-route onlink gateways (what naive overlays program).
+    let baseline = ip_batch(args.routes, true)?;
+    let onlink = ip_batch(args.routes, false)?;
+    println!("ip -batch, nexthop objects : {:>9.0} routes/s ({:.3} s)", rate(args.routes, baseline), baseline.as_secs_f64());
+    println!("ip -batch, onlink gateways : {:>9.0} routes/s ({:.3} s)", rate(args.routes, onlink), onlink.as_secs_f64());
+
+    // The runtime, batched.
+    let batched = with_runtime(&runtime_bin, |client, _pid| {
+        Box::pin(async move {
+            let started = Instant::now();
+            let mut client = client;
+            let routes: Vec<_> = (0..args.routes).map(route_request).collect();
+            for chunk in routes.chunks(args.batch) {
+                let answer = client
+                    .inject_routes(pb::InjectRoutesRequest { routes: chunk.to_vec() })
+                    .await?
+                    .into_inner();
+                if let Some(failed) = answer.results.iter().find(|r| !r.success) {
+                    bail!("InjectRoutes refused a route: {}", failed.error);
+                }
+            }
+            Ok(started.elapsed())
+        })
+    })?;
+    println!(
+        "quilt-runtime InjectRoutes : {:>9.0} routes/s ({:.3} s)  ratio to ip -batch nexthop {:.2}x",
+        rate(args.routes, batched.0),
+        batched.0.as_secs_f64(),
+        baseline.as_secs_f64() / batched.0.as_secs_f64()
+    );
+
+    // The runtime, single calls: throughput at concurrency, then latency one at a time,
+    // then RSS with every route in place.
+    let concurrency = args.concurrency;
+    let latency_calls = args.latency_calls;
+    let total = args.routes;
+    let (single, latencies, rss_kb) = with_runtime(&runtime_bin, move |client, pid| {
+        Box::pin(async move {
+            let started = Instant::now();
+            let per_task = total.div_ceil(concurrency as u32);
+            let mut tasks = Vec::new();
+            for t in 0..concurrency as u32 {
+                let mut client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in (t * per_task)..((t + 1) * per_task).min(total) {
+                        let r = client.inject_route(route_request(i)).await?.into_inner();
+                        if !r.success {
+                            bail!("InjectRoute refused: {}", r.error);
+                        }
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+            let single = started.elapsed();
+            let rss_kb = rss_kb(pid)?;
+            let mut client = client;
+            let mut latencies = Vec::with_capacity(latency_calls as usize);
+            for i in 0..latency_calls {
+                let request = route_request(total + i);
+                let t = Instant::now();
+                let r = client.inject_route(request).await?.into_inner();
+                latencies.push(t.elapsed());
+                if !r.success {
+                    bail!("InjectRoute refused: {}", r.error);
+                }
+            }
+            Ok((single, latencies, rss_kb))
+        })
+    })?
+    .0;
+    let mut latencies = latencies;
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "quilt-runtime InjectRoute  : {:>9.0} routes/s ({:.3} s, {} concurrent callers)  ratio to ip -batch nexthop {:.2}x",
+        rate(args.routes, single),
+        single.as_secs_f64(),
+        args.concurrency,
+        baseline.as_secs_f64() / single.as_secs_f64()
+    );
+    println!(
+        "InjectRoute latency, one call at a time: p50 {:.0} us, p99 {:.0} us (target p50 < 200 us)",
+        p(0.50).as_secs_f64() * 1e6,
+        p(0.99).as_secs_f64() * 1e6
+    );
+    println!("quilt-runtime RSS with {} routes: {:.1} MB (target < 15 MB)", args.routes, rss_kb as f64 / 1024.0);
+    Ok(())
+}
+
+fn rate(n: u32, d: Duration) -> f64 {
+    f64::from(n) / d.as_secs_f64()
+}
+
+/// Route `i`: 10.X.Y.0/24 via 10.X.Y.0 over vxlan100, inside cluster 10.0.0.0/8.
+fn route_request(i: u32) -> pb::InjectRouteRequest {
+    let gateway = Ipv4Addr::from(0x0A00_0000 + ((i + 256) << 8));
+    pb::InjectRouteRequest {
+        destination: format!("{gateway}/24"),
+        via_interface: "vxlan100".into(),
+        gateway: gateway.to_string(),
+    }
+}
+
+fn bench_host() -> anyhow::Result<OwnedNetns> {
+    let ns = OwnedNetns::create(&netns::unique_name("qbench"))?;
+    for args in [
+        &["link", "add", "underlay0", "type", "veth", "peer", "name", "underlay0p"][..],
+        &["addr", "add", "192.168.60.1/24", "dev", "underlay0"],
+        &["link", "set", "underlay0", "up"],
+        &["link", "set", "underlay0p", "up"],
+        &["link", "add", "vxlan100", "type", "vxlan", "id", "100", "local", "192.168.60.1", "dev", "underlay0", "dstport", "4789", "nolearning"],
+        &["link", "set", "vxlan100", "up"],
+    ] {
+        ns.ip(args)?;
+    }
+    Ok(ns)
+}
+
+/// Programs `n` routes with one `ip -batch` run in a fresh namespace; answers its time.
+fn ip_batch(n: u32, nexthops: bool) -> anyhow::Result<Duration> {
+    let ns = bench_host()?;
+    let mut script = String::new();
+    for i in 0..n {
+        let r = route_request(i);
+        if nexthops {
+            let id = i + 1;
+            script.push_str(&format!("nexthop add id {id} via {} dev vxlan100 onlink\n", r.gateway));
+            script.push_str(&format!("route add {} nhid {id}\n", r.destination));
+        } else {
+            script.push_str(&format!("route add {} via {} dev vxlan100 onlink\n", r.destination, r.gateway));
+        }
+    }
+    let path = std::env::temp_dir().join(format!("{}.batch", ns.name()));
+    std::fs::write(&path, script)?;
+    let started = Instant::now();
+    let status = std::process::Command::new("ip").args(["-n", ns.name(), "-batch"]).arg(&path).status()?;
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    if !status.success() {
+        bail!("ip -batch failed");
+    }
+    Ok(elapsed)
+}
+
+type BenchFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>>>>;
+
+/// Starts quilt-runtime in a fresh namespace, runs `f` with a client from inside it, and
+/// stops it; answers `f`'s result.
+fn with_runtime<T: Send + 'static>(
+    bin: &PathBuf,
+    f: impl FnOnce(QuiltRuntimeClient<Channel>, u32) -> BenchFuture<T> + Send,
+) -> anyhow::Result<(T,)> {
+    let ns = bench_host()?;
+    let state = tempfile::tempdir()?;
+    let mut child: Child = ns
+        .command(bin)
+        .args(["--grpc-addr", GRPC_ADDR, "--cluster-cidr", "10.0.0.0/8", "--node-prefix-len", "24", "--log-level", "warn", "--state-dir"])
+        .arg(state.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start quilt-runtime")?;
+    let pid = child.id();
+    let result = netns::run_in(ns.name(), move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        rt.block_on(async move {
+            let mut client = None;
+            for _ in 0..200 {
+                match Channel::from_static("http://127.0.0.1:50051").connect().await {
+                    Ok(channel) => {
+                        client = Some(QuiltRuntimeClient::new(channel));
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+                }
+            }
+            let mut client = client.context("quilt-runtime did not answer")?;
+            let answer = client
+                .configure_node_subnet(pb::ConfigureNodeSubnetRequest { subnet: "10.0.0.0/24".into() })
+                .await?
+                .into_inner();
+            if !answer.success {
+                bail!("ConfigureNodeSubnet: {}", answer.error);
+            }
+            f(client, pid).await
+        })
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::io::stdout().flush();
+    Ok((result??,))
+}
+
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc status")
+}
+
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("no parent folder")?.join(name);
+    if !path.exists() {
+        bail!("{} not found next to the benchmark; build it first (cargo build --release -p quilt-runtime)", path.display());
+    }
+    Ok(path)
+}
