@@ -1,5 +1,7 @@
 //! Installs the process-wide `tracing` subscriber; only binaries call this.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs a subscriber that writes to stderr at `level` (`error`..`trace`, or any
@@ -11,6 +13,7 @@ pub fn init(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

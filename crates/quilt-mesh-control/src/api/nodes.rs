@@ -1,0 +1,135 @@
+//! Node handlers: register, heartbeat, list, get, delete.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+
+use super::AppState;
+use super::request;
+use super::types::{HeartbeatResponse, NodeInfo, NodeList, RegisterResponse};
+use crate::auth::bearer;
+use crate::error::ApiError;
+use crate::model::{NodeId, NodeToken};
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+
+/// A path id to a node id; anything not of the form `node-<n>` is an unknown node.
+fn node_id(raw: &str) -> Result<NodeId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::NotFound(format!(
+            "node {:?} not found",
+            quilt_common::cluster::excerpt(raw)
+        ))
+    })
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let result = async {
+        let presented = bearer(headers.get(AUTHORIZATION))?;
+        state.policy.register(presented.as_deref())?;
+        let new = request::register(&request::body(body)?)?;
+        let token = NodeToken::generate()
+            .map_err(|e| ApiError::Internal(format!("cannot read /dev/urandom: {e}")))?;
+        Ok::<_, ApiError>(state.registry.register(new, token).await?)
+    }
+    .await;
+    let registration = match result {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.registered("refused");
+            return Err(e);
+        }
+    };
+    state.metrics.registered(if registration.created {
+        "created"
+    } else {
+        "renewed"
+    });
+    let n = &registration.node;
+    if registration.created {
+        tracing::info!(node = %n.id, host_ip = %n.host_ip, subnet = %n.subnet, "node registered");
+    } else {
+        tracing::info!(node = %n.id, host_ip = %n.host_ip, subnet = %n.subnet, "node registered again");
+    }
+    let info = NodeInfo::from(n);
+    Ok(Json(RegisterResponse {
+        node_id: info.node_id,
+        subnet: info.subnet,
+        node_token: n.token.as_str().to_string(),
+        hostname: info.hostname,
+        host_ip: info.host_ip,
+        cpu_cores: info.cpu_cores,
+        ram_mb: info.ram_mb,
+        status: info.status,
+        registered_at: info.registered_at,
+        last_heartbeat: info.last_heartbeat,
+        vtep_mac: info.vtep_mac,
+        cluster_cidr: state.cluster_cidr,
+        heartbeat_timeout_ms: u64::try_from(state.heartbeat_timeout.as_millis())
+            .unwrap_or(u64::MAX),
+        created: registration.created,
+    }))
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let id = node_id(&raw)?;
+    let presented = bearer(headers.get(AUTHORIZATION))?;
+    let policy = state.policy.clone();
+    let node = state
+        .registry
+        .heartbeat(id, move |node| policy.heartbeat(node, presented.as_deref()))
+        .await?;
+    state.metrics.heartbeats.inc();
+    let info = NodeInfo::from(&node);
+    Ok(Json(HeartbeatResponse {
+        node_id: info.node_id,
+        status: info.status,
+        last_heartbeat: info.last_heartbeat,
+    }))
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {
+    let (nodes, revision) = state.registry.list().await?;
+    Ok(Json(NodeList {
+        nodes: nodes.iter().map(NodeInfo::from).collect(),
+        revision,
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let id = node_id(&raw)?;
+    match state.registry.get(id).await? {
+        Some(node) => Ok(Json(NodeInfo::from(&node))),
+        None => Err(RegistryError::Store(StoreError::NotFound(id)).into()),
+    }
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let id = node_id(&raw)?;
+    let presented = bearer(headers.get(AUTHORIZATION))?;
+    let policy = state.policy.clone();
+    let node = state
+        .registry
+        .delete(id, move |node| policy.delete(node, presented.as_deref()))
+        .await?;
+    tracing::info!(node = %node.id, host_ip = %node.host_ip, subnet = %node.subnet, "node left; subnet is free");
+    Ok(Json(NodeInfo::from(&node)))
+}

@@ -1,0 +1,135 @@
+//! `GET /api/nodes/watch?since=REV`: a chunked stream of NDJSON events, one per change
+//! after `since`, in revision order, until the client leaves or the server stops.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use quilt_common::cluster::excerpt;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch as signal};
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::metrics::WatcherGuard;
+use crate::store::Revision;
+use crate::watch::{Event, Hub};
+
+/// Reads `since` from the query string; other parameters are ignored.
+fn since(query: Option<&str>) -> Result<Option<Revision>, ApiError> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "since" {
+            return value.parse().map(Some).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "since {:?} is not a revision number",
+                    excerpt(value)
+                ))
+            });
+        }
+    }
+    Ok(None)
+}
+
+struct Watcher {
+    hub: Arc<Hub>,
+    backlog: VecDeque<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Event>>,
+    seen: Revision,
+    stopping: signal::Receiver<bool>,
+    _counted: WatcherGuard,
+}
+
+impl Watcher {
+    /// The next line to send, or `None` when the stream ends.
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                self.seen = event.revision;
+                return Some(event.line.clone());
+            }
+            tokio::select! {
+                received = self.live.recv() => match received {
+                    Ok(event) if event.revision <= self.seen => continue,
+                    Ok(event) => {
+                        self.seen = event.revision;
+                        return Some(event.line.clone());
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        // Fell behind the live feed: catch up from the history if it still
+                        // holds what we missed; otherwise end, and the client resumes (410).
+                        match self.hub.subscribe(Some(self.seen)) {
+                            Ok(sub) => {
+                                self.backlog = sub.backlog;
+                                self.live = sub.live;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "watcher fell behind the retained history; closing its stream");
+                                return None;
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = self.stopping.wait_for(|stop| *stop) => return None,
+            }
+        }
+    }
+}
+
+pub async fn watch(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let since = since(query.as_deref())?;
+    let hub = state.registry.hub().clone();
+    let sub = hub.subscribe(since)?;
+    let from = sub.from;
+    let watcher = Watcher {
+        hub,
+        backlog: sub.backlog,
+        live: sub.live,
+        seen: sub.from,
+        stopping: state.stopping.clone(),
+        _counted: WatcherGuard::new(&state.metrics),
+    };
+    let stream = futures::stream::unfold(watcher, |mut w| async move {
+        w.next().await.map(|line| (Ok::<_, Infallible>(line), w))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson".to_string()),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+            (
+                header::HeaderName::from_static("x-quilt-revision"),
+                from.to_string(),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_since() {
+        assert_eq!(since(None).unwrap(), None);
+        assert_eq!(since(Some("since=5")).unwrap(), Some(5));
+        assert_eq!(since(Some("x=1&since=0")).unwrap(), Some(0));
+        assert!(
+            since(Some("since=abc"))
+                .unwrap_err()
+                .to_string()
+                .contains("\"abc\"")
+        );
+        assert!(since(Some("since=")).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! Who may do what: the join token for registering, each node's own token for its
+//! heartbeats, either for leaving. Pure decisions; the API layer maps them to 401/403.
+//!
+//! Without a join token the control plane runs open: requests without a token are
+//! accepted (the original clients send none), but a token that is presented must still
+//! be right.
+
+use crate::model::{Node, NodeId, constant_time_eq};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("authorization header is not of the form \"Bearer <token>\"")]
+    Malformed,
+    #[error("registering needs the join token: send \"Authorization: Bearer <join token>\"")]
+    MissingJoinToken,
+    #[error("the presented join token is wrong")]
+    WrongJoinToken,
+    #[error(
+        "node {0} needs its node token: send \"Authorization: Bearer <node_token>\" as answered by register"
+    )]
+    MissingNodeToken(NodeId),
+    #[error("the presented token is not node {0}'s node token")]
+    WrongNodeToken(NodeId),
+}
+
+impl AuthError {
+    /// True when the caller did not prove who it is (401); false when it proved to be
+    /// someone without the right (403).
+    pub fn is_unauthenticated(&self) -> bool {
+        !matches!(self, AuthError::WrongNodeToken(_))
+    }
+}
+
+/// Reads `Authorization: Bearer <token>`: `None` when absent.
+pub fn bearer(header: Option<&axum::http::HeaderValue>) -> Result<Option<String>, AuthError> {
+    let Some(value) = header else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = text.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// The access policy of one control plane.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    join_token: Option<String>,
+}
+
+impl Policy {
+    pub fn new(join_token: Option<String>) -> Self {
+        Self { join_token }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.join_token.is_none()
+    }
+
+    fn is_join_token(&self, presented: &str) -> bool {
+        self.join_token
+            .as_deref()
+            .is_some_and(|j| constant_time_eq(j.as_bytes(), presented.as_bytes()))
+    }
+
+    pub fn register(&self, presented: Option<&str>) -> Result<(), AuthError> {
+        match (&self.join_token, presented) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err(AuthError::MissingJoinToken),
+            (Some(_), Some(t)) if self.is_join_token(t) => Ok(()),
+            (Some(_), Some(_)) => Err(AuthError::WrongJoinToken),
+        }
+    }
+
+    pub fn heartbeat(&self, node: &Node, presented: Option<&str>) -> Result<(), AuthError> {
+        match presented {
+            None if self.is_open() => Ok(()),
+            None => Err(AuthError::MissingNodeToken(node.id)),
+            Some(t) if node.token.matches(t) => Ok(()),
+            Some(_) => Err(AuthError::WrongNodeToken(node.id)),
+        }
+    }
+
+    pub fn delete(&self, node: &Node, presented: Option<&str>) -> Result<(), AuthError> {
+        match presented {
+            Some(t) if self.is_join_token(t) => Ok(()),
+            other => self.heartbeat(node, other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeStatus, NodeToken, parse_hostname};
+    use axum::http::HeaderValue;
+
+    fn node() -> Node {
+        Node {
+            id: NodeId::new(3),
+            hostname: parse_hostname("a").unwrap(),
+            host_ip: "10.0.0.1".parse().unwrap(),
+            subnet: "10.42.1.0/24".parse().unwrap(),
+            cpu_cores: 1,
+            ram_mb: 1,
+            vtep_mac: None,
+            status: NodeStatus::Up,
+            registered_at: 0,
+            last_heartbeat_ms: 0,
+            token: NodeToken::from_stored("node-secret".into()),
+        }
+    }
+
+    #[test]
+    fn reads_bearer_headers() {
+        assert_eq!(bearer(None), Ok(None));
+        let h = HeaderValue::from_static("Bearer abc");
+        assert_eq!(bearer(Some(&h)), Ok(Some("abc".into())));
+        let h = HeaderValue::from_static("bearer  abc ");
+        assert_eq!(bearer(Some(&h)), Ok(Some("abc".into())));
+        for bad in ["Basic abc", "Bearer", "abc", "Bearer  "] {
+            let h = HeaderValue::from_static(bad);
+            assert_eq!(bearer(Some(&h)), Err(AuthError::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_matrix() {
+        let n = node();
+        let open = Policy::new(None);
+        let closed = Policy::new(Some("join-secret".into()));
+        assert_eq!(open.register(None), Ok(()));
+        assert_eq!(open.register(Some("anything")), Ok(()));
+        assert_eq!(closed.register(None), Err(AuthError::MissingJoinToken));
+        assert_eq!(
+            closed.register(Some("nope")),
+            Err(AuthError::WrongJoinToken)
+        );
+        assert_eq!(closed.register(Some("join-secret")), Ok(()));
+
+        assert_eq!(open.heartbeat(&n, None), Ok(()));
+        assert_eq!(open.heartbeat(&n, Some("node-secret")), Ok(()));
+        assert_eq!(
+            open.heartbeat(&n, Some("nope")),
+            Err(AuthError::WrongNodeToken(n.id))
+        );
+        assert_eq!(
+            closed.heartbeat(&n, None),
+            Err(AuthError::MissingNodeToken(n.id))
+        );
+        assert_eq!(
+            closed.heartbeat(&n, Some("join-secret")),
+            Err(AuthError::WrongNodeToken(n.id))
+        );
+        assert_eq!(closed.heartbeat(&n, Some("node-secret")), Ok(()));
+
+        assert_eq!(closed.delete(&n, Some("join-secret")), Ok(()));
+        assert_eq!(closed.delete(&n, Some("node-secret")), Ok(()));
+        assert_eq!(
+            closed.delete(&n, None),
+            Err(AuthError::MissingNodeToken(n.id))
+        );
+        assert_eq!(
+            closed.delete(&n, Some("nope")),
+            Err(AuthError::WrongNodeToken(n.id))
+        );
+        assert_eq!(open.delete(&n, None), Ok(()));
+    }
+}

@@ -1,0 +1,134 @@
+//! Command-line flags (each also read from a `QUILT_CONTROL_*` environment variable).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use quilt_common::ClusterNetwork;
+
+/// How the control plane runs.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "quilt-mesh-control",
+    version,
+    about = "Quilt Mesh control plane: node registry, subnet leases, heartbeats, watch"
+)]
+pub struct Config {
+    /// Address to listen on for HTTP.
+    #[arg(
+        long,
+        visible_alias = "bind",
+        env = "QUILT_CONTROL_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// SQLite database file (created if missing; `-wal` and `-shm` files live beside it).
+    #[arg(long, env = "QUILT_CONTROL_DB_PATH", default_value = "quilt-mesh.db")]
+    pub db_path: PathBuf,
+
+    /// The cluster CIDR that node subnets are leased from.
+    #[arg(
+        long,
+        env = "QUILT_CONTROL_CLUSTER_CIDR",
+        default_value = "10.42.0.0/16"
+    )]
+    pub cluster_cidr: Ipv4Net,
+
+    /// Prefix length of each node's subnet.
+    #[arg(long, env = "QUILT_CONTROL_NODE_PREFIX_LEN", default_value_t = 24)]
+    pub node_prefix_len: u8,
+
+    /// A node not heard from for this long is marked down (like `30s`, `500ms`, `2m`).
+    #[arg(long, env = "QUILT_CONTROL_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = quilt_common::duration::parse)]
+    pub heartbeat_timeout: Duration,
+
+    /// Token that registering nodes must present as `Authorization: Bearer <token>`.
+    /// Without it the control plane runs open.
+    #[arg(long, env = "QUILT_CONTROL_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// Log level or filter (`info`, `debug`, `info,quilt_mesh_control=debug`); RUST_LOG wins.
+    #[arg(long, env = "QUILT_CONTROL_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// How many recent watch events are kept so watchers can resume from a revision.
+    #[arg(long, env = "QUILT_CONTROL_WATCH_HISTORY", default_value_t = 4096)]
+    pub watch_history: usize,
+}
+
+/// Why a configuration cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Cluster(#[from] quilt_common::ClusterError),
+    #[error("join token is empty; leave --join-token out to run open")]
+    EmptyJoinToken,
+    #[error("heartbeat timeout {0:?} is too short; it must be at least 10ms")]
+    TimeoutTooShort(Duration),
+}
+
+impl Config {
+    /// A configuration with every default, for tests and embedding.
+    pub fn defaults() -> Self {
+        <Self as clap::Parser>::parse_from(["quilt-mesh-control"])
+    }
+
+    /// Checks the flags together and answers the cluster's address plan.
+    pub fn validate(&self) -> Result<ClusterNetwork, ConfigError> {
+        if self
+            .join_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(ConfigError::EmptyJoinToken);
+        }
+        if self.heartbeat_timeout < Duration::from_millis(10) {
+            return Err(ConfigError::TimeoutTooShort(self.heartbeat_timeout));
+        }
+        Ok(ClusterNetwork::new(
+            self.cluster_cidr,
+            self.node_prefix_len,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn durations_use_the_shared_parser() {
+        let c = Config::parse_from(["x", "--heartbeat-timeout", "1.5s"]);
+        assert_eq!(c.heartbeat_timeout, Duration::from_millis(1500));
+        assert!(Config::try_parse_from(["x", "--heartbeat-timeout", "3x"]).is_err());
+        assert!(Config::try_parse_from(["x", "--heartbeat-timeout", "0s"]).is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_original_and_bind_is_an_alias() {
+        let c = Config::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.db_path, PathBuf::from("quilt-mesh.db"));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.validate().unwrap().subnet_at(1).unwrap().to_string(),
+            "10.42.1.0/24"
+        );
+        let c = Config::parse_from([
+            "x",
+            "--bind",
+            "0.0.0.0:9000",
+            "--heartbeat-timeout",
+            "500ms",
+        ]);
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.heartbeat_timeout, Duration::from_millis(500));
+        let c = Config::parse_from(["x", "--join-token", " "]);
+        assert!(c.validate().is_err());
+        let c = Config::parse_from(["x", "--node-prefix-len", "8"]);
+        assert!(c.validate().unwrap_err().to_string().contains("/8"));
+    }
+}

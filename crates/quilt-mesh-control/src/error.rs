@@ -1,0 +1,92 @@
+//! Errors as the outside world sees them: [`ApiError`] and the one place
+//! ([`ApiError::status`]) that decides each one's HTTP status.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::api::types::ErrorBody;
+use crate::auth::AuthError;
+use crate::model::FieldError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+use crate::watch::WatchError;
+
+/// Every way a request can fail, with a message that names what failed and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed json: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    InvalidField(#[from] FieldError),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the control plane is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Store(e) => ApiError::Store(e),
+            RegistryError::Denied(e) => ApiError::Auth(e),
+            RegistryError::Stopped => ApiError::ShuttingDown,
+        }
+    }
+}
+
+impl ApiError {
+    /// The status code of each error: the one mapping from domain errors to HTTP.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(_) => StatusCode::FORBIDDEN,
+            ApiError::Watch(_) => StatusCode::GONE,
+            ApiError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
+            ApiError::Store(StoreError::Exhausted { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+        }
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,125 @@
+//! quilt-mesh-control: the control plane every Quilt Mesh agent registers with; the
+//! source of truth for nodes and their subnet leases.
+//!
+//! Modules, from the edge inwards:
+//! - [`config`]: flags and their environment variables.
+//! - [`api`]: HTTP routes and handlers; [`api::types`] holds the JSON shapes clients reuse.
+//! - [`error`]: API errors and their one mapping to HTTP status codes.
+//! - [`auth`]: join token and node token decisions.
+//! - [`registry`]: the thread that owns the store and publishes its changes.
+//! - [`watch`]: revisions, retained history and fan-out to watchers.
+//! - [`monitor`]: marks down nodes that stopped sending heartbeats.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`store`]: the [`store::Store`] trait, SQLite and in-memory implementations.
+//! - [`model`]: validated domain values (node ids, tokens, hostnames, MACs, nodes).
+//!
+//! [`run`] serves until its shutdown future completes, then stops every task it started.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod monitor;
+pub mod registry;
+pub mod store;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+use crate::api::AppState;
+use crate::auth::Policy;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::{SqliteStore, Store};
+use crate::watch::Hub;
+
+/// Opens the SQLite database named by `config` and serves the API on `listener` until
+/// `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let plan = config.validate()?;
+    let path = config.db_path.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, plan))
+        .await
+        .context("opening the database panicked")?
+        .with_context(|| format!("cannot open database {}", config.db_path.display()))?;
+    run_with_store(config, Box::new(store), listener, shutdown).await
+}
+
+/// Serves the API over `store` (any [`Store`], such as [`store::MemoryStore`] in tests).
+pub async fn run_with_store(
+    config: Config,
+    mut store: Box<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let policy = Policy::new(config.join_token.clone());
+    if policy.is_open() {
+        tracing::warn!(
+            "no join token configured: any client can register nodes; set --join-token to require one"
+        );
+    }
+    let revision = store.revision()?;
+    let hub = Arc::new(Hub::new(revision, config.watch_history));
+    let (registry, registry_thread) =
+        Registry::start(store, hub).context("cannot start the registry thread")?;
+    let metrics = Arc::new(Metrics::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let monitor = tokio::spawn(monitor::run(
+        registry.clone(),
+        metrics.clone(),
+        config.heartbeat_timeout,
+        stop_rx.clone(),
+    ));
+
+    let state = AppState {
+        registry,
+        policy: Arc::new(policy),
+        metrics,
+        cluster_cidr: config.cluster_cidr,
+        heartbeat_timeout: config.heartbeat_timeout,
+        stopping: stop_rx,
+    };
+    let app = api::router(state);
+    let local = listener
+        .local_addr()
+        .context("listener has no local address")?;
+    tracing::info!(
+        listen = %local,
+        cluster_cidr = %config.cluster_cidr,
+        node_prefix_len = config.node_prefix_len,
+        heartbeat_timeout = ?config.heartbeat_timeout,
+        revision,
+        "quilt-mesh-control serving"
+    );
+
+    let stop_for_serve = stop_tx.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing watch streams and finishing requests");
+            let _ = stop_for_serve.send(true);
+        })
+        .await;
+
+    let _ = stop_tx.send(true);
+    if let Err(e) = monitor.await {
+        tracing::error!(error = %e, "heartbeat monitor panicked");
+    }
+    registry_thread.stop().await;
+    tracing::info!("quilt-mesh-control stopped");
+    served.context("http server failed")
+}

@@ -1,0 +1,415 @@
+//! Domain values: node ids, tokens, hostnames, MAC addresses, host addresses and the node
+//! record itself. Everything here is already valid; parsing from wire strings happens in
+//! the `parse_*` functions, which name the field and the value that failed.
+
+use std::fmt;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use quilt_common::cluster::excerpt;
+
+/// Why a field of a request is not acceptable. The message names the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FieldError(pub String);
+
+impl FieldError {
+    fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// A node's id: `node-<n>`, where `n` comes from a counter that never goes back, so an id
+/// is never given to two nodes, even after the first one left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(u64);
+
+impl NodeId {
+    pub const PREFIX: &'static str = "node-";
+
+    pub fn new(n: u64) -> Self {
+        Self(n)
+    }
+
+    pub fn number(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", Self::PREFIX, self.0)
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = FieldError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            FieldError::new(format!(
+                "node id {:?} is not of the form node-<n>",
+                excerpt(s)
+            ))
+        };
+        let digits = s.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
+        if digits.is_empty()
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || digits.starts_with('0')
+        {
+            return Err(bad());
+        }
+        digits.parse().map(NodeId).map_err(|_| bad())
+    }
+}
+
+/// A node's own credential for heartbeats and leaving: 32 lowercase hex characters made
+/// from 16 bytes of `/dev/urandom`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeToken(String);
+
+impl NodeToken {
+    /// Makes a fresh random token.
+    pub fn generate() -> std::io::Result<Self> {
+        let mut bytes = [0u8; 16];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(Self(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    /// Wraps a token read back from the store.
+    pub fn from_stored(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares with a presented token in time independent of where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        constant_time_eq(self.0.as_bytes(), presented.as_bytes())
+    }
+}
+
+impl fmt::Debug for NodeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeToken(<redacted>)")
+    }
+}
+
+/// Compares two byte strings without stopping at the first difference.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A host name of RFC 1123: 1-253 characters, dot-separated labels of 1-63 letters,
+/// digits and hyphens, no label starting or ending with a hyphen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hostname(String);
+
+impl Hostname {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses the `hostname` field.
+pub fn parse_hostname(value: &str) -> Result<Hostname, FieldError> {
+    let bad = |why: &str| FieldError::new(format!("hostname {:?} {why}", excerpt(value)));
+    if value.is_empty() {
+        return Err(FieldError::new("hostname is empty"));
+    }
+    if value.len() > 253 {
+        return Err(bad(&format!(
+            "is {} characters long, more than 253",
+            value.len()
+        )));
+    }
+    for label in value.split('.') {
+        if label.is_empty() {
+            return Err(bad("has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(bad("has a label longer than 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad(
+                "may hold only letters, digits, hyphens and dots (RFC 1123)",
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(bad("has a label that starts or ends with a hyphen"));
+        }
+    }
+    Ok(Hostname(value.to_string()))
+}
+
+/// Parses the `host_ip` field: a unicast IPv4 literal, not 0.0.0.0, loopback, multicast
+/// or broadcast.
+pub fn parse_host_ip(value: &str) -> Result<Ipv4Addr, FieldError> {
+    let ip = Ipv4Addr::from_str(value).map_err(|_| {
+        FieldError::new(format!(
+            "host_ip {:?} is not an IPv4 address",
+            excerpt(value)
+        ))
+    })?;
+    let why = if ip.is_unspecified() {
+        "is the unspecified address"
+    } else if ip.is_loopback() {
+        "is a loopback address"
+    } else if ip.is_multicast() {
+        "is a multicast address"
+    } else if ip.is_broadcast() {
+        "is the broadcast address"
+    } else {
+        return Ok(ip);
+    };
+    Err(FieldError::new(format!(
+        "host_ip {ip} {why}; a node needs a unicast address"
+    )))
+}
+
+/// A unicast Ethernet MAC address (the VXLAN device's), printed as `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr([u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+/// Parses the `vtep_mac` field: six colon-separated hex octets, not multicast, not all zero.
+pub fn parse_mac(value: &str) -> Result<MacAddr, FieldError> {
+    let bad = |why: &str| FieldError::new(format!("vtep_mac {:?} {why}", excerpt(value)));
+    let parts: Vec<&str> = value.split(':').collect();
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(bad("is not a MAC address like 02:42:ac:11:00:02"));
+    }
+    let mut bytes = [0u8; 6];
+    for (slot, part) in bytes.iter_mut().zip(&parts) {
+        *slot = u8::from_str_radix(part, 16)
+            .map_err(|_| bad("is not a MAC address like 02:42:ac:11:00:02"))?;
+    }
+    if bytes[0] & 1 == 1 {
+        return Err(bad("is a multicast address; a VTEP needs a unicast MAC"));
+    }
+    if bytes == [0; 6] {
+        return Err(bad("is all zeros; a VTEP needs a unicast MAC"));
+    }
+    Ok(MacAddr(bytes))
+}
+
+/// Whether the control plane hears from a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    Up,
+    Down,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Up => "up",
+            NodeStatus::Down => "down",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "up" => Some(NodeStatus::Up),
+            "down" => Some(NodeStatus::Down),
+            _ => None,
+        }
+    }
+}
+
+/// A registration, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNode {
+    pub hostname: Hostname,
+    pub host_ip: Ipv4Addr,
+    pub cpu_cores: u32,
+    pub ram_mb: u64,
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// A node as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: NodeId,
+    pub hostname: Hostname,
+    pub host_ip: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub cpu_cores: u32,
+    pub ram_mb: u64,
+    pub vtep_mac: Option<MacAddr>,
+    pub status: NodeStatus,
+    /// Unix seconds.
+    pub registered_at: u64,
+    /// Unix milliseconds (the API shows seconds; the monitor needs finer steps).
+    pub last_heartbeat_ms: u64,
+    pub token: NodeToken,
+}
+
+impl Node {
+    /// Whether a change from `self` to `other` is something watchers are told about:
+    /// membership, status, subnet or VTEP MAC (heartbeat timestamps alone are not).
+    /// Other registration fields (hostname, cpu, ram) count too, so a watcher's copy of
+    /// the node stays equal to what `GET /api/nodes` answers.
+    pub fn differs_for_watchers(&self, other: &Node) -> bool {
+        self.status != other.status
+            || self.subnet != other.subnet
+            || self.vtep_mac != other.vtep_mac
+            || self.hostname != other.hostname
+            || self.host_ip != other.host_ip
+            || self.cpu_cores != other.cpu_cores
+            || self.ram_mb != other.ram_mb
+    }
+}
+
+/// Parses a hostname read back from the store, which only ever holds valid ones.
+pub(crate) fn hostname_from_stored(s: String) -> Hostname {
+    Hostname(s)
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_round_trip_and_refuse_other_forms() {
+        let id: NodeId = "node-42".parse().unwrap();
+        assert_eq!(id.to_string(), "node-42");
+        for bad in [
+            "node-",
+            "node-01",
+            "42",
+            "node-x",
+            "node-1a",
+            "Node-1",
+            "node-99999999999999999999999",
+        ] {
+            assert!(bad.parse::<NodeId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_random_hex_and_compare_exactly() {
+        let a = NodeToken::generate().unwrap();
+        let b = NodeToken::generate().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.matches(a.as_str()));
+        assert!(!a.matches(b.as_str()));
+        assert!(!a.matches(""));
+    }
+
+    #[test]
+    fn hostnames_follow_rfc_1123() {
+        for ok in [
+            "a",
+            "node-1",
+            "worker1.example.com",
+            "1host",
+            &"a".repeat(63),
+        ] {
+            assert!(parse_hostname(ok).is_ok(), "{ok}");
+        }
+        let cases = [
+            ("", "hostname is empty"),
+            ("-a", "hyphen"),
+            ("a..b", "empty label"),
+            ("under_score", "letters, digits"),
+            ("a.", "empty label"),
+        ];
+        for (input, expected) in cases {
+            let err = parse_hostname(input).unwrap_err().to_string();
+            assert!(
+                err.contains(expected) && err.starts_with("hostname"),
+                "{input}: {err}"
+            );
+        }
+        assert!(parse_hostname(&"a".repeat(64)).is_err());
+        let long = ["abc"; 70].join(".");
+        assert!(
+            parse_hostname(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("more than 253")
+        );
+    }
+
+    #[test]
+    fn host_ips_must_be_unicast_ipv4() {
+        assert_eq!(
+            parse_host_ip("192.168.1.10").unwrap().to_string(),
+            "192.168.1.10"
+        );
+        let cases = [
+            ("999.1.1.1", "host_ip \"999.1.1.1\" is not an IPv4 address"),
+            ("0.0.0.0", "unspecified"),
+            ("127.0.0.1", "loopback"),
+            ("224.0.0.1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("::1", "not an IPv4 address"),
+            (" 10.0.0.1", "not an IPv4 address"),
+        ];
+        for (input, expected) in cases {
+            let err = parse_host_ip(input).unwrap_err().to_string();
+            assert!(err.contains(expected), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn macs_must_be_unicast() {
+        assert_eq!(
+            parse_mac("02:42:AC:11:00:02").unwrap().to_string(),
+            "02:42:ac:11:00:02"
+        );
+        for (input, expected) in [
+            ("01:00:5e:00:00:01", "multicast"),
+            ("00:00:00:00:00:00", "all zeros"),
+            ("02:42:ac:11:00", "not a MAC"),
+            ("02-42-ac-11-00-02", "not a MAC"),
+            ("zz:42:ac:11:00:02", "not a MAC"),
+        ] {
+            let err = parse_mac(input).unwrap_err().to_string();
+            assert!(
+                err.contains(expected) && err.starts_with("vtep_mac"),
+                "{input}: {err}"
+            );
+        }
+    }
+}

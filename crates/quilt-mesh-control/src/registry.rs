@@ -1,0 +1,193 @@
+//! The registry: the one thread that owns the [`Store`] and publishes its changes.
+//!
+//! Every read and write is a job run on that thread, in arrival order. A write and the
+//! publication of its change happen together there, so watchers see changes in revision
+//! order, and a request whose client went away still finishes what it started (the job
+//! runs to the end; nobody is left half-published).
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::auth::AuthError;
+use crate::model::{NewNode, Node, NodeId, NodeToken, now_ms};
+use crate::store::{Registration, Revision, Store, StoreError};
+use crate::watch::Hub;
+
+/// Why a registry call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Denied(#[from] AuthError),
+    #[error("the registry is shutting down")]
+    Stopped,
+}
+
+/// How long the registry waits idle before it lets the store write what it held back.
+const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
+type Job = Box<dyn FnOnce(&mut dyn Store, &Hub) + Send>;
+
+enum Message {
+    Job(Job),
+    Stop,
+}
+
+/// A handle to the registry thread; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    sender: mpsc::Sender<Message>,
+    hub: Arc<Hub>,
+}
+
+/// Owns the registry thread: [`RegistryThread::stop`] ends it after the jobs already queued.
+pub struct RegistryThread {
+    sender: mpsc::Sender<Message>,
+    handle: JoinHandle<()>,
+}
+
+impl RegistryThread {
+    /// Stops the thread and waits for it; the store is closed when this returns.
+    pub async fn stop(self) {
+        let _ = self.sender.send(Message::Stop);
+        let handle = self.handle;
+        match tokio::task::spawn_blocking(move || handle.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!("registry thread panicked"),
+        }
+    }
+}
+
+impl Registry {
+    /// Starts the registry thread over `store`, publishing to `hub`.
+    pub fn start(
+        mut store: Box<dyn Store>,
+        hub: Arc<Hub>,
+    ) -> std::io::Result<(Registry, RegistryThread)> {
+        let (sender, receiver) = mpsc::channel::<Message>();
+        let thread_hub = hub.clone();
+        let handle = std::thread::Builder::new()
+            .name("quilt-registry".into())
+            .spawn(move || {
+                loop {
+                    match receiver.recv_timeout(IDLE_FLUSH) {
+                        Ok(Message::Job(job)) => job(store.as_mut(), &thread_hub),
+                        Ok(Message::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = store.flush() {
+                                tracing::error!(error = %e, "cannot flush the store");
+                            }
+                        }
+                    }
+                }
+                tracing::debug!("registry thread stopped");
+            })?;
+        Ok((
+            Registry {
+                sender: sender.clone(),
+                hub,
+            },
+            RegistryThread { sender, handle },
+        ))
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Runs `f` on the registry thread and returns its result.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Store, &Hub) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store, hub| {
+            let _ = tx.send(f(store, hub));
+        });
+        self.sender
+            .send(Message::Job(job))
+            .map_err(|_| RegistryError::Stopped)?;
+        rx.await.map_err(|_| RegistryError::Stopped)?
+    }
+
+    /// Registers or renews a node (see [`Store::register`]).
+    pub async fn register(
+        &self,
+        new: NewNode,
+        token: NodeToken,
+    ) -> Result<Registration, RegistryError> {
+        self.call(move |store, hub| {
+            let registration = store.register(&new, token, now_ms())?;
+            hub.publish(registration.change.clone());
+            Ok(registration)
+        })
+        .await
+    }
+
+    /// Records a heartbeat from node `id` once `authorize` accepts the node.
+    pub async fn heartbeat(
+        &self,
+        id: NodeId,
+        authorize: impl FnOnce(&Node) -> Result<(), AuthError> + Send + 'static,
+    ) -> Result<Node, RegistryError> {
+        self.call(move |store, hub| {
+            let mut node = store.get(id)?.ok_or(StoreError::NotFound(id))?;
+            authorize(&node)?;
+            let now = now_ms();
+            match store.heartbeat(id, now)? {
+                Some(change) => {
+                    node = change.node.clone();
+                    hub.publish([change]);
+                }
+                None => node.last_heartbeat_ms = now,
+            }
+            Ok(node)
+        })
+        .await
+    }
+
+    /// Removes node `id` once `authorize` accepts the request; answers the node as it was.
+    pub async fn delete(
+        &self,
+        id: NodeId,
+        authorize: impl FnOnce(&Node) -> Result<(), AuthError> + Send + 'static,
+    ) -> Result<Node, RegistryError> {
+        self.call(move |store, hub| {
+            let node = store.get(id)?.ok_or(StoreError::NotFound(id))?;
+            authorize(&node)?;
+            let change = store.delete(id)?;
+            let node = change.node.clone();
+            hub.publish([change]);
+            Ok(node)
+        })
+        .await
+    }
+
+    pub async fn get(&self, id: NodeId) -> Result<Option<Node>, RegistryError> {
+        self.call(move |store, _| Ok(store.get(id)?)).await
+    }
+
+    pub async fn list(&self) -> Result<(Vec<Node>, Revision), RegistryError> {
+        self.call(|store, _| Ok(store.list()?)).await
+    }
+
+    /// Marks down every up node not heard from since `cutoff_ms`; answers how many.
+    pub async fn mark_down_before(&self, cutoff_ms: u64) -> Result<Vec<Node>, RegistryError> {
+        self.call(move |store, hub| {
+            let changes = store.mark_down_before(cutoff_ms)?;
+            let nodes = changes.iter().map(|c| c.node.clone()).collect();
+            hub.publish(changes);
+            Ok(nodes)
+        })
+        .await
+    }
+
+    /// (up, down) node counts.
+    pub async fn count_by_status(&self) -> Result<(u64, u64), RegistryError> {
+        self.call(|store, _| Ok(store.count_by_status()?)).await
+    }
+}

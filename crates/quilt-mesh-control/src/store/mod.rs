@@ -1,0 +1,325 @@
+//! Where nodes and leases live: the [`Store`] trait and its implementations.
+//!
+//! - [`sqlite`]: the durable store (one file, WAL, schema migrations).
+//! - [`memory`]: the same behaviour in memory, for tests.
+//!
+//! A store is owned by one thread (see [`crate::registry`]) and called synchronously, so
+//! methods take `&mut self`. Every change that watchers must see comes back as a
+//! [`Change`] carrying the revision the store gave it in the same transaction, so the
+//! revision counter survives restarts with the data. An etcd store would implement the
+//! same trait (its calls made with `Handle::block_on` on the registry thread, revisions
+//! taken from etcd's own) without touching the API layer.
+
+pub mod memory;
+pub mod sqlite;
+
+use ipnet::Ipv4Net;
+use quilt_common::ClusterNetwork;
+
+use crate::model::{NewNode, Node, NodeId, NodeStatus, NodeToken};
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// A position in the history of changes: it grows by one for every [`Change`].
+pub type Revision = u64;
+
+/// What happened to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Updated,
+    Deleted,
+}
+
+/// One change that watchers are told about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: Revision,
+    pub kind: ChangeKind,
+    /// The node after the change (before it, for a deletion).
+    pub node: Node,
+}
+
+/// The result of a registration.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub node: Node,
+    /// True for a new node, false when a known `host_ip` registered again.
+    pub created: bool,
+    /// The change watchers see, if anything they care about changed.
+    pub change: Option<Change>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("node {0} not found")]
+    NotFound(NodeId),
+    #[error(
+        "subnet pool exhausted: all {leasable} node subnets of cluster cidr {cluster} (/{prefix} each, the first one reserved) are leased"
+    )]
+    Exhausted {
+        cluster: Ipv4Net,
+        prefix: u8,
+        leasable: u64,
+    },
+    #[error(
+        "database was created for cluster cidr {stored_cidr} with /{stored_prefix} node subnets, not {cidr} with /{prefix}; start with the original plan or a new database"
+    )]
+    PlanMismatch {
+        stored_cidr: String,
+        stored_prefix: String,
+        cidr: Ipv4Net,
+        prefix: u8,
+    },
+    #[error("database holds a bad record: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Nodes and their subnet leases.
+pub trait Store: Send + 'static {
+    /// The revision of the last change.
+    fn revision(&mut self) -> Result<Revision, StoreError>;
+
+    /// Registers a node, or renews the one already holding `new.host_ip`: a renewal
+    /// keeps its id, subnet and token, updates the other fields (a missing `vtep_mac`
+    /// keeps the old one), marks it up and sets its heartbeat to `now_ms`. A new node
+    /// gets `token` and the lowest free subnet, never the cluster's first one.
+    fn register(
+        &mut self,
+        new: &NewNode,
+        token: NodeToken,
+        now_ms: u64,
+    ) -> Result<Registration, StoreError>;
+
+    /// Records a heartbeat. A node that was down comes back up, which is a change.
+    fn heartbeat(&mut self, id: NodeId, now_ms: u64) -> Result<Option<Change>, StoreError>;
+
+    fn get(&mut self, id: NodeId) -> Result<Option<Node>, StoreError>;
+
+    /// Every node, ordered by id, and the revision the list is current at.
+    fn list(&mut self) -> Result<(Vec<Node>, Revision), StoreError>;
+
+    /// Removes a node; its subnet becomes free.
+    fn delete(&mut self, id: NodeId) -> Result<Change, StoreError>;
+
+    /// Marks down every up node whose last heartbeat is older than `cutoff_ms`.
+    fn mark_down_before(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError>;
+
+    /// How many nodes are up and how many are down.
+    fn count_by_status(&mut self) -> Result<(u64, u64), StoreError>;
+
+    /// Writes anything held back in memory (such as recent heartbeat times); the
+    /// registry calls this when it has been idle for a while.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The lowest free lease index (the first subnet, index 0, is never leased), given the
+/// indices in use in ascending order.
+pub(crate) fn lowest_free_index(used_ascending: impl IntoIterator<Item = u64>) -> u64 {
+    let mut candidate = 1;
+    for used in used_ascending {
+        if used < candidate {
+            continue;
+        }
+        if used > candidate {
+            break;
+        }
+        candidate += 1;
+    }
+    candidate
+}
+
+/// The error for a full pool.
+pub(crate) fn exhausted(plan: &ClusterNetwork) -> StoreError {
+    StoreError::Exhausted {
+        cluster: plan.cidr(),
+        prefix: plan.node_prefix_len(),
+        leasable: plan.subnet_count() - 1,
+    }
+}
+
+/// Counts nodes by status.
+pub(crate) fn count<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> (u64, u64) {
+    nodes
+        .into_iter()
+        .fold((0, 0), |(up, down), n| match n.status {
+            NodeStatus::Up => (up + 1, down),
+            NodeStatus::Down => (up, down + 1),
+        })
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! Behaviour every store must have; each implementation runs these.
+
+    use super::*;
+    use crate::model::{parse_hostname, parse_mac};
+
+    pub fn plan(cidr: &str, prefix: u8) -> ClusterNetwork {
+        ClusterNetwork::new(cidr.parse().unwrap(), prefix).unwrap()
+    }
+
+    pub fn new_node(host: &str, ip: &str) -> NewNode {
+        NewNode {
+            hostname: parse_hostname(host).unwrap(),
+            host_ip: ip.parse().unwrap(),
+            cpu_cores: 4,
+            ram_mb: 8192,
+            vtep_mac: None,
+        }
+    }
+
+    fn token() -> NodeToken {
+        NodeToken::generate().unwrap()
+    }
+
+    pub fn leases_start_at_the_second_subnet_and_fill_gaps(s: &mut dyn Store) {
+        let a = s
+            .register(&new_node("a", "10.0.0.1"), token(), 1000)
+            .unwrap();
+        let b = s
+            .register(&new_node("b", "10.0.0.2"), token(), 1000)
+            .unwrap();
+        let c = s
+            .register(&new_node("c", "10.0.0.3"), token(), 1000)
+            .unwrap();
+        assert_eq!(a.node.subnet.to_string(), "10.42.1.0/24");
+        assert_eq!(b.node.subnet.to_string(), "10.42.2.0/24");
+        assert_eq!(c.node.subnet.to_string(), "10.42.3.0/24");
+        assert!(a.created && b.created && c.created);
+        assert_eq!(c.change.as_ref().unwrap().revision, 3);
+        let gone = s.delete(b.node.id).unwrap();
+        assert_eq!((gone.kind, gone.revision), (ChangeKind::Deleted, 4));
+        assert!(s.get(b.node.id).unwrap().is_none());
+        let d = s
+            .register(&new_node("d", "10.0.0.4"), token(), 1000)
+            .unwrap();
+        assert_eq!(d.node.subnet.to_string(), "10.42.2.0/24");
+        assert_ne!(d.node.id, b.node.id, "ids are never reused");
+        let (nodes, rev) = s.list().unwrap();
+        assert_eq!(rev, 5);
+        let ids: Vec<_> = nodes.iter().map(|n| n.id).collect();
+        assert_eq!(ids, vec![a.node.id, c.node.id, d.node.id]);
+        assert!(matches!(s.delete(b.node.id), Err(StoreError::NotFound(_))));
+    }
+
+    pub fn the_same_host_ip_gets_its_lease_back(s: &mut dyn Store) {
+        let first = s
+            .register(&new_node("a", "10.0.0.1"), token(), 1000)
+            .unwrap();
+        s.mark_down_before(5000).unwrap();
+        let mut again = new_node("a-renamed", "10.0.0.1");
+        again.vtep_mac = Some(parse_mac("02:00:00:00:00:01").unwrap());
+        let second = s.register(&again, token(), 9000).unwrap();
+        assert!(!second.created);
+        assert_eq!(second.node.id, first.node.id);
+        assert_eq!(second.node.subnet, first.node.subnet);
+        assert_eq!(
+            second.node.token, first.node.token,
+            "a renewal keeps the token"
+        );
+        assert_eq!(second.node.hostname.as_str(), "a-renamed");
+        assert_eq!(second.node.status, NodeStatus::Up);
+        assert_eq!(second.node.last_heartbeat_ms, 9000);
+        assert_eq!(second.change.unwrap().kind, ChangeKind::Updated);
+        // the same registration again changes nothing watchers see
+        let third = s
+            .register(&new_node("a-renamed", "10.0.0.1"), token(), 9500)
+            .unwrap();
+        assert!(third.change.is_none());
+        assert_eq!(
+            third.node.vtep_mac, again.vtep_mac,
+            "a missing vtep_mac keeps the old one"
+        );
+    }
+
+    pub fn a_tiny_cluster_runs_out_cleanly(s: &mut dyn Store) {
+        let subnets: Vec<String> = (1..=3)
+            .map(|i| {
+                s.register(&new_node("n", &format!("10.0.0.{i}")), token(), 0)
+                    .unwrap()
+                    .node
+                    .subnet
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(subnets, ["10.99.1.0/24", "10.99.2.0/24", "10.99.3.0/24"]);
+        let rev = s.revision().unwrap();
+        let err = s
+            .register(&new_node("n", "10.0.0.9"), token(), 0)
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Exhausted { leasable: 3, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("10.99.0.0/22"), "{err}");
+        assert_eq!(s.list().unwrap().0.len(), 3, "a refusal creates nothing");
+        assert_eq!(s.revision().unwrap(), rev);
+        // a known host_ip still renews when the pool is full
+        assert!(s.register(&new_node("n", "10.0.0.2"), token(), 0).is_ok());
+    }
+
+    pub fn heartbeats_and_the_monitor_flip_status(s: &mut dyn Store) {
+        let a = s
+            .register(&new_node("a", "10.0.0.1"), token(), 1000)
+            .unwrap()
+            .node;
+        let b = s
+            .register(&new_node("b", "10.0.0.2"), token(), 1000)
+            .unwrap()
+            .node;
+        let rev = s.revision().unwrap();
+        assert!(
+            s.heartbeat(a.id, 3000).unwrap().is_none(),
+            "a heartbeat alone is no change"
+        );
+        assert_eq!(s.revision().unwrap(), rev);
+        let down = s.mark_down_before(2000).unwrap();
+        assert_eq!(down.len(), 1);
+        assert_eq!(down[0].node.id, b.id);
+        assert_eq!(down[0].node.status, NodeStatus::Down);
+        assert_eq!(down[0].revision, rev + 1);
+        assert!(
+            s.mark_down_before(2000).unwrap().is_empty(),
+            "down stays down quietly"
+        );
+        assert_eq!(s.count_by_status().unwrap(), (1, 1));
+        let up = s.heartbeat(b.id, 4000).unwrap().unwrap();
+        assert_eq!(
+            (up.kind, up.node.status, up.revision),
+            (ChangeKind::Updated, NodeStatus::Up, rev + 2)
+        );
+        assert_eq!(s.get(b.id).unwrap().unwrap().last_heartbeat_ms, 4000);
+        assert!(matches!(
+            s.heartbeat(NodeId::new(999), 1),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    pub fn run_all(mut make: impl FnMut(ClusterNetwork) -> Box<dyn Store>) {
+        leases_start_at_the_second_subnet_and_fill_gaps(make(plan("10.42.0.0/16", 24)).as_mut());
+        the_same_host_ip_gets_its_lease_back(make(plan("10.42.0.0/16", 24)).as_mut());
+        a_tiny_cluster_runs_out_cleanly(make(plan("10.99.0.0/22", 24)).as_mut());
+        heartbeats_and_the_monitor_flip_status(make(plan("10.42.0.0/16", 24)).as_mut());
+    }
+
+    #[test]
+    fn lowest_free_index_skips_the_first_subnet_and_fills_gaps() {
+        assert_eq!(lowest_free_index([]), 1);
+        assert_eq!(lowest_free_index([1, 2, 3]), 4);
+        assert_eq!(lowest_free_index([1, 3]), 2);
+        assert_eq!(lowest_free_index([0, 2]), 1);
+    }
+}

@@ -1,0 +1,664 @@
+//! The durable [`Store`]: one SQLite file in WAL mode.
+//!
+//! - Schema changes are numbered migrations, each applied once in a transaction and
+//!   recorded in `schema_migrations`.
+//! - `nodes.subnet`, `nodes.subnet_index` and `nodes.host_ip` are UNIQUE, so the
+//!   database itself refuses to hand a subnet out twice.
+//! - Every write is one `BEGIN IMMEDIATE` transaction that also advances the revision
+//!   counter kept in `meta`, so revisions keep growing across restarts.
+//! - `synchronous=NORMAL`: in WAL mode a commit is in the OS once `COMMIT` returns, so
+//!   a killed process (kill -9, a panic) loses nothing it acknowledged; only a power
+//!   loss or kernel crash can lose the last commits, never corrupt the file.
+//! - The file is created readable by its owner only: it holds node tokens in plain text.
+//! - Heartbeat times of up nodes are soft state: they are kept in memory and written in
+//!   one transaction at most [`HEARTBEAT_FLUSH`] apart (and before any other write, and
+//!   when the store closes). A kill -9 can lose up to that much heartbeat time, which
+//!   the monitor's start-up grace period covers; status changes are written at once.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use quilt_common::ClusterNetwork;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+
+use super::{Change, ChangeKind, Registration, Revision, Store, StoreError, exhausted};
+use crate::model::{NewNode, Node, NodeId, NodeStatus, NodeToken, hostname_from_stored, parse_mac};
+
+/// Schema migrations in order; the position (from 1) is the version.
+const MIGRATIONS: &[&str] = &[
+    // 1: nodes, leases and the counters
+    "CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     );
+     CREATE TABLE nodes (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        hostname          TEXT    NOT NULL,
+        host_ip           TEXT    NOT NULL UNIQUE,
+        subnet            TEXT    NOT NULL UNIQUE,
+        subnet_index      INTEGER NOT NULL UNIQUE CHECK (subnet_index >= 1),
+        cpu_cores         INTEGER NOT NULL,
+        ram_mb            INTEGER NOT NULL,
+        vtep_mac          TEXT,
+        status            TEXT    NOT NULL CHECK (status IN ('up', 'down')),
+        registered_at     INTEGER NOT NULL,
+        last_heartbeat_ms INTEGER NOT NULL,
+        token             TEXT    NOT NULL
+     );
+     CREATE INDEX nodes_status_heartbeat ON nodes (status, last_heartbeat_ms);
+     INSERT INTO meta (key, value) VALUES ('revision', '0');",
+];
+
+const COLUMNS: &str = "id, hostname, host_ip, subnet, cpu_cores, ram_mb, vtep_mac, status, registered_at, last_heartbeat_ms, token";
+
+/// The lowest free lease index: 1 if free, else one past the first index whose
+/// successor is free. The `subnet_index` UNIQUE index makes this a short index scan.
+const LOWEST_FREE_INDEX: &str = "SELECT CASE
+        WHEN NOT EXISTS (SELECT 1 FROM nodes WHERE subnet_index = 1) THEN 1
+        ELSE (SELECT MIN(a.subnet_index) + 1 FROM nodes a
+              WHERE NOT EXISTS (SELECT 1 FROM nodes b WHERE b.subnet_index = a.subnet_index + 1))
+     END";
+
+/// Longest time a heartbeat stays only in memory.
+pub const HEARTBEAT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub struct SqliteStore {
+    conn: Connection,
+    plan: ClusterNetwork,
+    revision: Revision,
+    /// Heartbeat times (unix ms) of up nodes not yet written.
+    pending: HashMap<NodeId, u64>,
+    last_flush: std::time::Instant,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("plan", &self.plan)
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies pending migrations and
+    /// checks that it was made for the same cluster plan.
+    pub fn open(path: &Path, plan: ClusterNetwork) -> Result<Self, StoreError> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot open database file {}: {e}", path.display()))
+            })?;
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        migrate(&mut conn)?;
+        check_plan(&mut conn, plan)?;
+        let revision = read_revision(&conn)?;
+        Ok(Self {
+            conn,
+            plan,
+            revision,
+            pending: HashMap::new(),
+            last_flush: std::time::Instant::now(),
+        })
+    }
+
+    /// Writes the heartbeat times held in memory, in one transaction.
+    pub fn flush_heartbeats(&mut self) -> Result<(), StoreError> {
+        self.last_flush = std::time::Instant::now();
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE nodes SET last_heartbeat_ms = MAX(last_heartbeat_ms, ?1) WHERE id = ?2",
+            )?;
+            for (id, ms) in &self.pending {
+                stmt.execute(params![ms, id.number()])?;
+            }
+        }
+        tx.commit()?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Shows heartbeat times not yet written.
+    fn overlay(&self, mut node: Node) -> Node {
+        if let Some(ms) = self.pending.get(&node.id) {
+            node.last_heartbeat_ms = node.last_heartbeat_ms.max(*ms);
+        }
+        node
+    }
+
+    fn begin(&mut self) -> Result<Transaction<'_>, StoreError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    INTEGER PRIMARY KEY,
+            applied_at INTEGER NOT NULL
+         )",
+    )?;
+    let applied: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if applied > known {
+        return Err(StoreError::Backend(format!(
+            "database schema version {applied} is newer than this program knows ({known}); use a newer quilt-mesh-control"
+        )));
+    }
+    for (version, sql) in (1..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(applied).unwrap_or(0))
+    {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, crate::model::now_ms() / 1000],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}
+
+fn check_plan(conn: &mut Connection, plan: ClusterNetwork) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let get = |key: &str| -> Result<Option<String>, StoreError> {
+        Ok(tx
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    };
+    let cidr = plan.cidr().to_string();
+    let prefix = plan.node_prefix_len().to_string();
+    match (get("cluster_cidr")?, get("node_prefix_len")?) {
+        (Some(stored_cidr), Some(stored_prefix)) => {
+            if stored_cidr != cidr || stored_prefix != prefix {
+                return Err(StoreError::PlanMismatch {
+                    stored_cidr,
+                    stored_prefix,
+                    cidr: plan.cidr(),
+                    prefix: plan.node_prefix_len(),
+                });
+            }
+        }
+        _ => {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('cluster_cidr', ?1), ('node_prefix_len', ?2)",
+                params![cidr, prefix],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn read_revision(conn: &Connection) -> Result<Revision, StoreError> {
+    let text: String =
+        conn.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
+            r.get(0)
+        })?;
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("revision {text:?} is not a number")))
+}
+
+/// Writes the revision reached after `count` more changes; the caller commits.
+fn advance_revision(
+    tx: &Transaction<'_>,
+    current: Revision,
+    count: u64,
+) -> Result<Revision, StoreError> {
+    let next = current + count;
+    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'revision'")?
+        .execute([next.to_string()])?;
+    Ok(next)
+}
+
+/// A row as stored, before checking it.
+struct RawNode {
+    id: u64,
+    hostname: String,
+    host_ip: String,
+    subnet: String,
+    cpu_cores: u32,
+    ram_mb: u64,
+    vtep_mac: Option<String>,
+    status: String,
+    registered_at: u64,
+    last_heartbeat_ms: u64,
+    token: String,
+}
+
+fn raw(row: &Row<'_>) -> rusqlite::Result<RawNode> {
+    Ok(RawNode {
+        id: row.get(0)?,
+        hostname: row.get(1)?,
+        host_ip: row.get(2)?,
+        subnet: row.get(3)?,
+        cpu_cores: row.get(4)?,
+        ram_mb: row.get(5)?,
+        vtep_mac: row.get(6)?,
+        status: row.get(7)?,
+        registered_at: row.get(8)?,
+        last_heartbeat_ms: row.get(9)?,
+        token: row.get(10)?,
+    })
+}
+
+impl RawNode {
+    fn check(self) -> Result<Node, StoreError> {
+        let id = NodeId::new(self.id);
+        let bad = |what: &str, value: &str| {
+            StoreError::Corrupt(format!("node {id} has {what} {value:?}"))
+        };
+        Ok(Node {
+            id,
+            host_ip: self
+                .host_ip
+                .parse()
+                .map_err(|_| bad("host_ip", &self.host_ip))?,
+            subnet: self
+                .subnet
+                .parse::<Ipv4Net>()
+                .map_err(|_| bad("subnet", &self.subnet))?,
+            vtep_mac: match &self.vtep_mac {
+                Some(m) => Some(parse_mac(m).map_err(|_| bad("vtep_mac", m))?),
+                None => None,
+            },
+            status: NodeStatus::parse(&self.status).ok_or_else(|| bad("status", &self.status))?,
+            hostname: hostname_from_stored(self.hostname),
+            cpu_cores: self.cpu_cores,
+            ram_mb: self.ram_mb,
+            registered_at: self.registered_at,
+            last_heartbeat_ms: self.last_heartbeat_ms,
+            token: NodeToken::from_stored(self.token),
+        })
+    }
+}
+
+fn get_where(
+    conn: &Connection,
+    clause: &str,
+    key: &dyn rusqlite::ToSql,
+) -> Result<Option<Node>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM nodes WHERE {clause}");
+    let row = conn
+        .prepare_cached(&sql)?
+        .query_row([key], raw)
+        .optional()?;
+    row.map(RawNode::check).transpose()
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_heartbeats() {
+            tracing::error!(error = %e, "cannot write the last heartbeat times");
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn revision(&mut self) -> Result<Revision, StoreError> {
+        Ok(self.revision)
+    }
+
+    fn register(
+        &mut self,
+        new: &NewNode,
+        token: NodeToken,
+        now_ms: u64,
+    ) -> Result<Registration, StoreError> {
+        self.flush_heartbeats()?;
+        let plan = self.plan;
+        let current = self.revision;
+        let tx = self.begin()?;
+        let host_ip = new.host_ip.to_string();
+        let vtep_mac = new.vtep_mac.map(|m| m.to_string());
+        let (node, created, kind) = if let Some(old) = get_where(&tx, "host_ip = ?1", &host_ip)? {
+            tx.prepare_cached(
+                "UPDATE nodes SET hostname = ?1, cpu_cores = ?2, ram_mb = ?3, vtep_mac = COALESCE(?4, vtep_mac),
+                 status = 'up', last_heartbeat_ms = ?5 WHERE id = ?6",
+            )?
+            .execute(params![
+                new.hostname.as_str(),
+                new.cpu_cores,
+                new.ram_mb,
+                vtep_mac,
+                now_ms,
+                old.id.number()
+            ])?;
+            let node = get_where(&tx, "id = ?1", &old.id.number())?.ok_or_else(|| {
+                StoreError::Corrupt(format!("node {} vanished while renewing it", old.id))
+            })?;
+            let kind = old
+                .differs_for_watchers(&node)
+                .then_some(ChangeKind::Updated);
+            (node, false, kind)
+        } else {
+            let index: u64 = tx
+                .prepare_cached(LOWEST_FREE_INDEX)?
+                .query_row([], |r| r.get(0))?;
+            let subnet = plan.subnet_at(index).ok_or_else(|| exhausted(&plan))?;
+            tx.prepare_cached(
+                "INSERT INTO nodes (hostname, host_ip, subnet, subnet_index, cpu_cores, ram_mb, vtep_mac, status,
+                 registered_at, last_heartbeat_ms, token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'up', ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                new.hostname.as_str(),
+                host_ip,
+                subnet.to_string(),
+                index,
+                new.cpu_cores,
+                new.ram_mb,
+                vtep_mac,
+                now_ms / 1000,
+                now_ms,
+                token.as_str()
+            ])?;
+            let id = NodeId::new(
+                u64::try_from(tx.last_insert_rowid())
+                    .map_err(|_| StoreError::Corrupt("negative node id".into()))?,
+            );
+            let node = Node {
+                id,
+                hostname: new.hostname.clone(),
+                host_ip: new.host_ip,
+                subnet,
+                cpu_cores: new.cpu_cores,
+                ram_mb: new.ram_mb,
+                vtep_mac: new.vtep_mac,
+                status: NodeStatus::Up,
+                registered_at: now_ms / 1000,
+                last_heartbeat_ms: now_ms,
+                token,
+            };
+            (node, true, Some(ChangeKind::Added))
+        };
+        let revision = match kind {
+            Some(_) => advance_revision(&tx, current, 1)?,
+            None => current,
+        };
+        tx.commit()?;
+        self.revision = revision;
+        Ok(Registration {
+            change: kind.map(|kind| Change {
+                revision,
+                kind,
+                node: node.clone(),
+            }),
+            node,
+            created,
+        })
+    }
+
+    fn heartbeat(&mut self, id: NodeId, now_ms: u64) -> Result<Option<Change>, StoreError> {
+        // The common case, an up node, only touches memory.
+        if let Some(ms) = self.pending.get_mut(&id) {
+            *ms = (*ms).max(now_ms);
+        } else {
+            let status: Option<String> = self
+                .conn
+                .prepare_cached("SELECT status FROM nodes WHERE id = ?1")?
+                .query_row([id.number()], |r| r.get(0))
+                .optional()?;
+            match status.as_deref() {
+                None => return Err(StoreError::NotFound(id)),
+                Some("up") => {
+                    self.pending.insert(id, now_ms);
+                }
+                Some(_) => return self.bring_up(id, now_ms).map(Some),
+            }
+        }
+        if self.last_flush.elapsed() >= HEARTBEAT_FLUSH {
+            self.flush_heartbeats()?;
+        }
+        Ok(None)
+    }
+
+    fn get(&mut self, id: NodeId) -> Result<Option<Node>, StoreError> {
+        Ok(get_where(&self.conn, "id = ?1", &id.number())?.map(|n| self.overlay(n)))
+    }
+
+    fn list(&mut self) -> Result<(Vec<Node>, Revision), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM nodes ORDER BY id"))?;
+        let raws = stmt.query_map([], raw)?.collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        let nodes = raws
+            .into_iter()
+            .map(|r| r.check().map(|n| self.overlay(n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((nodes, self.revision))
+    }
+
+    fn delete(&mut self, id: NodeId) -> Result<Change, StoreError> {
+        self.flush_heartbeats()?;
+        let current = self.revision;
+        let tx = self.begin()?;
+        let node = get_where(&tx, "id = ?1", &id.number())?.ok_or(StoreError::NotFound(id))?;
+        tx.prepare_cached("DELETE FROM nodes WHERE id = ?1")?
+            .execute([id.number()])?;
+        let revision = advance_revision(&tx, current, 1)?;
+        tx.commit()?;
+        self.revision = revision;
+        Ok(Change {
+            revision,
+            kind: ChangeKind::Deleted,
+            node,
+        })
+    }
+
+    fn mark_down_before(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError> {
+        self.flush_heartbeats()?;
+        let current = self.revision;
+        let tx = self.begin()?;
+        let stale = {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM nodes WHERE status = 'up' AND last_heartbeat_ms < ?1 ORDER BY id"
+            ))?;
+            let raws = stmt
+                .query_map([cutoff_ms], raw)?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter()
+                .map(RawNode::check)
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        if stale.is_empty() {
+            return Ok(Vec::new());
+        }
+        {
+            let mut stmt = tx.prepare_cached("UPDATE nodes SET status = 'down' WHERE id = ?1")?;
+            for node in &stale {
+                stmt.execute([node.id.number()])?;
+            }
+        }
+        let revision = advance_revision(&tx, current, stale.len() as u64)?;
+        tx.commit()?;
+        self.revision = revision;
+        Ok((current + 1..)
+            .zip(stale)
+            .map(|(revision, mut node)| {
+                node.status = NodeStatus::Down;
+                Change {
+                    revision,
+                    kind: ChangeKind::Updated,
+                    node,
+                }
+            })
+            .collect())
+    }
+
+    fn count_by_status(&mut self) -> Result<(u64, u64), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT COALESCE(SUM(status = 'up'), 0), COALESCE(SUM(status = 'down'), 0) FROM nodes",
+        )?;
+        Ok(stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.flush_heartbeats()
+    }
+}
+
+impl SqliteStore {
+    /// Marks a down node up on its heartbeat: a change.
+    fn bring_up(&mut self, id: NodeId, now_ms: u64) -> Result<Change, StoreError> {
+        let current = self.revision;
+        let tx = self.begin()?;
+        let changed = tx
+            .prepare_cached("UPDATE nodes SET last_heartbeat_ms = ?1, status = 'up' WHERE id = ?2")?
+            .execute(params![now_ms, id.number()])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        let node = get_where(&tx, "id = ?1", &id.number())?.ok_or(StoreError::NotFound(id))?;
+        let revision = advance_revision(&tx, current, 1)?;
+        tx.commit()?;
+        self.revision = revision;
+        Ok(Change {
+            revision,
+            kind: ChangeKind::Updated,
+            node,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::{self, new_node, plan};
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "quilt-mesh-control-{tag}-{}-{}",
+                std::process::id(),
+                crate::model::now_ms()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn behaves_like_a_store() {
+        let dir = TempDir::new("contract");
+        let mut n = 0;
+        contract::run_all(|plan| {
+            n += 1;
+            Box::new(SqliteStore::open(&dir.0.join(format!("{n}.db")), plan).unwrap())
+        });
+    }
+
+    #[test]
+    fn leases_and_revisions_survive_reopening() {
+        let dir = TempDir::new("reopen");
+        let path = dir.0.join("q.db");
+        let p = plan("10.42.0.0/16", 24);
+        let (a, rev) = {
+            let mut s = SqliteStore::open(&path, p).unwrap();
+            let a = s
+                .register(
+                    &new_node("a", "10.0.0.1"),
+                    NodeToken::generate().unwrap(),
+                    1000,
+                )
+                .unwrap();
+            s.register(
+                &new_node("b", "10.0.0.2"),
+                NodeToken::generate().unwrap(),
+                1000,
+            )
+            .unwrap();
+            (a.node, s.revision().unwrap())
+        };
+        let mut s = SqliteStore::open(&path, p).unwrap();
+        assert_eq!(s.revision().unwrap(), rev);
+        assert_eq!(s.get(a.id).unwrap().unwrap(), a);
+        let a = s.get(a.id).unwrap().unwrap();
+        assert!(s.heartbeat(a.id, 7000).unwrap().is_none());
+        drop(s);
+        let mut s = SqliteStore::open(&path, p).unwrap();
+        assert_eq!(
+            s.get(a.id).unwrap().unwrap().last_heartbeat_ms,
+            7000,
+            "closing writes heartbeat times"
+        );
+        let c = s
+            .register(
+                &new_node("c", "10.0.0.3"),
+                NodeToken::generate().unwrap(),
+                1000,
+            )
+            .unwrap();
+        assert_eq!(c.node.subnet.to_string(), "10.42.3.0/24");
+        assert_eq!(c.change.unwrap().revision, rev + 1);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn refuses_a_database_made_for_another_plan() {
+        let dir = TempDir::new("plan");
+        let path = dir.0.join("q.db");
+        drop(SqliteStore::open(&path, plan("10.42.0.0/16", 24)).unwrap());
+        let err = SqliteStore::open(&path, plan("10.43.0.0/16", 24))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("10.42.0.0/16") && err.contains("10.43.0.0/16"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_schema_refuses_a_duplicate_subnet() {
+        let dir = TempDir::new("unique");
+        let mut s = SqliteStore::open(&dir.0.join("q.db"), plan("10.42.0.0/16", 24)).unwrap();
+        s.register(
+            &new_node("a", "10.0.0.1"),
+            NodeToken::generate().unwrap(),
+            0,
+        )
+        .unwrap();
+        let dup = s.conn.execute(
+            "INSERT INTO nodes (hostname, host_ip, subnet, subnet_index, cpu_cores, ram_mb, status, registered_at,
+             last_heartbeat_ms, token) VALUES ('b', '10.0.0.2', '10.42.1.0/24', 1, 0, 0, 'up', 0, 0, 't')",
+            [],
+        );
+        assert!(dup.is_err());
+    }
+}
