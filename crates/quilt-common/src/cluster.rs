@@ -37,7 +37,10 @@ pub enum ClusterError {
         "node prefix length /{node_prefix_len} does not fit cluster cidr {cluster} (it must be longer than /{} and at most /30)",
         cluster.prefix_len()
     )]
-    BadPlan { cluster: Ipv4Net, node_prefix_len: u8 },
+    BadPlan {
+        cluster: Ipv4Net,
+        node_prefix_len: u8,
+    },
 }
 
 /// A short, printable form of user input for error messages: at most 64 characters.
@@ -119,7 +122,11 @@ impl ClusterNetwork {
 
     /// Parses `value` as a node subnet of this cluster: a CIDR of exactly the node prefix
     /// length, without host bits, inside the cluster CIDR. `what` names the field in errors.
-    pub fn parse_node_subnet(&self, what: &'static str, value: &str) -> Result<Ipv4Net, ClusterError> {
+    pub fn parse_node_subnet(
+        &self,
+        what: &'static str,
+        value: &str,
+    ) -> Result<Ipv4Net, ClusterError> {
         let net = parse_cidr(what, value)?;
         self.check_node_subnet(what, net)?;
         Ok(net)
@@ -208,11 +215,17 @@ mod tests {
             ("10.42.0.0/23", "prefix length /23"),
         ];
         for (input, expected) in cases {
-            let err = p.parse_node_subnet("subnet", input).unwrap_err().to_string();
+            let err = p
+                .parse_node_subnet("subnet", input)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected), "{input:?}: {err}");
         }
         let long = "1".repeat(5000);
-        let err = p.parse_node_subnet("subnet", &long).unwrap_err().to_string();
+        let err = p
+            .parse_node_subnet("subnet", &long)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("5000 bytes") && err.len() < 200, "{err}");
     }
 

@@ -5,20 +5,28 @@ use std::time::Duration;
 /// Parses a duration flag value; the error names the value and the accepted forms.
 pub fn parse(value: &str) -> Result<Duration, String> {
     let value = value.trim();
-    let split = value.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(value.len());
+    let split = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("duration {value:?} is not a number with a unit like 500ms, 3s, 2m or 1h"))?;
+    let number: f64 = number.parse().map_err(|_| {
+        format!("duration {value:?} is not a number with a unit like 500ms, 3s, 2m or 1h")
+    })?;
     let seconds = match unit {
         "ms" => number / 1000.0,
         "" | "s" => number,
         "m" => number * 60.0,
         "h" => number * 3600.0,
-        _ => return Err(format!("duration {value:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "duration {value:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
     };
     if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 * 365.0 {
-        return Err(format!("duration {value:?} must be above zero and at most a year"));
+        return Err(format!(
+            "duration {value:?} must be above zero and at most a year"
+        ));
     }
     Ok(Duration::from_secs_f64(seconds))
 }

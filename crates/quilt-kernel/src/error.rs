@@ -10,7 +10,9 @@ pub enum KernelError {
     NoSuchLink(String),
     #[error("a route for {destination} already exists (proto {protocol})")]
     RouteExists { destination: Ipv4Net, protocol: u8 },
-    #[error("nexthop {id} for gateway {gateway} already exists and belongs to route protocol {protocol}, not ours")]
+    #[error(
+        "nexthop {id} for gateway {gateway} already exists and belongs to route protocol {protocol}, not ours"
+    )]
     ForeignNexthop {
         id: u32,
         gateway: Ipv4Addr,

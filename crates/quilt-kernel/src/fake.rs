@@ -3,12 +3,13 @@
 //! them: a route needs its interface, `add` refuses an existing destination, `delete`
 //! only removes a route of the given protocol.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
 
-use crate::{Kernel, KernelError, Link, Route};
+use crate::{ContainerInterface, ContainerView, Kernel, KernelError, Link, Route, VethSpec};
 
 #[derive(Default)]
 struct State {
@@ -16,6 +17,45 @@ struct State {
     routes: BTreeMap<Ipv4Net, Route>,
     operations: Vec<String>,
     next_index: u32,
+    /// Bridge name -> its address.
+    bridges: BTreeMap<String, Ipv4Net>,
+    /// Port -> the bridge it belongs to.
+    ports: BTreeMap<String, String>,
+    /// Host side of a veth -> (namespace, peer name).
+    veths: BTreeMap<String, (PathBuf, String)>,
+    /// Container namespaces that exist, with their interfaces.
+    namespaces: BTreeMap<PathBuf, BTreeMap<String, ContainerView>>,
+    /// Operations (`create_veth_into`, `configure_container`, ...) that fail once.
+    failures: BTreeSet<String>,
+}
+
+impl State {
+    fn new_link(&mut self, name: &str, mtu: u32) -> Link {
+        self.next_index += 1;
+        Link {
+            index: self.next_index,
+            name: name.to_string(),
+            mtu,
+            mac: Some([
+                0x02,
+                0,
+                0,
+                0,
+                (self.next_index >> 8) as u8,
+                self.next_index as u8,
+            ]),
+        }
+    }
+
+    fn fail(&mut self, operation: &str) -> Result<(), KernelError> {
+        if self.failures.remove(operation) {
+            return Err(KernelError::Other {
+                operation: operation.to_string(),
+                message: "injected failure".to_string(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The fake kernel. Cheap to create; each test makes its own.
@@ -54,6 +94,15 @@ impl FakeKernel {
         let mut state = self.state();
         state.links.remove(name);
         state.routes.retain(|_, r| r.interface != name);
+        if state.bridges.remove(name).is_some() {
+            state.ports.retain(|_, bridge| bridge != name);
+        }
+        state.ports.remove(name);
+        if let Some((netns, ifname)) = state.veths.remove(name)
+            && let Some(interfaces) = state.namespaces.get_mut(&netns)
+        {
+            interfaces.remove(&ifname);
+        }
     }
 
     /// Puts a route in place as if someone else (an operator, another daemon) made it.
@@ -75,6 +124,60 @@ impl FakeKernel {
     /// (`add 10.42.2.0/24 via 10.42.2.0 dev vxlan100 onlink proto 158`).
     pub fn operations(&self) -> Vec<String> {
         self.state().operations.clone()
+    }
+
+    /// Makes a container network namespace at `path` exist (empty but for `lo`).
+    pub fn add_netns(&self, path: impl Into<PathBuf>) {
+        self.state().namespaces.entry(path.into()).or_default();
+    }
+
+    /// Destroys the namespace at `path`; as in the kernel, veths with a peer in it go too.
+    pub fn remove_netns(&self, path: &Path) {
+        let mut state = self.state();
+        state.namespaces.remove(path);
+        let gone: Vec<String> = state
+            .veths
+            .iter()
+            .filter(|(_, (ns, _))| ns == path)
+            .map(|(host, _)| host.clone())
+            .collect();
+        for host in gone {
+            state.veths.remove(&host);
+            state.ports.remove(&host);
+            state.links.remove(&host);
+        }
+    }
+
+    /// The interface `ifname` inside the namespace at `netns`, as the fake holds it.
+    pub fn container(&self, netns: &Path, ifname: &str) -> Option<ContainerView> {
+        self.state().namespaces.get(netns)?.get(ifname).cloned()
+    }
+
+    /// Removes the addresses of `ifname` inside `netns`, as an operator would by hand.
+    pub fn flush_container_addresses(&self, netns: &Path, ifname: &str) {
+        if let Some(view) = self
+            .state()
+            .namespaces
+            .get_mut(netns)
+            .and_then(|n| n.get_mut(ifname))
+        {
+            view.addresses.clear();
+        }
+    }
+
+    /// The bridge a port belongs to.
+    pub fn bridge_of(&self, port: &str) -> Option<String> {
+        self.state().ports.get(port).cloned()
+    }
+
+    /// The address a bridge holds.
+    pub fn bridge_address(&self, bridge: &str) -> Option<Ipv4Net> {
+        self.state().bridges.get(bridge).copied()
+    }
+
+    /// Makes the next call of `operation` (a [`Kernel`] method name) fail.
+    pub fn fail_next(&self, operation: &str) {
+        self.state().failures.insert(operation.to_string());
     }
 
     /// Forgets the recorded operations.
@@ -133,10 +236,162 @@ impl Kernel for FakeKernel {
         match state.routes.get(&destination) {
             Some(r) if r.protocol == protocol => {
                 state.routes.remove(&destination);
-                state.operations.push(format!("delete {destination} proto {protocol}"));
+                state
+                    .operations
+                    .push(format!("delete {destination} proto {protocol}"));
                 Ok(true)
             }
             _ => Ok(false),
         }
+    }
+
+    async fn ensure_bridge(
+        &self,
+        name: &str,
+        address: Ipv4Net,
+        mtu: u32,
+    ) -> Result<bool, KernelError> {
+        let mut state = self.state();
+        state.fail("ensure_bridge")?;
+        let mut changed = false;
+        match state.links.get(name).cloned() {
+            None => {
+                let link = state.new_link(name, mtu);
+                state.links.insert(name.to_string(), link);
+                state
+                    .operations
+                    .push(format!("create bridge {name} mtu {mtu}"));
+                changed = true;
+            }
+            Some(link) if link.mtu != mtu => {
+                if let Some(l) = state.links.get_mut(name) {
+                    l.mtu = mtu;
+                }
+                state.operations.push(format!("set {name} mtu {mtu}"));
+                changed = true;
+            }
+            Some(_) => {}
+        }
+        if state.bridges.get(name) != Some(&address) {
+            state.bridges.insert(name.to_string(), address);
+            state
+                .operations
+                .push(format!("address {address} on {name}"));
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    async fn set_bridge_port(&self, port: &str, bridge: &str) -> Result<(), KernelError> {
+        let mut state = self.state();
+        for name in [port, bridge] {
+            if !state.links.contains_key(name) {
+                return Err(KernelError::NoSuchLink(name.to_string()));
+            }
+        }
+        state.ports.insert(port.to_string(), bridge.to_string());
+        state.operations.push(format!("set {port} master {bridge}"));
+        Ok(())
+    }
+
+    async fn create_veth_into(&self, veth: &VethSpec) -> Result<(), KernelError> {
+        let mut state = self.state();
+        state.fail("create_veth_into")?;
+        let Some(interfaces) = state.namespaces.get(&veth.netns) else {
+            return Err(KernelError::Netns {
+                name: veth.netns.display().to_string(),
+                message: "cannot open: No such file or directory (os error 2)".to_string(),
+            });
+        };
+        if state.links.contains_key(&veth.host) || interfaces.contains_key(&veth.ifname) {
+            return Err(KernelError::from_errno(
+                format!("create veth {}", veth.host),
+                17,
+            ));
+        }
+        if !state.bridges.contains_key(&veth.bridge) {
+            return Err(KernelError::NoSuchLink(veth.bridge.clone()));
+        }
+        let host = state.new_link(&veth.host, veth.mtu);
+        let peer = state.new_link(&veth.ifname, veth.mtu);
+        state.links.insert(veth.host.clone(), host);
+        state.ports.insert(veth.host.clone(), veth.bridge.clone());
+        state
+            .veths
+            .insert(veth.host.clone(), (veth.netns.clone(), veth.ifname.clone()));
+        if let Some(interfaces) = state.namespaces.get_mut(&veth.netns) {
+            interfaces.insert(
+                veth.ifname.clone(),
+                ContainerView {
+                    link: peer,
+                    up: false,
+                    addresses: Vec::new(),
+                    default_gateway: None,
+                },
+            );
+        }
+        state.operations.push(format!(
+            "create veth {} master {} peer {} in {}",
+            veth.host,
+            veth.bridge,
+            veth.ifname,
+            veth.netns.display()
+        ));
+        Ok(())
+    }
+
+    async fn configure_container(
+        &self,
+        netns: &Path,
+        interface: &ContainerInterface,
+    ) -> Result<Link, KernelError> {
+        let mut state = self.state();
+        state.fail("configure_container")?;
+        let view = state
+            .namespaces
+            .get_mut(netns)
+            .and_then(|n| n.get_mut(&interface.ifname))
+            .ok_or_else(|| KernelError::NoSuchLink(interface.ifname.clone()))?;
+        if !view.addresses.contains(&interface.address) {
+            view.addresses.push(interface.address);
+        }
+        view.link.mtu = interface.mtu;
+        view.up = true;
+        view.default_gateway = Some(interface.gateway);
+        let link = view.link.clone();
+        state.operations.push(format!(
+            "configure {} in {}: {} via {} mtu {}",
+            interface.ifname,
+            netns.display(),
+            interface.address,
+            interface.gateway,
+            interface.mtu
+        ));
+        Ok(link)
+    }
+
+    async fn inspect_container(
+        &self,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<Option<ContainerView>, KernelError> {
+        let state = self.state();
+        let interfaces = state
+            .namespaces
+            .get(netns)
+            .ok_or_else(|| KernelError::Netns {
+                name: netns.display().to_string(),
+                message: "cannot open: No such file or directory (os error 2)".to_string(),
+            })?;
+        Ok(interfaces.get(ifname).cloned())
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<bool, KernelError> {
+        if !self.state().links.contains_key(name) {
+            return Ok(false);
+        }
+        self.remove_link(name);
+        self.state().operations.push(format!("delete link {name}"));
+        Ok(true)
     }
 }

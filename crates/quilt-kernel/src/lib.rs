@@ -7,7 +7,11 @@
 //! - [`fake::FakeKernel`]: in memory, recording every operation, for unit tests of daemon
 //!   logic without root.
 //!
-//! [`netns`] runs code inside a named network namespace on a dedicated thread.
+//! [`netns`] runs code inside a network namespace (by name or path) on a dedicated thread.
+//!
+//! Container networking (bridge `quilt0`, veth pairs, the container side of them) goes
+//! through the same trait: [`Kernel::ensure_bridge`], [`Kernel::create_veth_into`],
+//! [`Kernel::configure_container`], [`Kernel::inspect_container`], [`Kernel::delete_link`].
 
 pub mod error;
 pub mod fake;
@@ -17,11 +21,12 @@ pub mod nexthop;
 pub mod types;
 
 use std::future::Future;
+use std::path::Path;
 
 use ipnet::Ipv4Net;
 
 pub use error::KernelError;
-pub use types::{Link, Route};
+pub use types::{ContainerInterface, ContainerView, Link, Route, VethSpec};
 
 /// What the daemons ask of the kernel. Every method works on the IPv4 main routing table
 /// of the network namespace the implementation was opened in.
@@ -53,4 +58,48 @@ pub trait Kernel: Send + Sync + 'static {
         destination: Ipv4Net,
         protocol: u8,
     ) -> impl Future<Output = Result<bool, KernelError>> + Send;
+
+    /// Makes `name` a bridge that is up, holds exactly `address` (IPv4), has `mtu` and
+    /// forwards IPv4; creates it when missing. Answers whether anything had to change.
+    fn ensure_bridge(
+        &self,
+        name: &str,
+        address: Ipv4Net,
+        mtu: u32,
+    ) -> impl Future<Output = Result<bool, KernelError>> + Send;
+
+    /// Makes link `port` (up) a port of bridge `bridge`.
+    fn set_bridge_port(
+        &self,
+        port: &str,
+        bridge: &str,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// Creates the veth pair `veth` in one step: the host side up on its bridge, the peer
+    /// already inside the container namespace under its final name (down, unconfigured).
+    /// Fails without leaving anything behind when the namespace is not one or a name is taken.
+    fn create_veth_into(
+        &self,
+        veth: &VethSpec,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// Inside the namespace at `netns`: gives `interface.ifname` its address and MTU,
+    /// brings it and `lo` up and points the default route at the gateway (replace
+    /// semantics, so a retry is harmless). Answers the configured link (with its MAC).
+    fn configure_container(
+        &self,
+        netns: &Path,
+        interface: &ContainerInterface,
+    ) -> impl Future<Output = Result<Link, KernelError>> + Send;
+
+    /// What `ifname` inside the namespace at `netns` looks like; `None` when it does not
+    /// exist. Fails when the namespace itself cannot be entered.
+    fn inspect_container(
+        &self,
+        netns: &Path,
+        ifname: &str,
+    ) -> impl Future<Output = Result<Option<ContainerView>, KernelError>> + Send;
+
+    /// Deletes link `name` (for a veth, its peer goes too); answers whether it existed.
+    fn delete_link(&self, name: &str) -> impl Future<Output = Result<bool, KernelError>> + Send;
 }

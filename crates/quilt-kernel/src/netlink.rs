@@ -2,21 +2,28 @@
 //! nexthop objects that gateway routes point at.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 use tokio::task::JoinHandle;
 
 use crate::nexthop::{self, Mode, Nexthop, NexthopSocket};
-use crate::{Kernel, KernelError, Link, Route};
+use crate::{ContainerInterface, ContainerView, Kernel, KernelError, Link, Route, VethSpec, netns};
 
 const ENODEV: i32 = 19;
 const ESRCH: i32 = 3;
@@ -89,7 +96,12 @@ impl NetlinkKernel {
 
     /// Makes sure our nexthop for `gateway` on `oif` exists, without touching a nexthop
     /// of the same id that someone else made.
-    fn ensure_nexthop(&self, gateway: Ipv4Addr, oif: u32, protocol: u8) -> Result<u32, KernelError> {
+    fn ensure_nexthop(
+        &self,
+        gateway: Ipv4Addr,
+        oif: u32,
+        protocol: u8,
+    ) -> Result<u32, KernelError> {
         let wanted = Nexthop {
             id: nexthop::id_for_gateway(gateway),
             gateway,
@@ -99,13 +111,18 @@ impl NetlinkKernel {
         match self.nexthops.create(&wanted, Mode::Exclusive) {
             Ok(()) => Ok(wanted.id),
             Err(e) if NexthopSocket::is_exists(&e) => match self.nexthops.get(wanted.id)? {
-                Some(existing) if existing.protocol != protocol => Err(KernelError::ForeignNexthop {
-                    id: wanted.id,
-                    gateway,
-                    protocol: existing.protocol,
-                }),
+                Some(existing) if existing.protocol != protocol => {
+                    Err(KernelError::ForeignNexthop {
+                        id: wanted.id,
+                        gateway,
+                        protocol: existing.protocol,
+                    })
+                }
                 Some(existing) if existing == wanted => Ok(wanted.id),
-                _ => self.nexthops.create(&wanted, Mode::Replace).map(|()| wanted.id),
+                _ => self
+                    .nexthops
+                    .create(&wanted, Mode::Replace)
+                    .map(|()| wanted.id),
             },
             Err(e) => Err(e),
         }
@@ -124,7 +141,10 @@ impl NetlinkKernel {
         }
     }
 
-    async fn route_message(&self, route: &Route) -> Result<(RouteMessage, Option<u32>), KernelError> {
+    async fn route_message(
+        &self,
+        route: &Route,
+    ) -> Result<(RouteMessage, Option<u32>), KernelError> {
         let link = self.require_link(&route.interface).await?;
         let builder = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(route.destination.network(), route.destination.prefix_len())
@@ -133,7 +153,10 @@ impl NetlinkKernel {
         match route.gateway {
             Some(gateway) => {
                 let id = self.ensure_nexthop(gateway, link.index, route.protocol)?;
-                Ok((builder.scope(RouteScope::Universe).nhid(id).build(), Some(id)))
+                Ok((
+                    builder.scope(RouteScope::Universe).nhid(id).build(),
+                    Some(id),
+                ))
             }
             None => Ok((
                 builder
@@ -145,7 +168,11 @@ impl NetlinkKernel {
         }
     }
 
-    async fn resolve(&self, message: RouteMessage, names: &HashMap<u32, String>) -> Result<Option<Route>, KernelError> {
+    async fn resolve(
+        &self,
+        message: RouteMessage,
+        names: &HashMap<u32, String>,
+    ) -> Result<Option<Route>, KernelError> {
         let Some(mut parsed) = ParsedRoute::from_message(&message) else {
             return Ok(None);
         };
@@ -171,7 +198,12 @@ impl NetlinkKernel {
 
 impl Kernel for NetlinkKernel {
     async fn link(&self, name: &str) -> Result<Option<Link>, KernelError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(message) => Ok(message.map(link_from_message)),
             Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
@@ -192,7 +224,9 @@ impl Kernel for NetlinkKernel {
         let names = self.link_names().await?;
         let mut routes = Vec::new();
         for message in messages {
-            if u8::from(message.header.protocol) != protocol || table_of(&message) != u32::from(RouteHeader::RT_TABLE_MAIN) {
+            if u8::from(message.header.protocol) != protocol
+                || table_of(&message) != u32::from(RouteHeader::RT_TABLE_MAIN)
+            {
                 continue;
             }
             if let Some(route) = self.resolve(message, &names).await? {
@@ -224,12 +258,17 @@ impl Kernel for NetlinkKernel {
                     if errno == ENETUNREACH || errno == ESRCH {
                         return Ok(None);
                     }
-                    return Err(KernelError::from_errno(format!("look up route {destination}"), errno));
+                    return Err(KernelError::from_errno(
+                        format!("look up route {destination}"),
+                        errno,
+                    ));
                 }
                 _ => {}
             }
         }
-        let Some(message) = found else { return Ok(None) };
+        let Some(message) = found else {
+            return Ok(None);
+        };
         if message.header.destination_prefix_length != destination.prefix_len()
             || table_of(&message) != u32::from(RouteHeader::RT_TABLE_MAIN)
         {
@@ -296,13 +335,176 @@ impl Kernel for NetlinkKernel {
             .build();
         match self.handle.route().del(message).execute().await {
             Ok(()) => {
-                if let Some(gateway) = existing.filter(|r| r.protocol == protocol).and_then(|r| r.gateway) {
+                if let Some(gateway) = existing
+                    .filter(|r| r.protocol == protocol)
+                    .and_then(|r| r.gateway)
+                {
                     self.release_nexthop(nexthop::id_for_gateway(gateway), protocol);
                 }
                 Ok(true)
             }
             Err(e) if errno_of(&e) == Some(ESRCH) => Ok(false),
-            Err(e) => Err(KernelError::from_rtnetlink(format!("delete route {destination}"), e)),
+            Err(e) => Err(KernelError::from_rtnetlink(
+                format!("delete route {destination}"),
+                e,
+            )),
+        }
+    }
+
+    async fn ensure_bridge(
+        &self,
+        name: &str,
+        address: Ipv4Net,
+        mtu: u32,
+    ) -> Result<bool, KernelError> {
+        let mut changed = false;
+        let link = match self.link(name).await? {
+            Some(link) => link,
+            None => {
+                self.handle
+                    .link()
+                    .add(LinkBridge::new(name).mtu(mtu).up().build())
+                    .execute()
+                    .await
+                    .map_err(|e| KernelError::from_rtnetlink(format!("create bridge {name}"), e))?;
+                changed = true;
+                self.require_link(name).await?
+            }
+        };
+        let message = LinkUnspec::new_with_index(link.index).mtu(mtu).up().build();
+        if link.mtu != mtu {
+            changed = true;
+        }
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| {
+                KernelError::from_rtnetlink(format!("set bridge {name} mtu {mtu} up"), e)
+            })?;
+        let mut has_wanted = false;
+        for (net, message) in ipv4_addresses(&self.handle, link.index).await? {
+            if net == address {
+                has_wanted = true;
+            } else {
+                self.handle
+                    .address()
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        KernelError::from_rtnetlink(format!("delete address {net} from {name}"), e)
+                    })?;
+                changed = true;
+            }
+        }
+        if !has_wanted {
+            self.handle
+                .address()
+                .add(link.index, IpAddr::V4(address.addr()), address.prefix_len())
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| {
+                    KernelError::from_rtnetlink(format!("add address {address} to {name}"), e)
+                })?;
+            changed = true;
+        }
+        // Per-device IPv4 forwarding of this namespace (the file answers for the
+        // namespace of the process that opens it).
+        let forwarding = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{name}/forwarding"));
+        if std::fs::read_to_string(&forwarding)
+            .map(|v| v.trim() != "1")
+            .unwrap_or(true)
+        {
+            std::fs::write(&forwarding, "1")
+                .map_err(|e| KernelError::io(format!("enable forwarding on {name}"), e))?;
+        }
+        Ok(changed)
+    }
+
+    async fn set_bridge_port(&self, port: &str, bridge: &str) -> Result<(), KernelError> {
+        let bridge_link = self.require_link(bridge).await?;
+        let port_link = self.require_link(port).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(port_link.index)
+                    .controller(bridge_link.index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| KernelError::from_rtnetlink(format!("set {port} master {bridge}"), e))
+    }
+
+    async fn create_veth_into(&self, veth: &VethSpec) -> Result<(), KernelError> {
+        let file = netns::open_path(&veth.netns)?;
+        let bridge = self.require_link(&veth.bridge).await?;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(veth.ifname.clone())
+            .mtu(veth.mtu)
+            .setns_by_fd(file.as_raw_fd())
+            .build();
+        let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(veth.host.clone())
+            .mtu(veth.mtu)
+            .controller(bridge.index)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        let result = self.handle.link().add(message).execute().await;
+        drop(file);
+        result.map_err(|e| {
+            KernelError::from_rtnetlink(
+                format!(
+                    "create veth {} with peer {} in {}",
+                    veth.host,
+                    veth.ifname,
+                    veth.netns.display()
+                ),
+                e,
+            )
+        })
+    }
+
+    async fn configure_container(
+        &self,
+        netns: &Path,
+        interface: &ContainerInterface,
+    ) -> Result<Link, KernelError> {
+        let (netns, interface) = (netns.to_path_buf(), interface.clone());
+        in_netns(netns, move |handle| async move {
+            configure_inside(&handle, &interface).await
+        })
+        .await
+    }
+
+    async fn inspect_container(
+        &self,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<Option<ContainerView>, KernelError> {
+        let (netns, ifname) = (netns.to_path_buf(), ifname.to_string());
+        in_netns(netns, move |handle| async move {
+            inspect_inside(&handle, &ifname).await
+        })
+        .await
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<bool, KernelError> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(false),
+            Err(e) => Err(KernelError::from_rtnetlink(
+                format!("delete link {name}"),
+                e,
+            )),
         }
     }
 }
@@ -329,7 +531,8 @@ impl ParsedRoute {
                 _ => {}
             }
         }
-        let destination = Ipv4Net::new(destination, message.header.destination_prefix_length).ok()?;
+        let destination =
+            Ipv4Net::new(destination, message.header.destination_prefix_length).ok()?;
         Some(Self {
             destination,
             gateway,
@@ -374,4 +577,172 @@ pub(crate) fn errno_of(err: &rtnetlink::Error) -> Option<i32> {
         rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
         _ => None,
     }
+}
+
+/// Runs `f` with an rtnetlink handle opened inside the namespace at `netns`, on a
+/// blocking thread that entered it (the caller's threads never change namespace).
+async fn in_netns<T, F, Fut>(netns: PathBuf, f: F) -> Result<T, KernelError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, KernelError>>,
+{
+    let shown = netns.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        netns::run_in_path(&netns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| KernelError::io("start a runtime inside a namespace", e))?;
+            rt.block_on(async move {
+                let (connection, handle, _) = rtnetlink::new_connection()
+                    .map_err(|e| KernelError::io("open netlink socket", e))?;
+                let connection = tokio::spawn(connection);
+                let result = f(handle).await;
+                connection.abort();
+                result
+            })
+        })?
+    })
+    .await
+    .map_err(|e| KernelError::Netns {
+        name: shown,
+        message: format!("the task working inside the namespace failed: {e}"),
+    })?
+}
+
+async fn link_message(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, KernelError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(message) => Ok(message),
+        Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(KernelError::from_rtnetlink(format!("get link {name}"), e)),
+    }
+}
+
+/// The IPv4 addresses on link `index`, with the messages that delete them.
+async fn ipv4_addresses(
+    handle: &Handle,
+    index: u32,
+) -> Result<Vec<(Ipv4Net, AddressMessage)>, KernelError> {
+    let messages: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| KernelError::from_rtnetlink(format!("list addresses of link {index}"), e))?;
+    Ok(messages
+        .into_iter()
+        .filter(|m| m.header.index == index)
+        .filter_map(|m| {
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(a)) => Some(*a),
+                _ => None,
+            });
+            let address = local.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(a)) => Some(*a),
+                    _ => None,
+                })
+            })?;
+            let net = Ipv4Net::new(address, m.header.prefix_len).ok()?;
+            Some((net, m))
+        })
+        .collect())
+}
+
+async fn configure_inside(
+    handle: &Handle,
+    interface: &ContainerInterface,
+) -> Result<Link, KernelError> {
+    let name = &interface.ifname;
+    let message = link_message(handle, name)
+        .await?
+        .ok_or_else(|| KernelError::NoSuchLink(name.clone()))?;
+    let index = message.header.index;
+    let address = interface.address;
+    handle
+        .address()
+        .add(index, IpAddr::V4(address.addr()), address.prefix_len())
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| KernelError::from_rtnetlink(format!("add address {address} to {name}"), e))?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .mtu(interface.mtu)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| {
+            KernelError::from_rtnetlink(format!("set {name} mtu {} up", interface.mtu), e)
+        })?;
+    if let Some(lo) = link_message(handle, "lo").await? {
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(lo.header.index).up().build())
+            .execute()
+            .await
+            .map_err(|e| KernelError::from_rtnetlink("set lo up", e))?;
+    }
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(interface.gateway)
+        .output_interface(index)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| {
+            KernelError::from_rtnetlink(
+                format!("add default route via {} dev {name}", interface.gateway),
+                e,
+            )
+        })?;
+    let mut link = link_from_message(message);
+    link.mtu = interface.mtu;
+    Ok(link)
+}
+
+async fn inspect_inside(
+    handle: &Handle,
+    ifname: &str,
+) -> Result<Option<ContainerView>, KernelError> {
+    let Some(message) = link_message(handle, ifname).await? else {
+        return Ok(None);
+    };
+    let up = message.header.flags.contains(LinkFlags::Up);
+    let link = link_from_message(message);
+    let addresses = ipv4_addresses(handle, link.index)
+        .await?
+        .into_iter()
+        .map(|(net, _)| net)
+        .collect();
+    let routes: Vec<RouteMessage> = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| KernelError::from_rtnetlink("list routes", e))?;
+    let default_gateway = routes
+        .iter()
+        .filter(|m| table_of(m) == u32::from(RouteHeader::RT_TABLE_MAIN))
+        .filter_map(ParsedRoute::from_message)
+        .find(|r| r.destination.prefix_len() == 0 && r.oif == Some(link.index))
+        .and_then(|r| r.gateway);
+    Ok(Some(ContainerView {
+        link,
+        up,
+        addresses,
+        default_gateway,
+    }))
 }

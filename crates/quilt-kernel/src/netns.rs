@@ -1,9 +1,9 @@
-//! Running code inside a named network namespace (`/run/netns/NAME`, as `ip netns` makes
-//! them). `setns` changes only the calling thread, so the code runs on a thread of its
+//! Running code inside a network namespace, named (`/run/netns/NAME`, as `ip netns` makes
+//! them) or by path. `setns` changes only the calling thread, so the code runs on a thread of its
 //! own that ends with it; the caller's thread never changes namespace.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -26,6 +26,46 @@ where
         name: name.to_string(),
         message: format!("cannot open {}: {e}", netns_path.display()),
     })?;
+    run_in_file(name, file, f)
+}
+
+/// Opens `netns` and checks that it is a network namespace (a file of the nsfs file
+/// system, as `/run/netns/NAME` and `/proc/PID/ns/net` are).
+pub fn open_path(netns: &Path) -> Result<File, KernelError> {
+    let shown = netns.display().to_string();
+    let file = File::open(netns).map_err(|e| KernelError::Netns {
+        name: shown.clone(),
+        message: format!("cannot open: {e}"),
+    })?;
+    let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| KernelError::Netns {
+        name: shown.clone(),
+        message: format!("cannot stat: {e}"),
+    })?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(KernelError::Netns {
+            name: shown,
+            message: "is not a network namespace".to_string(),
+        });
+    }
+    Ok(file)
+}
+
+/// Like [`run_in`], for the namespace at `netns` (for example a container's
+/// `/run/netns/NAME` or `/proc/PID/ns/net`).
+pub fn run_in_path<T, F>(netns: &Path, f: F) -> Result<T, KernelError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let file = open_path(netns)?;
+    run_in_file(&netns.display().to_string(), file, f)
+}
+
+fn run_in_file<T, F>(name: &str, file: File, f: F) -> Result<T, KernelError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
@@ -103,8 +143,14 @@ impl OwnedNetns {
     /// Kills every process running inside the namespace.
     pub fn kill_all(&self) {
         if let Ok(pids) = ip(&["netns", "pids", &self.name]) {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -141,7 +187,9 @@ pub fn privileged_or_skip(test: &str) -> bool {
         return true;
     }
     if std::env::var("QUILT_REQUIRE_NETNS").as_deref() == Ok("1") {
-        panic!("{test}: cannot create a network namespace (root and iproute2 are needed) and QUILT_REQUIRE_NETNS=1");
+        panic!(
+            "{test}: cannot create a network namespace (root and iproute2 are needed) and QUILT_REQUIRE_NETNS=1"
+        );
     }
     eprintln!("skipping {test}: cannot create network namespaces (needs root and iproute2)");
     false

@@ -97,7 +97,9 @@ impl NexthopSocket {
         put_attr(&mut body, NHA_GATEWAY, &nh.gateway.octets());
         self.request(RTM_NEWNEXTHOP, flags, &body)
             .map(|_| ())
-            .map_err(|errno| KernelError::from_errno(format!("add nexthop {} via {}", nh.id, nh.gateway), errno))
+            .map_err(|errno| {
+                KernelError::from_errno(format!("add nexthop {} via {}", nh.id, nh.gateway), errno)
+            })
     }
 
     /// The nexthop with `id`, if it exists.
@@ -118,7 +120,10 @@ impl NexthopSocket {
         match self.request(RTM_DELNEXTHOP, 0, &body) {
             Ok(_) => Ok(true),
             Err(ENOENT) => Ok(false),
-            Err(errno) => Err(KernelError::from_errno(format!("delete nexthop {id}"), errno)),
+            Err(errno) => Err(KernelError::from_errno(
+                format!("delete nexthop {id}"),
+                errno,
+            )),
         }
     }
 
@@ -141,7 +146,9 @@ impl NexthopSocket {
         msg.extend_from_slice(body);
 
         let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
-        socket.send(&msg, 0).map_err(|e| e.raw_os_error().unwrap_or(5))?;
+        socket
+            .send(&msg, 0)
+            .map_err(|e| e.raw_os_error().unwrap_or(5))?;
         let mut replies = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -163,7 +170,8 @@ impl NexthopSocket {
                 }
                 match msg_kind {
                     NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                        let code =
+                            i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
                         return if code == 0 { Ok(replies) } else { Err(-code) };
                     }
                     NLMSG_DONE => return Ok(replies),
@@ -193,7 +201,12 @@ fn align4(n: usize) -> usize {
 }
 
 fn u32_at(buf: &[u8], offset: usize) -> u32 {
-    u32::from_ne_bytes([buf[offset], buf[offset + 1], buf[offset + 2], buf[offset + 3]])
+    u32::from_ne_bytes([
+        buf[offset],
+        buf[offset + 1],
+        buf[offset + 2],
+        buf[offset + 3],
+    ])
 }
 
 /// Decodes an RTM_NEWNEXTHOP payload (nhmsg and attributes) into a single-path nexthop.
@@ -214,7 +227,9 @@ fn parse_nexthop(payload: &[u8]) -> Option<Nexthop> {
         match (kind, value.len()) {
             (NHA_ID, 4) => id = Some(u32_at(value, 0)),
             (NHA_OIF, 4) => oif = Some(u32_at(value, 0)),
-            (NHA_GATEWAY, 4) => gateway = Some(Ipv4Addr::new(value[0], value[1], value[2], value[3])),
+            (NHA_GATEWAY, 4) => {
+                gateway = Some(Ipv4Addr::new(value[0], value[1], value[2], value[3]))
+            }
             _ => {}
         }
         offset += align4(len);

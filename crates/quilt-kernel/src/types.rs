@@ -37,3 +37,37 @@ impl fmt::Display for Route {
         write!(f, " proto {}", self.protocol)
     }
 }
+
+/// How a container's interface is to be configured inside its network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInterface {
+    /// The interface name inside the namespace (`eth0`).
+    pub ifname: String,
+    /// The address with the node subnet's prefix length.
+    pub address: Ipv4Net,
+    /// The default route's gateway (the bridge's address).
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// A veth pair to create: `host` stays in the caller's namespace as a port of `bridge`;
+/// the peer is created directly inside the namespace at `netns` and called `ifname`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethSpec {
+    pub host: String,
+    pub bridge: String,
+    pub netns: std::path::PathBuf,
+    pub ifname: String,
+    pub mtu: u32,
+}
+
+/// What an interface inside a container's namespace looks like right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerView {
+    pub link: Link,
+    pub up: bool,
+    /// Its IPv4 addresses, with their prefix lengths.
+    pub addresses: Vec<Ipv4Net>,
+    /// The gateway of the namespace's IPv4 default route through this interface.
+    pub default_gateway: Option<Ipv4Addr>,
+}

@@ -11,13 +11,36 @@ const PROTO: u8 = 158;
 
 fn namespace_with_overlay() -> OwnedNetns {
     let ns = OwnedNetns::create(&netns::unique_name("qk")).expect("create netns");
-    ns.ip(&["link", "add", "underlay0", "type", "veth", "peer", "name", "underlay0p"]).expect("dummy");
-    ns.ip(&["addr", "add", "192.168.50.1/24", "dev", "underlay0"]).expect("addr");
+    ns.ip(&[
+        "link",
+        "add",
+        "underlay0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "underlay0p",
+    ])
+    .expect("dummy");
+    ns.ip(&["addr", "add", "192.168.50.1/24", "dev", "underlay0"])
+        .expect("addr");
     ns.ip(&["link", "set", "underlay0", "up"]).expect("up");
     ns.ip(&["link", "set", "underlay0p", "up"]).expect("up");
     ns.ip(&[
-        "link", "add", "vxlan100", "type", "vxlan", "id", "100", "local", "192.168.50.1", "dev", "underlay0",
-        "dstport", "4789", "nolearning",
+        "link",
+        "add",
+        "vxlan100",
+        "type",
+        "vxlan",
+        "id",
+        "100",
+        "local",
+        "192.168.50.1",
+        "dev",
+        "underlay0",
+        "dstport",
+        "4789",
+        "nolearning",
     ])
     .expect("vxlan");
     ns.ip(&["link", "set", "vxlan100", "up"]).expect("vxlan up");
@@ -26,7 +49,10 @@ fn namespace_with_overlay() -> OwnedNetns {
 
 fn in_ns<T: Send>(ns: &OwnedNetns, f: impl AsyncFnOnce(&NetlinkKernel) -> T + Send) -> T {
     netns::run_in(ns.name(), || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async {
             let kernel = NetlinkKernel::open().expect("open netlink");
             f(&kernel).await
@@ -51,24 +77,51 @@ fn gateway_routes_use_nexthops_and_respect_ownership() {
     in_ns(&ns, async move |k: &NetlinkKernel| {
         k.add_route(&route2).await.expect("add");
         let again = k.add_route(&route2).await.unwrap_err();
-        assert!(matches!(again, KernelError::RouteExists { protocol: PROTO, .. }), "{again}");
-        assert_eq!(k.route(route2.destination).await.unwrap(), Some(route2.clone()));
+        assert!(
+            matches!(
+                again,
+                KernelError::RouteExists {
+                    protocol: PROTO,
+                    ..
+                }
+            ),
+            "{again}"
+        );
+        assert_eq!(
+            k.route(route2.destination).await.unwrap(),
+            Some(route2.clone())
+        );
         assert_eq!(k.routes(PROTO).await.unwrap(), vec![route2.clone()]);
     });
     let shown = ns.ip(&["route", "show", "10.42.2.0/24"]).unwrap();
-    assert!(shown.contains("via 10.42.2.0 dev vxlan100 proto 158 onlink"), "{shown}");
+    assert!(
+        shown.contains("via 10.42.2.0 dev vxlan100 proto 158 onlink"),
+        "{shown}"
+    );
     assert!(shown.contains("nhid"), "{shown}");
 
     // An operator's route with another protocol is never deleted by us.
-    ns.ip(&["route", "add", "10.42.9.0/24", "dev", "vxlan100"]).unwrap();
+    ns.ip(&["route", "add", "10.42.9.0/24", "dev", "vxlan100"])
+        .unwrap();
     let dest = route.destination;
     in_ns(&ns, async move |k: &NetlinkKernel| {
-        assert!(!k.delete_route("10.42.9.0/24".parse().unwrap(), PROTO).await.unwrap());
+        assert!(
+            !k.delete_route("10.42.9.0/24".parse().unwrap(), PROTO)
+                .await
+                .unwrap()
+        );
         assert!(k.delete_route(dest, PROTO).await.unwrap());
         assert!(!k.delete_route(dest, PROTO).await.unwrap());
         assert_eq!(k.route(dest).await.unwrap(), None);
     });
-    assert!(ns.ip(&["route", "show", "10.42.9.0/24"]).unwrap().contains("vxlan100"));
+    assert!(
+        ns.ip(&["route", "show", "10.42.9.0/24"])
+            .unwrap()
+            .contains("vxlan100")
+    );
     let nexthops = ns.ip(&["nexthop", "show"]).unwrap();
-    assert!(nexthops.trim().is_empty(), "the nexthop went with its route: {nexthops}");
+    assert!(
+        nexthops.trim().is_empty(),
+        "the nexthop went with its route: {nexthops}"
+    );
 }

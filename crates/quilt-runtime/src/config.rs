@@ -13,15 +13,27 @@ use ipnet::Ipv4Net;
 #[command(name = "quilt-runtime", version, about, long_about = None)]
 pub struct Config {
     /// Address the gRPC server listens on. Keep it on loopback unless protected.
-    #[arg(long, env = "QUILT_RUNTIME_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "QUILT_RUNTIME_GRPC_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc_addr: SocketAddr,
 
     /// Folder for desired state (runtime.db: node subnet, routes, container addresses).
-    #[arg(long, env = "QUILT_RUNTIME_STATE_DIR", default_value = "/var/lib/quilt/runtime")]
+    #[arg(
+        long,
+        env = "QUILT_RUNTIME_STATE_DIR",
+        default_value = "/var/lib/quilt/runtime"
+    )]
     pub state_dir: PathBuf,
 
     /// The cluster CIDR; every route destination must lie inside it.
-    #[arg(long, env = "QUILT_RUNTIME_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    #[arg(
+        long,
+        env = "QUILT_RUNTIME_CLUSTER_CIDR",
+        default_value = "10.42.0.0/16"
+    )]
     pub cluster_cidr: Ipv4Net,
 
     /// Prefix length of each node's subnet.
@@ -36,6 +48,11 @@ pub struct Config {
         default_value = "vxlan100"
     )]
     pub overlay_interfaces: Vec<String>,
+
+    /// MTU of bridge quilt0 and container interfaces when the overlay interface (the
+    /// first --overlay-interface) does not exist; when it exists its MTU is used.
+    #[arg(long, env = "QUILT_RUNTIME_CONTAINER_MTU", default_value_t = 1450, value_parser = clap::value_parser!(u32).range(576..=65535))]
+    pub container_mtu: u32,
 
     /// Address for Prometheus metrics at /metrics (off when not set).
     #[arg(long, env = "QUILT_RUNTIME_METRICS_ADDR")]

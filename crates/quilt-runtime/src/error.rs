@@ -16,17 +16,29 @@ pub enum RuntimeError {
         value: String,
         reason: String,
     },
-    #[error("destination {0} is this node's own subnet; its addresses are local, not routed over the overlay")]
+    #[error(
+        "destination {0} is this node's own subnet; its addresses are local, not routed over the overlay"
+    )]
     OwnSubnet(Ipv4Net),
-    #[error("interface {interface:?} is not an overlay interface routes may use (allowed: {allowed})")]
+    #[error(
+        "interface {interface:?} is not an overlay interface routes may use (allowed: {allowed})"
+    )]
     InterfaceNotAllowed { interface: String, allowed: String },
     #[error("interface {0} does not exist")]
     NoSuchInterface(String),
     #[error("gateway {gateway} is outside destination {destination}")]
-    GatewayOutside { gateway: Ipv4Addr, destination: Ipv4Net },
-    #[error("route {destination} exists with route protocol {protocol} and was not made by quilt-runtime (protocol {}); it is left alone", crate::ROUTE_PROTOCOL)]
+    GatewayOutside {
+        gateway: Ipv4Addr,
+        destination: Ipv4Net,
+    },
+    #[error(
+        "route {destination} exists with route protocol {protocol} and was not made by quilt-runtime (protocol {}); it is left alone",
+        crate::ROUTE_PROTOCOL
+    )]
     NotOurs { destination: Ipv4Net, protocol: u8 },
-    #[error("node subnet is {current}; cannot change it to {requested} while {allocations} container addresses are allocated")]
+    #[error(
+        "node subnet is {current}; cannot change it to {requested} while {allocations} container addresses are allocated"
+    )]
     SubnetInUse {
         current: Ipv4Net,
         requested: Ipv4Net,
@@ -36,6 +48,17 @@ pub enum RuntimeError {
     NoSubnet,
     #[error("node subnet {0} has no free container address left")]
     PoolExhausted(Ipv4Net),
+    #[error("container {container_id} has no interface {ifname} attached")]
+    NotAttached {
+        container_id: String,
+        ifname: String,
+    },
+    #[error("container {container_id} interface {ifname}: {problem}")]
+    Mismatch {
+        container_id: String,
+        ifname: String,
+        problem: String,
+    },
     #[error("kernel: {0}")]
     Kernel(#[from] KernelError),
     #[error("the change was undone because the state store failed: {0}")]

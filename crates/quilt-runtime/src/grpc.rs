@@ -21,8 +21,16 @@ pub struct GrpcService<K> {
 }
 
 impl<K: Kernel> GrpcService<K> {
-    pub fn new(runtime: Arc<Runtime<K>>, rules: Rules, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        Self { runtime, rules, metrics }
+    pub fn new(
+        runtime: Arc<Runtime<K>>,
+        rules: Rules,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Self {
+            runtime,
+            rules,
+            metrics,
+        }
     }
 
     fn record(&self, method: &str, started: Instant, success: bool) {
@@ -42,8 +50,127 @@ fn outcome<T>(method: &str, result: &Result<T, RuntimeError>) -> (bool, String) 
     }
 }
 
+/// The one mapping from a runtime error to the kind container clients (quilt-cni) read.
+pub fn error_kind(e: &RuntimeError) -> pb::ErrorKind {
+    match e {
+        RuntimeError::Invalid(_) | RuntimeError::BadField { .. } => pb::ErrorKind::InvalidArgument,
+        RuntimeError::NoSubnet => pb::ErrorKind::NotReady,
+        RuntimeError::PoolExhausted(_) => pb::ErrorKind::Exhausted,
+        RuntimeError::NotAttached { .. } => pb::ErrorKind::NotFound,
+        RuntimeError::Mismatch { .. } => pb::ErrorKind::Mismatch,
+        RuntimeError::Kernel(_) | RuntimeError::NoSuchInterface(_) => pb::ErrorKind::Kernel,
+        _ => pb::ErrorKind::Internal,
+    }
+}
+
+/// `(success, error, error_kind)` of a container request.
+fn container_outcome<T>(method: &str, result: &Result<T, RuntimeError>) -> (bool, String, i32) {
+    let (success, error) = outcome(method, result);
+    let kind = match result {
+        Ok(_) => pb::ErrorKind::Unspecified,
+        Err(e) => error_kind(e),
+    };
+    (success, error, kind as i32)
+}
+
+fn attachment_message(record: crate::attach::AttachmentRecord) -> pb::Attachment {
+    pb::Attachment {
+        container_id: record.container_id,
+        ifname: record.ifname,
+        netns_path: record.netns.display().to_string(),
+        address: record.address.to_string(),
+        gateway: record.gateway.to_string(),
+        mac: record.mac,
+        mtu: record.mtu,
+        host_ifname: record.host_ifname,
+        host_mac: record.host_mac,
+    }
+}
+
 #[tonic::async_trait]
 impl<K: Kernel> QuiltRuntime for GrpcService<K> {
+    async fn attach_container(
+        &self,
+        request: Request<pb::AttachContainerRequest>,
+    ) -> Result<Response<pb::AttachContainerResponse>, Status> {
+        let started = Instant::now();
+        let r = request.get_ref();
+        let result = match self
+            .rules
+            .attach(&r.container_id, &r.netns_path, &r.ifname, r.mtu)
+        {
+            Ok(parsed) => self.runtime.attach(&parsed).await,
+            Err(e) => Err(e),
+        };
+        let (success, error, error_kind) = container_outcome("AttachContainer", &result);
+        self.record("AttachContainer", started, success);
+        Ok(Response::new(pb::AttachContainerResponse {
+            success,
+            error,
+            error_kind,
+            attachment: result.ok().map(attachment_message),
+        }))
+    }
+
+    async fn detach_container(
+        &self,
+        request: Request<pb::DetachContainerRequest>,
+    ) -> Result<Response<pb::DetachContainerResponse>, Status> {
+        let started = Instant::now();
+        let r = request.get_ref();
+        let result = match (
+            self.rules.container_id(&r.container_id),
+            self.rules.ifname(&r.ifname),
+        ) {
+            (Ok(id), Ok(ifname)) => self.runtime.detach(&id, &ifname).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let (success, error, error_kind) = container_outcome("DetachContainer", &result);
+        self.record("DetachContainer", started, success);
+        Ok(Response::new(pb::DetachContainerResponse {
+            success,
+            error,
+            error_kind,
+            was_attached: result.unwrap_or(false),
+        }))
+    }
+
+    async fn list_attachments(
+        &self,
+        _request: Request<pb::ListAttachmentsRequest>,
+    ) -> Result<Response<pb::ListAttachmentsResponse>, Status> {
+        let started = Instant::now();
+        let attachments = self.runtime.attachments().await;
+        self.record("ListAttachments", started, true);
+        Ok(Response::new(pb::ListAttachmentsResponse {
+            attachments: attachments.into_iter().map(attachment_message).collect(),
+        }))
+    }
+
+    async fn check_container(
+        &self,
+        request: Request<pb::CheckContainerRequest>,
+    ) -> Result<Response<pb::CheckContainerResponse>, Status> {
+        let started = Instant::now();
+        let r = request.get_ref();
+        let netns = (!r.netns_path.is_empty()).then(|| std::path::PathBuf::from(&r.netns_path));
+        let result = match (
+            self.rules.container_id(&r.container_id),
+            self.rules.ifname(&r.ifname),
+        ) {
+            (Ok(id), Ok(ifname)) => self.runtime.check(&id, &ifname, netns.as_deref()).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let (success, error, error_kind) = container_outcome("CheckContainer", &result);
+        self.record("CheckContainer", started, success);
+        Ok(Response::new(pb::CheckContainerResponse {
+            success,
+            error,
+            error_kind,
+            attachment: result.ok().map(attachment_message),
+        }))
+    }
+
     async fn configure_node_subnet(
         &self,
         request: Request<pb::ConfigureNodeSubnetRequest>,
@@ -55,7 +182,10 @@ impl<K: Kernel> QuiltRuntime for GrpcService<K> {
         };
         let (success, error) = outcome("ConfigureNodeSubnet", &result);
         self.record("ConfigureNodeSubnet", started, success);
-        Ok(Response::new(pb::ConfigureNodeSubnetResponse { success, error }))
+        Ok(Response::new(pb::ConfigureNodeSubnetResponse {
+            success,
+            error,
+        }))
     }
 
     async fn inject_route(
@@ -182,15 +312,27 @@ impl<K: Kernel> GrpcService<K> {
     async fn inject(&self, requests: &[pb::InjectRouteRequest]) -> Vec<pb::InjectRouteResponse> {
         let parsed: Vec<Result<_, RuntimeError>> = requests
             .iter()
-            .map(|r| self.rules.route(&r.destination, &r.via_interface, &r.gateway))
+            .map(|r| {
+                self.rules
+                    .route(&r.destination, &r.via_interface, &r.gateway)
+            })
             .collect();
-        let valid: Vec<_> = parsed.iter().filter_map(|p| p.as_ref().ok()).cloned().collect();
+        let valid: Vec<_> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .cloned()
+            .collect();
         let mut applied = self.runtime.inject_routes(&valid).await.into_iter();
         parsed
             .into_iter()
             .map(|p| {
                 let result = match p {
-                    Ok(_) => applied.next().unwrap_or_else(|| Err(RuntimeError::NotRecorded("no result for this route".into()))).map(|_| ()),
+                    Ok(_) => applied
+                        .next()
+                        .unwrap_or_else(|| {
+                            Err(RuntimeError::NotRecorded("no result for this route".into()))
+                        })
+                        .map(|_| ()),
                     Err(e) => Err(e),
                 };
                 let (success, error) = outcome("InjectRoute", &result);

@@ -15,7 +15,9 @@ pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
 pub fn next_free(subnet: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let first = u32::from(subnet.network()) + 2;
     let last = u32::from(subnet.broadcast()).checked_sub(1)?;
-    (first..=last).map(Ipv4Addr::from).find(|a| !used.contains(a))
+    (first..=last)
+        .map(Ipv4Addr::from)
+        .find(|a| !used.contains(a))
 }
 
 #[cfg(test)]
@@ -40,7 +42,10 @@ mod tests {
     #[test]
     fn reuses_the_lowest_released_address() {
         let subnet: Ipv4Net = "10.42.1.0/29".parse().unwrap();
-        let used: BTreeSet<_> = [2, 4].into_iter().map(|h| Ipv4Addr::new(10, 42, 1, h)).collect();
+        let used: BTreeSet<_> = [2, 4]
+            .into_iter()
+            .map(|h| Ipv4Addr::new(10, 42, 1, h))
+            .collect();
         assert_eq!(next_free(subnet, &used), Some(Ipv4Addr::new(10, 42, 1, 3)));
     }
 }

@@ -7,11 +7,13 @@
 //! - [`store`]: desired state on disk (SQLite), so restarts lose nothing.
 //! - [`ipam`]: which container address comes next.
 //! - [`reconcile`]: the pure planner, desired + observed routes -> operations.
+//! - [`attach`]: containers on the node subnet: bridge `quilt0`, veth pairs, attachments.
 //! - [`runtime`]: the core, generic over the kernel, applying all of the above.
 //! - [`grpc`]: the `quilt.QuiltRuntime` service and its error mapping.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`server`]: wiring: gRPC with health and reflection, reconcile loop, shutdown.
 
+pub mod attach;
 pub mod config;
 pub mod error;
 pub mod grpc;

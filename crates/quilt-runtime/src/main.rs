@@ -13,5 +13,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on grpc address {}", config.grpc_addr))?;
     let kernel = NetlinkKernel::open().context("cannot open netlink")?;
-    quilt_runtime::run(config, listener, kernel, quilt_common::shutdown::signal_received()).await
+    quilt_runtime::run(
+        config,
+        listener,
+        kernel,
+        quilt_common::shutdown::signal_received(),
+    )
+    .await
 }

@@ -53,17 +53,40 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("quilt_runtime");
         let rpc_requests = Family::<RpcLabels, Counter>::default();
-        let rpc_seconds = Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let rpc_seconds =
+            Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
         let managed_routes = Gauge::default();
         let allocated_ips = Gauge::default();
         let reconcile_runs = Counter::default();
         let reconcile_repairs = Counter::default();
-        registry.register("rpc_requests", "gRPC calls by method and result (ok, refused)", rpc_requests.clone());
-        registry.register("rpc_duration_seconds", "gRPC call latency by method", rpc_seconds.clone());
-        registry.register("managed_routes", "Routes the runtime manages (desired)", managed_routes.clone());
-        registry.register("allocated_ips", "Container addresses allocated", allocated_ips.clone());
+        registry.register(
+            "rpc_requests",
+            "gRPC calls by method and result (ok, refused)",
+            rpc_requests.clone(),
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC call latency by method",
+            rpc_seconds.clone(),
+        );
+        registry.register(
+            "managed_routes",
+            "Routes the runtime manages (desired)",
+            managed_routes.clone(),
+        );
+        registry.register(
+            "allocated_ips",
+            "Container addresses allocated",
+            allocated_ips.clone(),
+        );
         registry.register("reconcile_runs", "Reconcile passes", reconcile_runs.clone());
-        registry.register("reconcile_repairs", "Kernel changes made by reconcile passes", reconcile_repairs.clone());
+        registry.register(
+            "reconcile_repairs",
+            "Kernel changes made by reconcile passes",
+            reconcile_repairs.clone(),
+        );
         Self {
             registry,
             rpc_requests,
@@ -107,13 +130,20 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(render)).with_state(metrics);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.encode(),
     )
 }

@@ -89,7 +89,15 @@ mod tests {
     #[test]
     fn converged_state_needs_nothing() {
         let desired = BTreeMap::from([want("10.42.2.0/24", Some([10, 42, 2, 0]))]);
-        assert!(plan(&desired, &[have("10.42.2.0/24", Some([10, 42, 2, 0]))], &up(), P).is_empty());
+        assert!(
+            plan(
+                &desired,
+                &[have("10.42.2.0/24", Some([10, 42, 2, 0]))],
+                &up(),
+                P
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -12,6 +12,22 @@ use crate::RuntimeError;
 /// Longest container id / owner accepted for an address allocation.
 pub const MAX_OWNER_LEN: usize = 256;
 
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Longest network namespace path accepted.
+pub const MAX_NETNS_PATH_LEN: usize = 4096;
+
+/// A checked AttachContainer request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachRequest {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: std::path::PathBuf,
+    /// The MTU asked for; `None` means the overlay MTU.
+    pub mtu: Option<u32>,
+}
+
 /// A checked InjectRoute request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRequest {
@@ -36,7 +52,12 @@ impl Rules {
 
     /// An InjectRoute request. Whether the destination is the node's own subnet and
     /// whether the interface exists depend on state; the core checks those.
-    pub fn route(&self, destination: &str, via_interface: &str, gateway: &str) -> Result<RouteRequest, RuntimeError> {
+    pub fn route(
+        &self,
+        destination: &str,
+        via_interface: &str,
+        gateway: &str,
+    ) -> Result<RouteRequest, RuntimeError> {
         let destination = self.destination(destination)?;
         let interface = self.interface(via_interface)?;
         let gateway = if gateway.is_empty() {
@@ -88,6 +109,89 @@ impl Rules {
     }
 }
 
+impl Rules {
+    /// An AttachContainer request. Whether the path is a network namespace is checked
+    /// by the kernel layer when the veth is made.
+    pub fn attach(
+        &self,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        mtu: u32,
+    ) -> Result<AttachRequest, RuntimeError> {
+        let container_id = self.container_id(container_id)?;
+        let ifname = self.ifname(ifname)?;
+        check_text("netns_path", netns, MAX_NETNS_PATH_LEN)?;
+        if !netns.starts_with('/') || netns.chars().any(|c| c.is_control()) {
+            return Err(RuntimeError::BadField {
+                field: "netns_path",
+                value: excerpt(netns),
+                reason: "not an absolute path".into(),
+            });
+        }
+        let mtu = match mtu {
+            0 => None,
+            68..=65535 => Some(mtu),
+            _ => {
+                return Err(RuntimeError::BadField {
+                    field: "mtu",
+                    value: mtu.to_string(),
+                    reason: "outside 68..=65535".into(),
+                });
+            }
+        };
+        Ok(AttachRequest {
+            container_id,
+            ifname,
+            netns: netns.into(),
+            mtu,
+        })
+    }
+
+    /// A container id: what an owner may be.
+    pub fn container_id(&self, raw: &str) -> Result<String, RuntimeError> {
+        check_text("container_id", raw, MAX_OWNER_LEN)?;
+        if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(RuntimeError::BadField {
+                field: "container_id",
+                value: excerpt(raw),
+                reason: "not allowed to contain spaces or control characters".into(),
+            });
+        }
+        Ok(raw.to_string())
+    }
+
+    /// An interface name the kernel accepts: 1 to 15 bytes, not `.` or `..`, without
+    /// `/`, `:`, spaces or control characters.
+    pub fn ifname(&self, raw: &str) -> Result<String, RuntimeError> {
+        if raw.len() > MAX_IFNAME_LEN {
+            return Err(RuntimeError::BadField {
+                field: "ifname",
+                value: excerpt(raw),
+                reason: format!(
+                    "{} bytes long, more than the limit of {MAX_IFNAME_LEN}",
+                    raw.len()
+                ),
+            });
+        }
+        check_text("ifname", raw, MAX_IFNAME_LEN)?;
+        if raw == "."
+            || raw == ".."
+            || raw
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return Err(RuntimeError::BadField {
+                field: "ifname",
+                value: excerpt(raw),
+                reason: "not a valid interface name (no '/', ':' or spaces; not '.' or '..')"
+                    .into(),
+            });
+        }
+        Ok(raw.to_string())
+    }
+}
+
 fn check_text(field: &'static str, raw: &str, max: usize) -> Result<(), RuntimeError> {
     if raw.is_empty() {
         return Err(ClusterError::Empty { what: field }.into());
@@ -119,7 +223,9 @@ mod tests {
 
     #[test]
     fn accepts_a_peer_route_with_and_without_gateway() {
-        let r = rules().route("10.42.2.0/24", "vxlan100", "10.42.2.0").unwrap();
+        let r = rules()
+            .route("10.42.2.0/24", "vxlan100", "10.42.2.0")
+            .unwrap();
         assert_eq!(r.gateway, Some(Ipv4Addr::new(10, 42, 2, 0)));
         let r = rules().route("10.42.2.0/24", "vxlan100", "").unwrap();
         assert_eq!(r.gateway, None);
@@ -129,18 +235,63 @@ mod tests {
     fn the_refusal_table() {
         let long = "x".repeat(5000);
         let cases: Vec<(&str, &str, &str, &str)> = vec![
-            ("0.0.0.0/0", "vxlan100", "", "destination 0.0.0.0/0 is outside cluster cidr 10.42.0.0/16"),
-            ("0.0.0.0/1", "vxlan100", "", "destination 0.0.0.0/1 is outside cluster cidr"),
-            ("8.8.8.0/24", "vxlan100", "", "destination 8.8.8.0/24 is outside cluster cidr"),
-            ("10.42.2.0/24", "lo", "", "interface \"lo\" is not an overlay interface"),
-            ("10.42.2.0/24", "eth0", "", "interface \"eth0\" is not an overlay interface"),
+            (
+                "0.0.0.0/0",
+                "vxlan100",
+                "",
+                "destination 0.0.0.0/0 is outside cluster cidr 10.42.0.0/16",
+            ),
+            (
+                "0.0.0.0/1",
+                "vxlan100",
+                "",
+                "destination 0.0.0.0/1 is outside cluster cidr",
+            ),
+            (
+                "8.8.8.0/24",
+                "vxlan100",
+                "",
+                "destination 8.8.8.0/24 is outside cluster cidr",
+            ),
+            (
+                "10.42.2.0/24",
+                "lo",
+                "",
+                "interface \"lo\" is not an overlay interface",
+            ),
+            (
+                "10.42.2.0/24",
+                "eth0",
+                "",
+                "interface \"eth0\" is not an overlay interface",
+            ),
             ("10.42.2.5/24", "vxlan100", "", "host bits set"),
-            ("10.42.2.0/33", "vxlan100", "", "\"10.42.2.0/33\" is not an IPv4 network"),
-            ("garbage", "vxlan100", "", "\"garbage\" is not an IPv4 network"),
+            (
+                "10.42.2.0/33",
+                "vxlan100",
+                "",
+                "\"10.42.2.0/33\" is not an IPv4 network",
+            ),
+            (
+                "garbage",
+                "vxlan100",
+                "",
+                "\"garbage\" is not an IPv4 network",
+            ),
             ("", "vxlan100", "", "destination is empty"),
             ("10.42.2.0/24", "", "", "via_interface is empty"),
-            ("10.42.2.0/24", "vxlan100", "10.42.3.0", "gateway 10.42.3.0 is outside destination 10.42.2.0/24"),
-            ("10.42.2.0/24", "vxlan100", "nonsense", "gateway \"nonsense\" is not an IPv4 address"),
+            (
+                "10.42.2.0/24",
+                "vxlan100",
+                "10.42.3.0",
+                "gateway 10.42.3.0 is outside destination 10.42.2.0/24",
+            ),
+            (
+                "10.42.2.0/24",
+                "vxlan100",
+                "nonsense",
+                "gateway \"nonsense\" is not an IPv4 address",
+            ),
             ("10.42.2.0/25", "vxlan100", "", "prefix length /25"),
             (&long, "vxlan100", "", "5000 bytes long"),
             ("10.42.2.0/24", &long, "", "5000 bytes long"),
@@ -148,8 +299,60 @@ mod tests {
         ];
         for (dest, iface, gw, expected) in cases {
             let err = refusal(dest, iface, gw);
-            assert!(err.contains(expected), "({dest:.20}, {iface:.20}, {gw:.20}): {err}");
-            assert!(err.len() < 300, "long input must not be echoed whole: {err}");
+            assert!(
+                err.contains(expected),
+                "({dest:.20}, {iface:.20}, {gw:.20}): {err}"
+            );
+            assert!(
+                err.len() < 300,
+                "long input must not be echoed whole: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn attach_requests_are_checked() {
+        let ok = rules().attach("c1", "/run/netns/c1", "eth0", 0).unwrap();
+        assert_eq!(ok.mtu, None);
+        let cases = [
+            ("", "/run/netns/c1", "eth0", 0, "container_id is empty"),
+            (
+                &"a".repeat(300)[..],
+                "/run/netns/c1",
+                "eth0",
+                0,
+                "300 bytes long",
+            ),
+            ("a b", "/run/netns/c1", "eth0", 0, "spaces"),
+            (
+                "c1",
+                "/run/netns/c1",
+                "abcdefghijklmnop",
+                0,
+                "16 bytes long",
+            ),
+            (
+                "c1",
+                "/run/netns/c1",
+                "a/b",
+                0,
+                "not a valid interface name",
+            ),
+            ("c1", "/run/netns/c1", "..", 0, "not a valid interface name"),
+            ("c1", "/run/netns/c1", "", 0, "ifname is empty"),
+            ("c1", "", "eth0", 0, "netns_path is empty"),
+            ("c1", "run/netns/c1", "eth0", 0, "not an absolute path"),
+            ("c1", "/run/netns/c1", "eth0", 70000, "outside 68..=65535"),
+        ];
+        for (id, netns, ifname, mtu, expected) in cases {
+            let err = rules()
+                .attach(id, netns, ifname, mtu)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "({id:.20}, {netns}, {ifname}, {mtu}): {err}"
+            );
         }
     }
 
@@ -158,6 +361,12 @@ mod tests {
         assert!(rules().owner("abc123").is_ok());
         assert!(rules().owner("").is_err());
         assert!(rules().owner("a b").is_err());
-        assert!(rules().owner(&"a".repeat(257)).unwrap_err().to_string().contains("257 bytes"));
+        assert!(
+            rules()
+                .owner(&"a".repeat(257))
+                .unwrap_err()
+                .to_string()
+                .contains("257 bytes")
+        );
     }
 }

@@ -10,6 +10,7 @@ use quilt_kernel::{Kernel, KernelError, Route};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
+use crate::attach::ContainerSettings;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, RouteOp};
 use crate::request::RouteRequest;
@@ -45,17 +46,18 @@ pub struct ReconcileReport {
     pub failures: usize,
 }
 
-struct Inner {
-    store: Store,
-    desired: DesiredState,
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) desired: DesiredState,
 }
 
 /// The core. Changes are serialised by one lock, so the store, the kernel and the
 /// in-memory desired state never disagree about what was acknowledged.
 pub struct Runtime<K> {
-    kernel: K,
-    inner: Mutex<Inner>,
-    metrics: Arc<Metrics>,
+    pub(crate) kernel: K,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) containers: ContainerSettings,
 }
 
 impl<K: Kernel> Runtime<K> {
@@ -68,7 +70,14 @@ impl<K: Kernel> Runtime<K> {
             kernel,
             inner: Mutex::new(Inner { store, desired }),
             metrics,
+            containers: ContainerSettings::default(),
         })
+    }
+
+    /// Sets the bridge, overlay interface and default MTU container attachment uses.
+    pub fn with_container_settings(mut self, settings: ContainerSettings) -> Self {
+        self.containers = settings;
+        self
     }
 
     pub fn kernel(&self) -> &K {
@@ -104,11 +113,17 @@ impl<K: Kernel> Runtime<K> {
             self.kernel.delete_route(subnet, ROUTE_PROTOCOL).await?;
             inner.store.delete_route(subnet)?;
             inner.desired.routes.remove(&subnet);
-            self.metrics.managed_routes.set(inner.desired.routes.len() as i64);
+            self.metrics
+                .managed_routes
+                .set(inner.desired.routes.len() as i64);
             info!(destination = %subnet, "route removed: the destination became this node's own subnet");
         }
         inner.store.set_subnet(subnet)?;
         inner.desired.subnet = Some(subnet);
+        if let Err(e) = self.ensure_bridge(subnet).await {
+            // The subnet is recorded; the reconcile loop retries the bridge.
+            warn!(%subnet, error = %e, "could not set up the container bridge yet");
+        }
         match current {
             Some(previous) => info!(%subnet, %previous, "node subnet changed"),
             None => info!(%subnet, "node subnet configured"),
@@ -118,7 +133,10 @@ impl<K: Kernel> Runtime<K> {
 
     /// Adds or replaces each route and records the successful ones as desired, in one
     /// transaction, before answering. Results come in request order.
-    pub async fn inject_routes(&self, requests: &[RouteRequest]) -> Vec<Result<RouteChange, RuntimeError>> {
+    pub async fn inject_routes(
+        &self,
+        requests: &[RouteRequest],
+    ) -> Vec<Result<RouteChange, RuntimeError>> {
         let mut inner = self.inner.lock().await;
         let own_subnet = inner.desired.subnet;
         let mut results = Vec::with_capacity(requests.len());
@@ -144,7 +162,10 @@ impl<K: Kernel> Runtime<K> {
             // Nothing may stay in the kernel that was not recorded: undo what this call added.
             for (request, result) in requests.iter().zip(&results) {
                 if matches!(result, Ok(RouteChange::Added))
-                    && let Err(undo) = self.kernel.delete_route(request.destination, ROUTE_PROTOCOL).await
+                    && let Err(undo) = self
+                        .kernel
+                        .delete_route(request.destination, ROUTE_PROTOCOL)
+                        .await
                 {
                     warn!(destination = %request.destination, error = %undo, "could not undo route after a store failure");
                 }
@@ -157,11 +178,16 @@ impl<K: Kernel> Runtime<K> {
         }
         for (request, result) in requests.iter().zip(&results) {
             if let Ok(change) = result {
-                inner.desired.routes.insert(request.destination, request.clone());
+                inner
+                    .desired
+                    .routes
+                    .insert(request.destination, request.clone());
                 log_change(request, *change);
             }
         }
-        self.metrics.managed_routes.set(inner.desired.routes.len() as i64);
+        self.metrics
+            .managed_routes
+            .set(inner.desired.routes.len() as i64);
         results
     }
 
@@ -173,13 +199,20 @@ impl<K: Kernel> Runtime<K> {
                 if self.kernel.route(route.destination).await?.as_ref() == Some(&route) {
                     Ok(RouteChange::Unchanged)
                 } else {
-                    self.kernel.replace_route(&route).await.map_err(interface_error)?;
+                    self.kernel
+                        .replace_route(&route)
+                        .await
+                        .map_err(interface_error)?;
                     Ok(RouteChange::Replaced)
                 }
             }
-            Err(KernelError::RouteExists { destination, protocol }) => {
-                Err(RuntimeError::NotOurs { destination, protocol })
-            }
+            Err(KernelError::RouteExists {
+                destination,
+                protocol,
+            }) => Err(RuntimeError::NotOurs {
+                destination,
+                protocol,
+            }),
             Err(e) => Err(interface_error(e)),
         }
     }
@@ -214,7 +247,9 @@ impl<K: Kernel> Runtime<K> {
             }
         }
         inner.desired.routes.remove(&destination);
-        self.metrics.managed_routes.set(inner.desired.routes.len() as i64);
+        self.metrics
+            .managed_routes
+            .set(inner.desired.routes.len() as i64);
         Ok(())
     }
 
@@ -236,42 +271,66 @@ impl<K: Kernel> Runtime<K> {
     /// An address for `owner` from the node subnet; the same owner gets the same one.
     pub async fn allocate(&self, owner: &str) -> Result<Lease, RuntimeError> {
         let mut inner = self.inner.lock().await;
+        self.allocate_in(&mut inner, owner).map(|(lease, _)| lease)
+    }
+
+    /// [`Runtime::allocate`] under the caller's lock; also answers whether the address
+    /// was newly allocated (rather than already held by `owner`).
+    pub(crate) fn allocate_in(
+        &self,
+        inner: &mut Inner,
+        owner: &str,
+    ) -> Result<(Lease, bool), RuntimeError> {
         let subnet = inner.desired.subnet.ok_or(RuntimeError::NoSubnet)?;
         let lease = |address: Ipv4Addr| Lease {
             address: Ipv4Net::new(address, subnet.prefix_len()).unwrap_or(subnet),
             gateway: ipam::gateway(subnet),
         };
         if let Some(address) = inner.desired.allocations.get(owner) {
-            return Ok(lease(*address));
+            return Ok((lease(*address), false));
         }
         let used: BTreeSet<Ipv4Addr> = inner.desired.allocations.values().copied().collect();
         let address = ipam::next_free(subnet, &used).ok_or(RuntimeError::PoolExhausted(subnet))?;
         inner.store.put_allocation(owner, address)?;
         inner.desired.allocations.insert(owner.to_string(), address);
-        self.metrics.allocated_ips.set(inner.desired.allocations.len() as i64);
+        self.metrics
+            .allocated_ips
+            .set(inner.desired.allocations.len() as i64);
         info!(%owner, %address, "container address allocated");
-        Ok(lease(address))
+        Ok((lease(address), true))
     }
 
-    /// Gives `owner`'s address back; nothing held is success.
-    pub async fn release(&self, owner: &str) -> Result<(), RuntimeError> {
-        let mut inner = self.inner.lock().await;
+    /// Gives `owner`'s address back under the caller's lock.
+    pub(crate) fn release_in(&self, inner: &mut Inner, owner: &str) -> Result<(), RuntimeError> {
         if let Some(address) = inner.desired.allocations.get(owner).copied() {
             inner.store.delete_allocation(owner)?;
             inner.desired.allocations.remove(owner);
-            self.metrics.allocated_ips.set(inner.desired.allocations.len() as i64);
+            self.metrics
+                .allocated_ips
+                .set(inner.desired.allocations.len() as i64);
             info!(%owner, %address, "container address released");
         }
         Ok(())
     }
 
+    /// Gives `owner`'s address back; nothing held is success.
+    pub async fn release(&self, owner: &str) -> Result<(), RuntimeError> {
+        let mut inner = self.inner.lock().await;
+        self.release_in(&mut inner, owner)
+    }
+
     /// Compares the kernel with desired state and repairs the difference: re-adds missing
     /// routes, fixes wrong ones, deletes ours that are no longer desired.
     pub async fn reconcile(&self) -> Result<ReconcileReport, RuntimeError> {
-        let inner = self.inner.lock().await;
+        let mut inner = self.inner.lock().await;
         let observed = self.kernel.routes(ROUTE_PROTOCOL).await?;
         let mut present = BTreeSet::new();
-        let interfaces: BTreeSet<&String> = inner.desired.routes.values().map(|r| &r.interface).collect();
+        let interfaces: BTreeSet<&String> = inner
+            .desired
+            .routes
+            .values()
+            .map(|r| &r.interface)
+            .collect();
         for interface in interfaces {
             if self.kernel.link(interface).await?.is_some() {
                 present.insert(interface.clone());
@@ -283,12 +342,22 @@ impl<K: Kernel> Runtime<K> {
             let outcome = match &op {
                 RouteOp::Add(route) => self.kernel.add_route(route).await,
                 RouteOp::Replace(route) => self.kernel.replace_route(route).await,
-                RouteOp::Delete(destination) => self.kernel.delete_route(*destination, ROUTE_PROTOCOL).await.map(|_| ()),
+                RouteOp::Delete(destination) => self
+                    .kernel
+                    .delete_route(*destination, ROUTE_PROTOCOL)
+                    .await
+                    .map(|_| ()),
             };
             match (outcome, &op) {
-                (Ok(()), RouteOp::Add(route)) => info!(destination = %route.destination, gateway = ?route.gateway, interface = %route.interface, "repaired: missing route re-added"),
-                (Ok(()), RouteOp::Replace(route)) => info!(destination = %route.destination, gateway = ?route.gateway, interface = %route.interface, "repaired: route corrected"),
-                (Ok(()), RouteOp::Delete(destination)) => info!(%destination, "repaired: stale route removed"),
+                (Ok(()), RouteOp::Add(route)) => {
+                    info!(destination = %route.destination, gateway = ?route.gateway, interface = %route.interface, "repaired: missing route re-added")
+                }
+                (Ok(()), RouteOp::Replace(route)) => {
+                    info!(destination = %route.destination, gateway = ?route.gateway, interface = %route.interface, "repaired: route corrected")
+                }
+                (Ok(()), RouteOp::Delete(destination)) => {
+                    info!(%destination, "repaired: stale route removed")
+                }
                 (Err(e), _) => {
                     warn!(operation = ?op, error = %e, "reconcile could not apply a change");
                     report.failures += 1;
@@ -297,6 +366,9 @@ impl<K: Kernel> Runtime<K> {
             }
             report.repairs += 1;
         }
+        let containers = self.reconcile_containers(&mut inner).await;
+        report.repairs += containers.repairs;
+        report.failures += containers.failures;
         self.metrics.reconcile_runs.inc();
         self.metrics.reconcile_repairs.inc_by(report.repairs as u64);
         Ok(report)
@@ -320,10 +392,17 @@ fn interface_error(e: KernelError) -> RuntimeError {
 }
 
 fn log_change(request: &RouteRequest, change: RouteChange) {
-    let gateway = request.gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into());
+    let gateway = request
+        .gateway
+        .map(|g| g.to_string())
+        .unwrap_or_else(|| "none".into());
     match change {
-        RouteChange::Added => info!(destination = %request.destination, %gateway, interface = %request.interface, "route added"),
-        RouteChange::Replaced => info!(destination = %request.destination, %gateway, interface = %request.interface, "route replaced"),
+        RouteChange::Added => {
+            info!(destination = %request.destination, %gateway, interface = %request.interface, "route added")
+        }
+        RouteChange::Replaced => {
+            info!(destination = %request.destination, %gateway, interface = %request.interface, "route replaced")
+        }
         RouteChange::Unchanged => debug!(destination = %request.destination, "route unchanged"),
     }
 }

@@ -15,12 +15,13 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+use crate::Config;
+use crate::attach::ContainerSettings;
 use crate::grpc::GrpcService;
 use crate::metrics::{self, Metrics};
 use crate::request::Rules;
 use crate::runtime::Runtime;
 use crate::store::Store;
-use crate::Config;
 
 /// The gRPC service name health checks ask about.
 pub const SERVICE_NAME: &str = "quilt.QuiltRuntime";
@@ -43,7 +44,13 @@ pub async fn run<K: Kernel>(
     let store = Store::open(&config.state_dir)
         .with_context(|| format!("cannot open state in {}", config.state_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
-    let runtime = Arc::new(Runtime::new(kernel, store, metrics.clone())?);
+    let containers = ContainerSettings {
+        bridge: crate::attach::BRIDGE.to_string(),
+        overlay_interface: config.overlay_interfaces.first().cloned(),
+        default_mtu: config.container_mtu,
+    };
+    let runtime =
+        Arc::new(Runtime::new(kernel, store, metrics.clone())?.with_container_settings(containers));
     let desired = runtime.desired().await;
     info!(
         grpc_addr = %listener.local_addr()?,
@@ -51,6 +58,7 @@ pub async fn run<K: Kernel>(
         subnet = ?desired.subnet.map(|s| s.to_string()),
         routes = desired.routes.len(),
         allocations = desired.allocations.len(),
+        attachments = desired.attachments.len(),
         route_protocol = crate::ROUTE_PROTOCOL,
         "quilt-runtime starting"
     );
@@ -82,9 +90,13 @@ pub async fn run<K: Kernel>(
             let listener = metrics::bind(addr).await?;
             info!(metrics_addr = %addr, "serving metrics at /metrics");
             let mut rx = stop_rx.clone();
-            Some(tokio::spawn(metrics::serve(listener, metrics.clone(), async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })))
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                },
+            )))
         }
         None => None,
     };
@@ -122,7 +134,11 @@ async fn reconcile_once<K: Kernel>(runtime: &Runtime<K>, reporter: &HealthReport
     match runtime.reconcile().await {
         Ok(report) => {
             if report.repairs > 0 || report.failures > 0 {
-                info!(repairs = report.repairs, failures = report.failures, "reconcile pass done");
+                info!(
+                    repairs = report.repairs,
+                    failures = report.failures,
+                    "reconcile pass done"
+                );
             }
             set_health(reporter, ServingStatus::Serving).await;
         }

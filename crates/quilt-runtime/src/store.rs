@@ -13,6 +13,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::attach::AttachmentRecord;
 use crate::request::RouteRequest;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -20,6 +21,19 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE routes (destination TEXT PRIMARY KEY, interface TEXT NOT NULL, gateway TEXT);
      CREATE TABLE allocations (owner TEXT PRIMARY KEY, address TEXT NOT NULL UNIQUE);",
+    // Container attachments; each holds the allocation of its owner (see crate::attach).
+    "CREATE TABLE attachments (
+        container_id TEXT NOT NULL,
+        ifname TEXT NOT NULL,
+        netns TEXT NOT NULL,
+        host_ifname TEXT NOT NULL UNIQUE,
+        address TEXT NOT NULL,
+        gateway TEXT NOT NULL,
+        mac TEXT NOT NULL,
+        host_mac TEXT NOT NULL,
+        mtu INTEGER NOT NULL,
+        PRIMARY KEY (container_id, ifname)
+     );",
 ];
 
 /// Everything the runtime wants to be true, as loaded from disk.
@@ -28,6 +42,8 @@ pub struct DesiredState {
     pub subnet: Option<Ipv4Net>,
     pub routes: BTreeMap<Ipv4Net, RouteRequest>,
     pub allocations: BTreeMap<String, Ipv4Addr>,
+    /// Container attachments by (container id, ifname).
+    pub attachments: BTreeMap<(String, String), AttachmentRecord>,
 }
 
 /// The open state database.
@@ -53,8 +69,14 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), rusqlite::Error> {
-        let applied: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (index, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(applied).unwrap_or(0)) {
+        let applied: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (index, migration) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(applied).unwrap_or(0))
+        {
             let tx = self.conn.transaction()?;
             tx.execute_batch(migration)?;
             tx.pragma_update(None, "user_version", (index + 1) as i64)?;
@@ -68,14 +90,22 @@ impl Store {
         let mut state = DesiredState {
             subnet: self
                 .conn
-                .query_row("SELECT value FROM settings WHERE key = 'subnet'", [], |r| r.get::<_, String>(0))
+                .query_row("SELECT value FROM settings WHERE key = 'subnet'", [], |r| {
+                    r.get::<_, String>(0)
+                })
                 .optional()?
                 .and_then(|s| s.parse().ok()),
             ..DesiredState::default()
         };
-        let mut routes = self.conn.prepare("SELECT destination, interface, gateway FROM routes")?;
+        let mut routes = self
+            .conn
+            .prepare("SELECT destination, interface, gateway FROM routes")?;
         let rows = routes.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })?;
         for row in rows {
             let (destination, interface, gateway) = row?;
@@ -94,15 +124,74 @@ impl Store {
                 Err(_) => tracing::warn!(%destination, "skipping unreadable route in state"),
             }
         }
-        let mut allocations = self.conn.prepare("SELECT owner, address FROM allocations")?;
-        let rows = allocations.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut allocations = self
+            .conn
+            .prepare("SELECT owner, address FROM allocations")?;
+        let rows =
+            allocations.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         for row in rows {
             let (owner, address) = row?;
             match address.parse() {
                 Ok(address) => {
                     state.allocations.insert(owner, address);
                 }
-                Err(_) => tracing::warn!(%owner, %address, "skipping unreadable allocation in state"),
+                Err(_) => {
+                    tracing::warn!(%owner, %address, "skipping unreadable allocation in state")
+                }
+            }
+        }
+        let mut attachments = self.conn.prepare(
+            "SELECT container_id, ifname, netns, host_ifname, address, gateway, mac, host_mac, mtu FROM attachments",
+        )?;
+        let rows = attachments.query_map([], |r| {
+            Ok((
+                [
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ],
+                r.get::<_, u32>(8)?,
+            ))
+        })?;
+        for row in rows {
+            let (
+                [
+                    container_id,
+                    ifname,
+                    netns,
+                    host_ifname,
+                    address,
+                    gateway,
+                    mac,
+                    host_mac,
+                ],
+                mtu,
+            ) = row?;
+            match (address.parse(), gateway.parse()) {
+                (Ok(address), Ok(gateway)) => {
+                    state.attachments.insert(
+                        (container_id.clone(), ifname.clone()),
+                        AttachmentRecord {
+                            container_id,
+                            ifname,
+                            netns: netns.into(),
+                            host_ifname,
+                            address,
+                            gateway,
+                            mac,
+                            host_mac,
+                            mtu,
+                        },
+                    );
+                }
+                _ => {
+                    tracing::warn!(%container_id, %ifname, "skipping unreadable attachment in state")
+                }
             }
         }
         Ok(state)
@@ -137,8 +226,10 @@ impl Store {
     }
 
     pub fn delete_route(&self, destination: Ipv4Net) -> Result<(), rusqlite::Error> {
-        self.conn
-            .execute("DELETE FROM routes WHERE destination = ?1", params![destination.to_string()])?;
+        self.conn.execute(
+            "DELETE FROM routes WHERE destination = ?1",
+            params![destination.to_string()],
+        )?;
         Ok(())
     }
 
@@ -151,8 +242,46 @@ impl Store {
     }
 
     pub fn delete_allocation(&self, owner: &str) -> Result<(), rusqlite::Error> {
-        self.conn.execute("DELETE FROM allocations WHERE owner = ?1", params![owner])?;
+        self.conn
+            .execute("DELETE FROM allocations WHERE owner = ?1", params![owner])?;
         Ok(())
+    }
+
+    /// Records an attachment (replacing one for the same container and ifname).
+    pub fn put_attachment(&self, a: &AttachmentRecord) -> Result<(), rusqlite::Error> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO attachments
+                (container_id, ifname, netns, host_ifname, address, gateway, mac, host_mac, mtu)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                a.container_id,
+                a.ifname,
+                a.netns.display().to_string(),
+                a.host_ifname,
+                a.address.to_string(),
+                a.gateway.to_string(),
+                a.mac,
+                a.host_mac,
+                a.mtu
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets an attachment and the allocation of `owner`, in one transaction.
+    pub fn delete_attachment(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+        owner: &str,
+    ) -> Result<(), rusqlite::Error> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM attachments WHERE container_id = ?1 AND ifname = ?2",
+            params![container_id, ifname],
+        )?;
+        tx.execute("DELETE FROM allocations WHERE owner = ?1", params![owner])?;
+        tx.commit()
     }
 }
 
@@ -173,13 +302,23 @@ mod tests {
             let mut store = Store::open(&dir).unwrap();
             store.set_subnet("10.42.1.0/24".parse().unwrap()).unwrap();
             store.put_routes(&[&route]).unwrap();
-            store.put_allocation("c1", Ipv4Addr::new(10, 42, 1, 2)).unwrap();
-            assert!(store.put_allocation("c2", Ipv4Addr::new(10, 42, 1, 2)).is_err(), "address is unique");
+            store
+                .put_allocation("c1", Ipv4Addr::new(10, 42, 1, 2))
+                .unwrap();
+            assert!(
+                store
+                    .put_allocation("c2", Ipv4Addr::new(10, 42, 1, 2))
+                    .is_err(),
+                "address is unique"
+            );
         }
         let state = Store::open(&dir).unwrap().load().unwrap();
         assert_eq!(state.subnet, Some("10.42.1.0/24".parse().unwrap()));
         assert_eq!(state.routes.get(&route.destination), Some(&route));
-        assert_eq!(state.allocations.get("c1"), Some(&Ipv4Addr::new(10, 42, 1, 2)));
+        assert_eq!(
+            state.allocations.get("c1"),
+            Some(&Ipv4Addr::new(10, 42, 1, 2))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -42,14 +42,25 @@ fn main() -> anyhow::Result<()> {
         bail!("the benchmark needs root to create network namespaces");
     }
     let runtime_bin = sibling_binary("quilt-runtime")?;
-    println!("quilt-runtime-bench: {} routes, batch {}, concurrency {}", args.routes, args.batch, args.concurrency);
+    println!(
+        "quilt-runtime-bench: {} routes, batch {}, concurrency {}",
+        args.routes, args.batch, args.concurrency
+    );
 
     // Baselines: ip -batch with nexthop objects (what the runtime programs) and with
     // per-route onlink gateways (what naive overlays program).
     let baseline = ip_batch(args.routes, true)?;
     let onlink = ip_batch(args.routes, false)?;
-    println!("ip -batch, nexthop objects : {:>9.0} routes/s ({:.3} s)", rate(args.routes, baseline), baseline.as_secs_f64());
-    println!("ip -batch, onlink gateways : {:>9.0} routes/s ({:.3} s)", rate(args.routes, onlink), onlink.as_secs_f64());
+    println!(
+        "ip -batch, nexthop objects : {:>9.0} routes/s ({:.3} s)",
+        rate(args.routes, baseline),
+        baseline.as_secs_f64()
+    );
+    println!(
+        "ip -batch, onlink gateways : {:>9.0} routes/s ({:.3} s)",
+        rate(args.routes, onlink),
+        onlink.as_secs_f64()
+    );
 
     // The runtime, batched.
     let batched = with_runtime(&runtime_bin, |client, _pid| {
@@ -59,7 +70,9 @@ fn main() -> anyhow::Result<()> {
             let routes: Vec<_> = (0..args.routes).map(route_request).collect();
             for chunk in routes.chunks(args.batch) {
                 let answer = client
-                    .inject_routes(pb::InjectRoutesRequest { routes: chunk.to_vec() })
+                    .inject_routes(pb::InjectRoutesRequest {
+                        routes: chunk.to_vec(),
+                    })
                     .await?
                     .into_inner();
                 if let Some(failed) = answer.results.iter().find(|r| !r.success) {
@@ -133,7 +146,11 @@ fn main() -> anyhow::Result<()> {
         p(0.50).as_secs_f64() * 1e6,
         p(0.99).as_secs_f64() * 1e6
     );
-    println!("quilt-runtime RSS with {} routes: {:.1} MB (target < 15 MB)", args.routes, rss_kb as f64 / 1024.0);
+    println!(
+        "quilt-runtime RSS with {} routes: {:.1} MB (target < 15 MB)",
+        args.routes,
+        rss_kb as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -154,11 +171,35 @@ fn route_request(i: u32) -> pb::InjectRouteRequest {
 fn bench_host() -> anyhow::Result<OwnedNetns> {
     let ns = OwnedNetns::create(&netns::unique_name("qbench"))?;
     for args in [
-        &["link", "add", "underlay0", "type", "veth", "peer", "name", "underlay0p"][..],
+        &[
+            "link",
+            "add",
+            "underlay0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "underlay0p",
+        ][..],
         &["addr", "add", "192.168.60.1/24", "dev", "underlay0"],
         &["link", "set", "underlay0", "up"],
         &["link", "set", "underlay0p", "up"],
-        &["link", "add", "vxlan100", "type", "vxlan", "id", "100", "local", "192.168.60.1", "dev", "underlay0", "dstport", "4789", "nolearning"],
+        &[
+            "link",
+            "add",
+            "vxlan100",
+            "type",
+            "vxlan",
+            "id",
+            "100",
+            "local",
+            "192.168.60.1",
+            "dev",
+            "underlay0",
+            "dstport",
+            "4789",
+            "nolearning",
+        ],
         &["link", "set", "vxlan100", "up"],
     ] {
         ns.ip(args)?;
@@ -174,16 +215,25 @@ fn ip_batch(n: u32, nexthops: bool) -> anyhow::Result<Duration> {
         let r = route_request(i);
         if nexthops {
             let id = i + 1;
-            script.push_str(&format!("nexthop add id {id} via {} dev vxlan100 onlink\n", r.gateway));
+            script.push_str(&format!(
+                "nexthop add id {id} via {} dev vxlan100 onlink\n",
+                r.gateway
+            ));
             script.push_str(&format!("route add {} nhid {id}\n", r.destination));
         } else {
-            script.push_str(&format!("route add {} via {} dev vxlan100 onlink\n", r.destination, r.gateway));
+            script.push_str(&format!(
+                "route add {} via {} dev vxlan100 onlink\n",
+                r.destination, r.gateway
+            ));
         }
     }
     let path = std::env::temp_dir().join(format!("{}.batch", ns.name()));
     std::fs::write(&path, script)?;
     let started = Instant::now();
-    let status = std::process::Command::new("ip").args(["-n", ns.name(), "-batch"]).arg(&path).status()?;
+    let status = std::process::Command::new("ip")
+        .args(["-n", ns.name(), "-batch"])
+        .arg(&path)
+        .status()?;
     let elapsed = started.elapsed();
     let _ = std::fs::remove_file(&path);
     if !status.success() {
@@ -204,18 +254,34 @@ fn with_runtime<T: Send + 'static>(
     let state = tempfile::tempdir()?;
     let mut child: Child = ns
         .command(bin)
-        .args(["--grpc-addr", GRPC_ADDR, "--cluster-cidr", "10.0.0.0/8", "--node-prefix-len", "24", "--log-level", "warn", "--state-dir"])
+        .args([
+            "--grpc-addr",
+            GRPC_ADDR,
+            "--cluster-cidr",
+            "10.0.0.0/8",
+            "--node-prefix-len",
+            "24",
+            "--log-level",
+            "warn",
+            "--state-dir",
+        ])
         .arg(state.path())
         .stdout(Stdio::null())
         .spawn()
         .context("start quilt-runtime")?;
     let pid = child.id();
     let result = netns::run_in(ns.name(), move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         rt.block_on(async move {
             let mut client = None;
             for _ in 0..200 {
-                match Channel::from_static("http://127.0.0.1:50051").connect().await {
+                match Channel::from_static("http://127.0.0.1:50051")
+                    .connect()
+                    .await
+                {
                     Ok(channel) => {
                         client = Some(QuiltRuntimeClient::new(channel));
                         break;
@@ -225,7 +291,9 @@ fn with_runtime<T: Send + 'static>(
             }
             let mut client = client.context("quilt-runtime did not answer")?;
             let answer = client
-                .configure_node_subnet(pb::ConfigureNodeSubnetRequest { subnet: "10.0.0.0/24".into() })
+                .configure_node_subnet(pb::ConfigureNodeSubnetRequest {
+                    subnet: "10.0.0.0/24".into(),
+                })
                 .await?
                 .into_inner();
             if !answer.success {
@@ -254,7 +322,10 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.parent().context("no parent folder")?.join(name);
     if !path.exists() {
-        bail!("{} not found next to the benchmark; build it first (cargo build --release -p quilt-runtime)", path.display());
+        bail!(
+            "{} not found next to the benchmark; build it first (cargo build --release -p quilt-runtime)",
+            path.display()
+        );
     }
     Ok(path)
 }

@@ -25,13 +25,34 @@ impl Host {
     pub fn new() -> Self {
         let ns = OwnedNetns::create(&netns::unique_name("qrt")).expect("create netns");
         for args in [
-            &["link", "add", "underlay0", "type", "veth", "peer", "name", "underlay0p"][..],
+            &[
+                "link",
+                "add",
+                "underlay0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "underlay0p",
+            ][..],
             &["addr", "add", "192.168.50.1/24", "dev", "underlay0"],
             &["link", "set", "underlay0", "up"],
             &["link", "set", "underlay0p", "up"],
             &[
-                "link", "add", "vxlan100", "type", "vxlan", "id", "100", "local", "192.168.50.1", "dev", "underlay0",
-                "dstport", "4789", "nolearning",
+                "link",
+                "add",
+                "vxlan100",
+                "type",
+                "vxlan",
+                "id",
+                "100",
+                "local",
+                "192.168.50.1",
+                "dev",
+                "underlay0",
+                "dstport",
+                "4789",
+                "nolearning",
             ],
             &["link", "set", "vxlan100", "up"],
         ] {
@@ -53,7 +74,7 @@ impl Host {
         let log = std::fs::File::create(self.state_path().join("runtime.log")).expect("log file");
         let child = self
             .ns
-            .command(env!("CARGO_BIN_EXE_quilt-runtime"))
+            .command(runtime_binary())
             .args(["--grpc-addr", GRPC_ADDR, "--state-dir"])
             .arg(self.state_path())
             .args([
@@ -78,7 +99,10 @@ impl Host {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("quilt-runtime did not answer within 10 s; log:\n{}", self.log());
+        panic!(
+            "quilt-runtime did not answer within 10 s; log:\n{}",
+            self.log()
+        );
     }
 
     /// Sends `signal` to the runtime and waits for it to exit; answers its exit status.
@@ -94,12 +118,17 @@ impl Host {
     }
 
     /// Runs `f` with a gRPC client connected from inside the namespace.
-    pub fn call<T: Send, F>(&self, f: impl FnOnce(QuiltRuntimeClient<Channel>) -> F + Send) -> anyhow::Result<T>
+    pub fn call<T: Send, F>(
+        &self,
+        f: impl FnOnce(QuiltRuntimeClient<Channel>) -> F + Send,
+    ) -> anyhow::Result<T>
     where
         F: std::future::Future<Output = anyhow::Result<T>>,
     {
         netns::run_in(self.ns.name(), || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let channel = Channel::from_shared(format!("http://{GRPC_ADDR}"))?
                     .connect_timeout(Duration::from_secs(1))
@@ -112,7 +141,11 @@ impl Host {
 
     /// The routes `ip route show` prints for `destination` inside the namespace.
     pub fn route_show(&self, destination: &str) -> String {
-        self.ns.ip(&["route", "show", destination]).expect("ip route show").trim().to_string()
+        self.ns
+            .ip(&["route", "show", destination])
+            .expect("ip route show")
+            .trim()
+            .to_string()
     }
 
     /// A channel from inside the namespace, for services other than QuiltRuntime.
@@ -121,9 +154,13 @@ impl Host {
         F: std::future::Future<Output = anyhow::Result<T>>,
     {
         netns::run_in(self.ns.name(), || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
-                let channel = Channel::from_shared(format!("http://{GRPC_ADDR}"))?.connect().await?;
+                let channel = Channel::from_shared(format!("http://{GRPC_ADDR}"))?
+                    .connect()
+                    .await?;
                 f(channel).await
             })
         })?
@@ -137,6 +174,33 @@ impl Drop for Host {
             let _ = child.wait();
         }
     }
+}
+
+/// The quilt-runtime binary: cargo's own for this crate's tests; for another crate's
+/// tests (quilt-cni), the one next to that crate's binary in the same target folder,
+/// built first with `cargo build -p quilt-runtime` so it is never stale or missing.
+pub fn runtime_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_quilt-runtime") {
+        return PathBuf::from(path);
+    }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let Some(sibling) = option_env!("CARGO_BIN_EXE_quilt-cni") else {
+                panic!("no binary of this workspace to find the target folder by")
+            };
+            let path = Path::new(sibling).with_file_name("quilt-runtime");
+            let status = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
+                .args(["build", "-p", "quilt-runtime", "--bin", "quilt-runtime"])
+                .status();
+            assert!(
+                path.exists(),
+                "quilt-runtime binary missing at {} (cargo build: {status:?})",
+                path.display()
+            );
+            path
+        })
+        .clone()
 }
 
 pub fn temp_path(dir: &tempfile::TempDir) -> PathBuf {

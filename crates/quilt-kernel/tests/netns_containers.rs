@@ -1,0 +1,110 @@
+//! The real netlink kernel's container operations inside fresh namespaces: a "host"
+//! with the bridge, a "container" the veth peer lands in.
+
+use std::path::Path;
+
+use quilt_kernel::netlink::NetlinkKernel;
+use quilt_kernel::netns::{self, OwnedNetns};
+use quilt_kernel::{ContainerInterface, Kernel, VethSpec};
+
+/// Runs `f` with a NetlinkKernel opened inside `host`.
+fn in_host<T: Send>(host: &OwnedNetns, f: impl AsyncFnOnce(NetlinkKernel) -> T + Send) -> T {
+    netns::run_in(host.name(), || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { f(NetlinkKernel::open().unwrap()).await })
+    })
+    .unwrap()
+}
+
+#[test]
+fn bridge_veth_and_container_side() {
+    if !netns::privileged_or_skip("bridge_veth_and_container_side") {
+        return;
+    }
+    let host = OwnedNetns::create(&netns::unique_name("qkh")).unwrap();
+    let container = OwnedNetns::create(&netns::unique_name("qkc")).unwrap();
+    let container_path = netns::path(container.name());
+    let plain_file = tempfile::NamedTempFile::new().unwrap();
+    let plain = plain_file.path().to_path_buf();
+    let cpath = container_path.clone();
+    in_host(&host, async move |k| {
+        let bridge_address = "10.42.1.1/24".parse().unwrap();
+        assert!(
+            k.ensure_bridge("quilt0", bridge_address, 1450)
+                .await
+                .unwrap(),
+            "created"
+        );
+        assert!(
+            !k.ensure_bridge("quilt0", bridge_address, 1450)
+                .await
+                .unwrap(),
+            "converged"
+        );
+        assert!(
+            k.ensure_bridge("quilt0", bridge_address, 1400)
+                .await
+                .unwrap(),
+            "mtu fixed"
+        );
+        assert_eq!(k.link("quilt0").await.unwrap().unwrap().mtu, 1400);
+
+        let veth = |netns: &Path| VethSpec {
+            host: "qvtest".into(),
+            bridge: "quilt0".into(),
+            netns: netns.to_path_buf(),
+            ifname: "eth0".into(),
+            mtu: 1400,
+        };
+        // Not a namespace, or missing: refused, nothing made.
+        let err = k.create_veth_into(&veth(&plain)).await.unwrap_err();
+        assert!(err.to_string().contains("not a network namespace"), "{err}");
+        assert!(
+            k.create_veth_into(&veth(Path::new("/run/netns/quilt-missing")))
+                .await
+                .is_err()
+        );
+        assert!(k.link("qvtest").await.unwrap().is_none());
+
+        k.create_veth_into(&veth(&cpath)).await.unwrap();
+        assert!(k.link("qvtest").await.unwrap().is_some());
+        assert!(
+            k.link("eth0").await.unwrap().is_none(),
+            "the peer is in the container"
+        );
+        let interface = ContainerInterface {
+            ifname: "eth0".into(),
+            address: "10.42.1.2/24".parse().unwrap(),
+            gateway: "10.42.1.1".parse().unwrap(),
+            mtu: 1400,
+        };
+        let link = k.configure_container(&cpath, &interface).await.unwrap();
+        assert!(link.mac.is_some());
+        // A retry is harmless.
+        k.configure_container(&cpath, &interface).await.unwrap();
+        let view = k.inspect_container(&cpath, "eth0").await.unwrap().unwrap();
+        assert!(view.up);
+        assert_eq!(view.addresses, vec![interface.address]);
+        assert_eq!(view.default_gateway, Some(interface.gateway));
+        assert_eq!(view.link.mtu, 1400);
+        assert!(k.inspect_container(&cpath, "eth9").await.unwrap().is_none());
+
+        assert!(k.delete_link("qvtest").await.unwrap());
+        assert!(!k.delete_link("qvtest").await.unwrap());
+        assert!(
+            k.inspect_container(&cpath, "eth0").await.unwrap().is_none(),
+            "the peer went with it"
+        );
+    });
+    let shown = host.ip(&["-o", "addr", "show", "dev", "quilt0"]).unwrap();
+    assert!(shown.contains("10.42.1.1/24"), "{shown}");
+    let forwarding = host
+        .command("cat")
+        .arg("/proc/sys/net/ipv4/conf/quilt0/forwarding")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
+}
