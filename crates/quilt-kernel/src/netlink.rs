@@ -35,6 +35,10 @@ pub struct NetlinkKernel {
     handle: Handle,
     nexthops: NexthopSocket,
     connection: JoinHandle<()>,
+    /// Interface name -> index for route programming, so adding a route costs two
+    /// round trips instead of three. An entry is dropped when the kernel answers ENODEV
+    /// (the device went away), and the lookup is done again.
+    route_interfaces: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl Drop for NetlinkKernel {
@@ -55,7 +59,72 @@ impl NetlinkKernel {
             handle,
             nexthops,
             connection,
+            route_interfaces: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    async fn route_interface(&self, name: &str) -> Result<u32, KernelError> {
+        let cached = self
+            .route_interfaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied();
+        if let Some(index) = cached {
+            return Ok(index);
+        }
+        let index = self.require_link(name).await?.index;
+        self.route_interfaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), index);
+        Ok(index)
+    }
+
+    fn forget_route_interface(&self, name: &str) {
+        self.route_interfaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    async fn add_route_once(&self, route: &Route) -> Result<(), KernelError> {
+        let (message, nexthop_id) = self.route_message(route).await?;
+        match self.handle.route().add(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let errno = errno_of(&e);
+                if errno == Some(EEXIST) {
+                    let existing = self.route(route.destination).await?;
+                    return Err(KernelError::RouteExists {
+                        destination: route.destination,
+                        protocol: existing.map(|r| r.protocol).unwrap_or(0),
+                    });
+                }
+                if let Some(id) = nexthop_id {
+                    self.release_nexthop(id, route.protocol);
+                }
+                Err(KernelError::from_rtnetlink(format!("add route {route}"), e))
+            }
+        }
+    }
+
+    async fn replace_route_once(&self, route: &Route) -> Result<(), KernelError> {
+        let previous = self.route(route.destination).await?;
+        let (message, _) = self.route_message(route).await?;
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| KernelError::from_rtnetlink(format!("replace route {route}"), e))?;
+        if let Some(old_gateway) = previous.and_then(|p| p.gateway)
+            && Some(old_gateway) != route.gateway
+        {
+            self.release_nexthop(nexthop::id_for_gateway(old_gateway), route.protocol);
+        }
+        Ok(())
     }
 
     /// The rtnetlink handle, for operations this crate does not wrap yet.
@@ -145,14 +214,14 @@ impl NetlinkKernel {
         &self,
         route: &Route,
     ) -> Result<(RouteMessage, Option<u32>), KernelError> {
-        let link = self.require_link(&route.interface).await?;
+        let index = self.route_interface(&route.interface).await?;
         let builder = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(route.destination.network(), route.destination.prefix_len())
             .protocol(RouteProtocol::from(route.protocol))
             .table_id(u32::from(RouteHeader::RT_TABLE_MAIN));
         match route.gateway {
             Some(gateway) => {
-                let id = self.ensure_nexthop(gateway, link.index, route.protocol)?;
+                let id = self.ensure_nexthop(gateway, index, route.protocol)?;
                 Ok((
                     builder.scope(RouteScope::Universe).nhid(id).build(),
                     Some(id),
@@ -161,7 +230,7 @@ impl NetlinkKernel {
             None => Ok((
                 builder
                     .scope(RouteScope::Link)
-                    .output_interface(link.index)
+                    .output_interface(index)
                     .build(),
                 None,
             )),
@@ -287,42 +356,23 @@ impl Kernel for NetlinkKernel {
     }
 
     async fn add_route(&self, route: &Route) -> Result<(), KernelError> {
-        let (message, nexthop_id) = self.route_message(route).await?;
-        match self.handle.route().add(message).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let errno = errno_of(&e);
-                if errno == Some(EEXIST) {
-                    let existing = self.route(route.destination).await?;
-                    return Err(KernelError::RouteExists {
-                        destination: route.destination,
-                        protocol: existing.map(|r| r.protocol).unwrap_or(0),
-                    });
-                }
-                if let Some(id) = nexthop_id {
-                    self.release_nexthop(id, route.protocol);
-                }
-                Err(KernelError::from_rtnetlink(format!("add route {route}"), e))
+        match self.add_route_once(route).await {
+            Err(e) if e.errno() == Some(ENODEV) => {
+                self.forget_route_interface(&route.interface);
+                self.add_route_once(route).await
             }
+            other => other,
         }
     }
 
     async fn replace_route(&self, route: &Route) -> Result<(), KernelError> {
-        let previous = self.route(route.destination).await?;
-        let (message, _) = self.route_message(route).await?;
-        self.handle
-            .route()
-            .add(message)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| KernelError::from_rtnetlink(format!("replace route {route}"), e))?;
-        if let Some(old_gateway) = previous.and_then(|p| p.gateway)
-            && Some(old_gateway) != route.gateway
-        {
-            self.release_nexthop(nexthop::id_for_gateway(old_gateway), route.protocol);
+        match self.replace_route_once(route).await {
+            Err(e) if e.errno() == Some(ENODEV) => {
+                self.forget_route_interface(&route.interface);
+                self.replace_route_once(route).await
+            }
+            other => other,
         }
-        Ok(())
     }
 
     async fn delete_route(&self, destination: Ipv4Net, protocol: u8) -> Result<bool, KernelError> {
