@@ -9,6 +9,7 @@ use quilt_proto as pb;
 use quilt_proto::quilt_runtime_server::QuiltRuntime;
 use tonic::{Request, Response, Status};
 
+use crate::inject_queue::InjectQueue;
 use crate::request::Rules;
 use crate::runtime::Runtime;
 use crate::{ROUTE_PROTOCOL, RuntimeError};
@@ -16,18 +17,22 @@ use crate::{ROUTE_PROTOCOL, RuntimeError};
 /// The gRPC face of a [`Runtime`].
 pub struct GrpcService<K> {
     runtime: Arc<Runtime<K>>,
+    queue: InjectQueue,
     rules: Rules,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<K: Kernel> GrpcService<K> {
+    /// `queue` coalesces concurrent InjectRoute calls into batches of `runtime`.
     pub fn new(
         runtime: Arc<Runtime<K>>,
+        queue: InjectQueue,
         rules: Rules,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             runtime,
+            queue,
             rules,
             metrics,
         }
@@ -193,13 +198,17 @@ impl<K: Kernel> QuiltRuntime for GrpcService<K> {
         request: Request<pb::InjectRouteRequest>,
     ) -> Result<Response<pb::InjectRouteResponse>, Status> {
         let started = Instant::now();
-        let mut results = self.inject(std::slice::from_ref(request.get_ref())).await;
-        let response = results.pop().unwrap_or_else(|| pb::InjectRouteResponse {
-            success: false,
-            error: "no result".into(),
-        });
-        self.record("InjectRoute", started, response.success);
-        Ok(Response::new(response))
+        let r = request.get_ref();
+        let result = match self
+            .rules
+            .route(&r.destination, &r.via_interface, &r.gateway)
+        {
+            Ok(route) => self.queue.inject(route).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let (success, error) = outcome("InjectRoute", &result);
+        self.record("InjectRoute", started, success);
+        Ok(Response::new(pb::InjectRouteResponse { success, error }))
     }
 
     async fn remove_route(

@@ -10,6 +10,7 @@
 //! - [`attach`]: containers on the node subnet: bridge `quilt0`, veth pairs, attachments.
 //! - [`runtime`]: the core, generic over the kernel, applying all of the above.
 //! - [`grpc`]: the `quilt.QuiltRuntime` service and its error mapping.
+//! - [`inject_queue`]: concurrent InjectRoute calls coalesced into batches.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`server`]: wiring: gRPC with health and reflection, reconcile loop, shutdown.
 
@@ -17,6 +18,7 @@ pub mod attach;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod inject_queue;
 pub mod ipam;
 pub mod metrics;
 pub mod reconcile;

@@ -17,6 +17,9 @@ use crate::request::RouteRequest;
 use crate::store::{DesiredState, Store};
 use crate::{ROUTE_PROTOCOL, RuntimeError, ipam};
 
+/// How many route changes of one batch may be in flight to the kernel at once.
+const KERNEL_PIPELINE: usize = 32;
+
 /// What one InjectRoute did to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteChange {
@@ -139,14 +142,23 @@ impl<K: Kernel> Runtime<K> {
     ) -> Vec<Result<RouteChange, RuntimeError>> {
         let mut inner = self.inner.lock().await;
         let own_subnet = inner.desired.subnet;
-        let mut results = Vec::with_capacity(requests.len());
-        for request in requests {
-            let result = if Some(request.destination) == own_subnet {
-                Err(RuntimeError::OwnSubnet(request.destination))
-            } else {
-                self.apply_route(request).await
-            };
-            results.push(result);
+        // Routes of one batch go to the kernel as pipelined netlink requests: distinct
+        // destinations are independent. A batch naming a destination twice is applied
+        // one route at a time, so the last one wins as the caller expects.
+        let destinations: BTreeSet<Ipv4Net> = requests.iter().map(|r| r.destination).collect();
+        let in_flight = if destinations.len() == requests.len() {
+            KERNEL_PIPELINE
+        } else {
+            1
+        };
+        let mut results: Vec<Result<RouteChange, RuntimeError>> =
+            Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(in_flight) {
+            let pending: Vec<_> = chunk
+                .iter()
+                .map(|request| self.apply_checked(request, own_subnet))
+                .collect();
+            results.extend(futures::future::join_all(pending).await);
         }
         let to_persist: Vec<&RouteRequest> = requests
             .iter()
@@ -189,6 +201,17 @@ impl<K: Kernel> Runtime<K> {
             .managed_routes
             .set(inner.desired.routes.len() as i64);
         results
+    }
+
+    async fn apply_checked(
+        &self,
+        request: &RouteRequest,
+        own_subnet: Option<Ipv4Net>,
+    ) -> Result<RouteChange, RuntimeError> {
+        if Some(request.destination) == own_subnet {
+            return Err(RuntimeError::OwnSubnet(request.destination));
+        }
+        self.apply_route(request).await
     }
 
     async fn apply_route(&self, request: &RouteRequest) -> Result<RouteChange, RuntimeError> {

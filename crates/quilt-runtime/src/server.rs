@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::Config;
 use crate::attach::ContainerSettings;
 use crate::grpc::GrpcService;
+use crate::inject_queue::InjectQueue;
 use crate::metrics::{self, Metrics};
 use crate::request::Rules;
 use crate::runtime::Runtime;
@@ -106,7 +107,8 @@ pub async fn run<K: Kernel>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build gRPC reflection service")?;
-    let service = GrpcService::new(runtime.clone(), rules, metrics);
+    let (queue, queue_worker) = InjectQueue::start(runtime.clone());
+    let service = GrpcService::new(runtime.clone(), queue, rules, metrics);
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -114,6 +116,9 @@ pub async fn run<K: Kernel>(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
         .await;
 
+    // The server is gone and with it every queue sender: the worker answers what is
+    // left in the queue and ends.
+    let _ = queue_worker.await;
     shutdown_task.abort();
     reconcile_task.abort();
     if let Some(task) = metrics_task {
