@@ -7,6 +7,10 @@
 //! - [`fake::FakeKernel`]: in memory, recording every operation, for unit tests of daemon
 //!   logic without root.
 //!
+//! The agent's side, the VXLAN device with its neighbour and FDB entries, is the
+//! [`overlay::Overlay`] trait, implemented by `NetlinkKernel` and by
+//! [`fake_overlay::FakeOverlay`].
+//!
 //! [`netns`] runs code inside a network namespace (by name or path) on a dedicated thread.
 //!
 //! Container networking (bridge `quilt0`, veth pairs, the container side of them) goes
@@ -15,9 +19,12 @@
 
 pub mod error;
 pub mod fake;
+pub mod fake_overlay;
 pub mod netlink;
+mod netlink_overlay;
 pub mod netns;
 pub mod nexthop;
+pub mod overlay;
 pub mod types;
 
 use std::future::Future;

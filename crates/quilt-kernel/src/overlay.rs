@@ -1,0 +1,195 @@
+//! The overlay side of the kernel, which the agent owns: the VXLAN device, its address,
+//! and the permanent neighbour and FDB entries that point each peer's gateway at its
+//! VTEP. A trait of its own, beside [`crate::Kernel`] (the runtime's routes and
+//! containers), so each daemon sees only what it may touch.
+
+use std::fmt;
+use std::future::Future;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::{KernelError, Link};
+
+/// A MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "{:?} is not a MAC address like 0a:1b:2c:3d:4e:5f",
+                s.chars().take(64).collect::<String>()
+            )
+        };
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut bytes {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Mac(bytes))
+    }
+}
+
+impl Mac {
+    /// A random locally administered unicast MAC (from /dev/urandom).
+    pub fn random_local() -> std::io::Result<Self> {
+        use std::io::Read;
+        let mut bytes = [0u8; 6];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        bytes[0] = (bytes[0] & 0xfe) | 0x02;
+        Ok(Mac(bytes))
+    }
+}
+
+/// How the VXLAN device must look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    pub underlay: String,
+    pub mtu: u32,
+    pub mac: Mac,
+}
+
+/// A VXLAN device as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanDevice {
+    pub index: u32,
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<Ipv4Addr>,
+    pub underlay_index: Option<u32>,
+    pub learning: Option<bool>,
+    pub mtu: u32,
+    pub mac: Option<Mac>,
+    pub up: bool,
+}
+
+/// A permanent neighbour entry: `ip neigh replace IP lladdr MAC dev DEV nud permanent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Neighbour {
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+}
+
+/// A permanent FDB entry: `bridge fdb replace MAC dev DEV dst IP self permanent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FdbEntry {
+    pub mac: Mac,
+    pub destination: Ipv4Addr,
+}
+
+/// What the agent asks of the kernel.
+pub trait Overlay: Send + Sync + 'static {
+    /// The VXLAN device called `name`, if a link of that name exists (its VXLAN fields
+    /// are `None` when it is not a VXLAN device).
+    fn vxlan(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<VxlanDevice>, KernelError>> + Send;
+
+    /// Creates the device as `spec` says and brings it up.
+    fn create_vxlan(
+        &self,
+        spec: &VxlanSpec,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// Deletes link `name`; answers whether it existed.
+    fn delete_vxlan(&self, name: &str) -> impl Future<Output = Result<bool, KernelError>> + Send;
+
+    /// Brings link `name` up.
+    fn set_up(&self, name: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// The interface holding IPv4 address `ip`, if any (the underlay).
+    fn link_with_address(
+        &self,
+        ip: Ipv4Addr,
+    ) -> impl Future<Output = Result<Option<Link>, KernelError>> + Send;
+
+    /// The IPv4 addresses on `name`.
+    fn addresses(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<Ipv4Net>, KernelError>> + Send;
+
+    /// Puts `address` on `name` (replace semantics).
+    fn add_address(
+        &self,
+        name: &str,
+        address: Ipv4Net,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// The permanent IPv4 neighbour entries on `name`.
+    fn neighbours(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<Neighbour>, KernelError>> + Send;
+
+    fn replace_neighbour(
+        &self,
+        name: &str,
+        entry: Neighbour,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// Deletes the neighbour entry for `ip` on `name`; absent is success.
+    fn delete_neighbour(
+        &self,
+        name: &str,
+        ip: Ipv4Addr,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// The FDB entries with a remote destination on `name`.
+    fn fdb(&self, name: &str) -> impl Future<Output = Result<Vec<FdbEntry>, KernelError>> + Send;
+
+    fn replace_fdb(
+        &self,
+        name: &str,
+        entry: FdbEntry,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// Deletes an FDB entry on `name`; absent is success.
+    fn delete_fdb(
+        &self,
+        name: &str,
+        entry: FdbEntry,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_and_print() {
+        let mac: Mac = "0a:1b:2c:3d:4e:5f".parse().unwrap();
+        assert_eq!(mac.to_string(), "0a:1b:2c:3d:4e:5f");
+        assert!("0a:1b:2c".parse::<Mac>().is_err());
+        assert!("zz:1b:2c:3d:4e:5f".parse::<Mac>().is_err());
+        let random = Mac::random_local().unwrap();
+        assert_eq!(random.0[0] & 0x03, 0x02, "locally administered unicast");
+    }
+}

@@ -1,0 +1,126 @@
+//! The overlay side of the real kernel in a fresh namespace: the VXLAN device as the
+//! agent builds it, its address, permanent neighbour and FDB entries.
+
+use std::net::Ipv4Addr;
+
+use quilt_kernel::netlink::NetlinkKernel;
+use quilt_kernel::netns::{self, OwnedNetns};
+use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour, Overlay, VxlanSpec};
+
+fn in_ns<T: Send>(ns: &OwnedNetns, f: impl AsyncFnOnce(&NetlinkKernel) -> T + Send) -> T {
+    netns::run_in(ns.name(), || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let kernel = NetlinkKernel::open().expect("open netlink");
+            f(&kernel).await
+        })
+    })
+    .expect("run in netns")
+}
+
+#[test]
+fn the_agent_builds_its_device_and_peer_entries() {
+    if !netns::privileged_or_skip("the_agent_builds_its_device_and_peer_entries") {
+        return;
+    }
+    let ns = OwnedNetns::create(&netns::unique_name("qov")).expect("netns");
+    ns.ip(&[
+        "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p",
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "192.168.51.1/24", "dev", "eth9"])
+        .unwrap();
+    ns.ip(&["link", "set", "eth9", "up"]).unwrap();
+    let mac: Mac = "02:11:22:33:44:55".parse().unwrap();
+    let peer = Neighbour {
+        ip: Ipv4Addr::new(10, 42, 2, 0),
+        mac: "02:aa:bb:cc:dd:ee".parse().unwrap(),
+    };
+    let fdb = FdbEntry {
+        mac: peer.mac,
+        destination: Ipv4Addr::new(192, 168, 51, 2),
+    };
+    in_ns(&ns, async move |k: &NetlinkKernel| {
+        let underlay = k
+            .link_with_address(Ipv4Addr::new(192, 168, 51, 1))
+            .await
+            .unwrap()
+            .expect("underlay");
+        assert_eq!(underlay.name, "eth9");
+        assert!(k.vxlan("vxlan100").await.unwrap().is_none());
+        let spec = VxlanSpec {
+            name: "vxlan100".into(),
+            vni: 100,
+            port: 4789,
+            local: Ipv4Addr::new(192, 168, 51, 1),
+            underlay: "eth9".into(),
+            mtu: underlay.mtu - 50,
+            mac,
+        };
+        k.create_vxlan(&spec).await.unwrap();
+        let device = k.vxlan("vxlan100").await.unwrap().expect("device");
+        assert_eq!(
+            (device.vni, device.port, device.local),
+            (Some(100), Some(4789), spec.local.into())
+        );
+        assert_eq!(
+            (device.learning, device.mac, device.mtu),
+            (Some(false), Some(mac), 1450)
+        );
+        assert_eq!(device.underlay_index, Some(underlay.index));
+        k.add_address("vxlan100", "10.42.1.0/32".parse().unwrap())
+            .await
+            .unwrap();
+        k.add_address("vxlan100", "10.42.1.0/32".parse().unwrap())
+            .await
+            .unwrap();
+        k.replace_neighbour("vxlan100", peer).await.unwrap();
+        k.replace_neighbour("vxlan100", peer).await.unwrap();
+        k.replace_fdb("vxlan100", fdb).await.unwrap();
+        k.replace_fdb("vxlan100", fdb).await.unwrap();
+        assert_eq!(
+            k.addresses("vxlan100").await.unwrap(),
+            vec!["10.42.1.0/32".parse().unwrap()]
+        );
+        assert_eq!(k.neighbours("vxlan100").await.unwrap(), vec![peer]);
+        assert_eq!(k.fdb("vxlan100").await.unwrap(), vec![fdb]);
+    });
+    let link = ns.ip(&["-d", "link", "show", "vxlan100"]).unwrap();
+    assert!(
+        link.contains("vxlan id 100 local 192.168.51.1 dev eth9"),
+        "{link}"
+    );
+    assert!(
+        link.contains("dstport 4789") && link.contains("nolearning"),
+        "{link}"
+    );
+    assert!(
+        link.contains("mtu 1450") && link.contains("02:11:22:33:44:55"),
+        "{link}"
+    );
+    let neigh = ns.ip(&["neigh", "show", "dev", "vxlan100"]).unwrap();
+    assert_eq!(neigh.trim(), "10.42.2.0 lladdr 02:aa:bb:cc:dd:ee PERMANENT");
+    let out = std::process::Command::new("bridge")
+        .args(["-n", ns.name(), "fdb", "show", "dev", "vxlan100"])
+        .output()
+        .unwrap();
+    let fdb_text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        fdb_text.contains("02:aa:bb:cc:dd:ee dst 192.168.51.2 self permanent"),
+        "{fdb_text}"
+    );
+
+    in_ns(&ns, async move |k: &NetlinkKernel| {
+        k.delete_neighbour("vxlan100", peer.ip).await.unwrap();
+        k.delete_neighbour("vxlan100", peer.ip).await.unwrap();
+        k.delete_fdb("vxlan100", fdb).await.unwrap();
+        k.delete_fdb("vxlan100", fdb).await.unwrap();
+        assert!(k.neighbours("vxlan100").await.unwrap().is_empty());
+        assert!(k.fdb("vxlan100").await.unwrap().is_empty());
+        assert!(k.delete_vxlan("vxlan100").await.unwrap());
+        assert!(!k.delete_vxlan("vxlan100").await.unwrap());
+    });
+}
