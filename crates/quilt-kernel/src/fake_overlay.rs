@@ -146,6 +146,15 @@ impl Overlay for FakeOverlay {
         })
     }
 
+    async fn interface(&self, name: &str) -> Result<Option<Link>, KernelError> {
+        Ok(self
+            .state()
+            .underlays
+            .values()
+            .find(|l| l.name == name)
+            .cloned())
+    }
+
     async fn link_with_address(&self, ip: Ipv4Addr) -> Result<Option<Link>, KernelError> {
         Ok(self.state().underlays.get(&ip).cloned())
     }

@@ -152,6 +152,10 @@ impl Overlay for NetlinkKernel {
             .map_err(|e| KernelError::from_rtnetlink(format!("set {name} up"), e))
     }
 
+    async fn interface(&self, name: &str) -> Result<Option<Link>, KernelError> {
+        self.link(name).await
+    }
+
     async fn link_with_address(&self, ip: Ipv4Addr) -> Result<Option<Link>, KernelError> {
         let addresses: Vec<AddressMessage> = self
             .handle()

@@ -124,6 +124,12 @@ pub trait Overlay: Send + Sync + 'static {
     /// Brings link `name` up.
     fn set_up(&self, name: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
 
+    /// The interface called `name`, if it exists (an underlay named by the operator).
+    fn interface(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Link>, KernelError>> + Send;
+
     /// The interface holding IPv4 address `ip`, if any (the underlay).
     fn link_with_address(
         &self,

@@ -1,0 +1,63 @@
+//! Finding the project's daemon binaries for end-to-end tests of any crate of the
+//! workspace. Cargo builds `CARGO_BIN_EXE_*` only for the test's own package, so tests
+//! find the others in the same target folder, after asking cargo to build them (a no-op
+//! when they are fresh, as after `cargo build --workspace` or `cargo nextest run`).
+
+use std::path::{Path, PathBuf};
+
+/// The package and binary names of the lab's daemons.
+pub const DAEMONS: &[(&str, &str)] = &[
+    ("quilt-mesh-control", "quilt-mesh-control"),
+    ("quilt-runtime", "quilt-runtime"),
+    ("quilt-mesh-agent", "quilt-mesh-agent"),
+    ("quilt-cni", "quilt-cni"),
+];
+
+/// The target folder of the running test binary (`target/debug` for `target/debug/deps/x`).
+pub fn target_dir_of_current_test() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| format!("{} has no folder", exe.display()))?;
+    Ok(if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
+}
+
+/// Whether the workspace holds package `package` (its crate folder exists).
+pub fn workspace_has(package: &str) -> bool {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(package)
+        .join("Cargo.toml")
+        .exists()
+}
+
+/// Builds the binaries of `packages` (with the cargo running the tests, when known) and
+/// answers the folder holding them; an error names every missing binary.
+pub fn build_for_tests(packages: &[&str]) -> Result<PathBuf, String> {
+    let dir = target_dir_of_current_test()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command.arg("build").arg("--quiet");
+    for p in packages {
+        command.args(["-p", p, "--bin", p]);
+    }
+    let status = command.status();
+    let missing: Vec<String> = packages
+        .iter()
+        .map(|p| dir.join(p))
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "binaries missing: {} (cargo build: {status:?}); run `cargo build --workspace` first",
+            missing.join(", ")
+        ))
+    }
+}

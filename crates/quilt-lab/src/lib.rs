@@ -1,0 +1,29 @@
+//! A multi-host Quilt Mesh lab on one machine, built from network namespaces: one
+//! namespace holds a bridge that plays the underlay switch, one per host is joined to it
+//! by a veth and runs the project's real daemons, one per container is attached with
+//! `quilt-cni` inside its host. Nothing is added to the machine's own namespace.
+//!
+//! - [`layout`]: the pure naming and address plan (namespace names, underlay /24).
+//! - [`state`]: the record on disk that lets `down` and `status` work from any process.
+//! - [`lab`]: [`Lab::up`], inspection, agents stop/start, teardown.
+//! - [`process`]: daemons and bounded commands inside namespaces.
+//! - [`remote`]: the control plane and runtimes, asked from inside their namespaces.
+//! - [`bins`]: finding the daemon binaries for end-to-end tests.
+//! - [`cni`]: attaching containers through the `quilt-cni` binary.
+//! - [`probe`]: pings between containers and the connectivity matrix.
+//! - [`error`]: the error type, [`LabError`].
+
+pub mod bins;
+pub mod cni;
+pub mod error;
+pub mod lab;
+pub mod layout;
+pub mod probe;
+pub mod process;
+pub mod remote;
+pub mod state;
+
+pub use error::LabError;
+pub use lab::{Lab, LabSpec, LabStatus, Progress};
+pub use probe::Matrix;
+pub use state::LabState;

@@ -1,0 +1,113 @@
+//! Talking to the lab's daemons from inside their namespaces: the control plane's HTTP
+//! API from host 1, each runtime's gRPC API from its host. Each call runs on a thread that
+//! entered the namespace, with a current-thread tokio runtime of its own.
+
+use std::time::Duration;
+
+use quilt_mesh_control::api::types::NodeList;
+use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
+use tonic::transport::Channel;
+
+use crate::layout::RUNTIME_ADDR;
+
+/// Runs the future `f` makes inside `netns`.
+pub fn block_on_in<T, F, Fut>(netns: &str, f: F) -> Result<T, String>
+where
+    T: Send,
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    quilt_kernel::netns::run_in(netns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot build a tokio runtime: {e}"))?;
+        rt.block_on(f())
+    })
+    .map_err(|e| e.to_string())?
+}
+
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// `GET /health` on the control plane, from inside `netns`.
+pub fn control_health(netns: &str, url: &str) -> Result<(), String> {
+    let url = format!("{url}/health");
+    block_on_in(netns, || async move {
+        let r = http_client()?
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("GET {url}: status {}", r.status()))
+        }
+    })
+}
+
+/// `GET /api/nodes`, from inside `netns`.
+pub fn list_nodes(netns: &str, url: &str) -> Result<NodeList, String> {
+    let url = format!("{url}/api/nodes");
+    block_on_in(netns, || async move {
+        let r = http_client()?
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("GET {url}: status {}", r.status()));
+        }
+        r.json::<NodeList>()
+            .await
+            .map_err(|e| format!("GET {url}: cannot parse: {e}"))
+    })
+}
+
+/// Calls the runtime of the host whose namespace is `netns`.
+pub fn runtime_call<T, F, Fut>(netns: &str, f: F) -> Result<T, String>
+where
+    T: Send,
+    F: FnOnce(QuiltRuntimeClient<Channel>) -> Fut + Send,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    block_on_in(netns, || async move {
+        let channel = Channel::from_shared(format!("http://{RUNTIME_ADDR}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| format!("connect to quilt-runtime at {RUNTIME_ADDR}: {e}"))?;
+        f(QuiltRuntimeClient::new(channel))
+            .await
+            .map_err(|s| format!("quilt-runtime: {}", s.message()))
+    })
+}
+
+/// The node subnet the runtime in `netns` was configured with (empty until the agent
+/// configured it).
+pub fn runtime_subnet(netns: &str) -> Result<String, String> {
+    runtime_call(netns, |mut c| async move {
+        let r = c
+            .list_allocations(quilt_proto::ListAllocationsRequest {})
+            .await?
+            .into_inner();
+        Ok(r.subnet)
+    })
+}
+
+/// Whether something accepts TCP connections on `addr` inside `netns`.
+pub fn tcp_open(netns: &str, addr: std::net::SocketAddr) -> bool {
+    quilt_kernel::netns::run_in(netns, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+    })
+    .unwrap_or(false)
+}

@@ -1,0 +1,182 @@
+//! The lab's record on disk (`ROOT/NAME/state.json`): what was planned and started, so
+//! `down` and `status` work from another process, and after a crash of `up`.
+//!
+//! The record is written before the first namespace is made and after every change, and
+//! replaced atomically (write, then rename), so it never claims less than exists.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::LabError;
+use crate::layout::Layout;
+
+/// Where labs keep their state unless told otherwise.
+pub const DEFAULT_ROOT: &str = "/run/quilt-lab";
+
+/// One host of the lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Counted from 1.
+    pub index: u16,
+    pub netns: String,
+    pub hostname: String,
+    pub host_ip: Ipv4Addr,
+    pub runtime_pid: Option<u32>,
+    pub agent_pid: Option<u32>,
+}
+
+/// One container of the lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    /// The short name, `c2-1`.
+    pub name: String,
+    pub netns: String,
+    /// The host it runs on, counted from 1.
+    pub host: u16,
+    pub container_id: String,
+    /// Set once quilt-cni attached it.
+    pub address: Option<Ipv4Net>,
+}
+
+/// Everything `down` needs to undo a lab, and `status` to show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    /// The folder of this lab: state.json, data of the daemons, logs (by default).
+    pub dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub binaries_dir: PathBuf,
+    pub underlay: Ipv4Net,
+    pub nodes: u16,
+    pub containers_per_node: u16,
+    pub control_url: String,
+    pub join_token: String,
+    pub heartbeat_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub log_level: String,
+    /// Every namespace the lab may have made; none of them existed before `up`.
+    pub namespaces: Vec<String>,
+    pub switch_netns: String,
+    pub control_pid: Option<u32>,
+    pub hosts: Vec<HostState>,
+    pub containers: Vec<ContainerState>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The process that ran `up`.
+    pub owner_pid: u32,
+}
+
+impl LabState {
+    pub fn path(root: &Path, name: &str) -> PathBuf {
+        root.join(name).join("state.json")
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// The layout this state was planned from.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            name: self.name.clone(),
+            octet: self.underlay.addr().octets()[2],
+            nodes: self.nodes,
+            containers_per_node: self.containers_per_node,
+        }
+    }
+
+    /// Reads lab `name` under `root`.
+    pub fn load(root: &Path, name: &str) -> Result<Self, LabError> {
+        let path = Self::path(root, name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LabError::NotFound {
+                    name: name.to_string(),
+                    state: path,
+                });
+            }
+            Err(e) => {
+                return Err(LabError::State {
+                    path,
+                    message: e.to_string(),
+                });
+            }
+        };
+        serde_json::from_str(&text).map_err(|e| LabError::State {
+            path,
+            message: format!("cannot parse: {e}"),
+        })
+    }
+
+    /// Writes the state atomically.
+    pub fn save(&self) -> Result<(), LabError> {
+        let path = self.state_path();
+        let tmp = self.dir.join("state.json.tmp");
+        let err = |e: std::io::Error| LabError::State {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(&self.dir).map_err(err)?;
+        let text = serde_json::to_string_pretty(self).expect("state serializes");
+        std::fs::write(&tmp, text).map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)
+    }
+
+    pub fn host(&self, index: u16) -> Option<&HostState> {
+        self.hosts.iter().find(|h| h.index == index)
+    }
+
+    /// Finds a container by short name (`c1-1`) or namespace name.
+    pub fn container(&self, name: &str) -> Option<&ContainerState> {
+        self.containers
+            .iter()
+            .find(|c| c.name == name || c.netns == name)
+    }
+
+    /// The namespace of a lab member by short name: `c1-1`, `h2`, `sw`, or a full
+    /// namespace name of the lab.
+    pub fn resolve_netns(&self, member: &str) -> Result<String, LabError> {
+        if let Some(c) = self.container(member) {
+            return Ok(c.netns.clone());
+        }
+        let full = format!("qlab-{}-{member}", self.name);
+        for candidate in [member, full.as_str()] {
+            if self.namespaces.iter().any(|n| n == candidate) {
+                return Ok(candidate.to_string());
+            }
+        }
+        Err(LabError::UnknownMember {
+            lab: self.name.clone(),
+            what: "member",
+            name: member.to_string(),
+            known: "c<host>-<n>, h<host>, sw".to_string(),
+        })
+    }
+}
+
+/// The names of the labs that have state under `root`.
+pub fn list(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("state.json").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The underlay octets the labs under `root` use.
+pub fn taken_octets(root: &Path) -> Vec<u8> {
+    list(root)
+        .iter()
+        .filter_map(|n| LabState::load(root, n).ok())
+        .map(|s| s.underlay.addr().octets()[2])
+        .collect()
+}

@@ -1,0 +1,98 @@
+//! The agent's flags; each can also be set from a `QUILT_AGENT_*` environment variable.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// quilt-mesh-agent: joins this node to the mesh. Registers with the control plane,
+/// keeps the VXLAN device and an entry per peer, and asks quilt-runtime for the routes.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "quilt-mesh-agent", version, about, long_about = None)]
+pub struct Config {
+    /// Control plane URL (http://HOST:PORT); repeat for replicas, tried in order.
+    #[arg(
+        long = "control-plane",
+        env = "QUILT_AGENT_CONTROL_PLANE",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub control_planes: Vec<String>,
+
+    /// This node's address on the underlay network (the VXLAN tunnel endpoint).
+    #[arg(long, env = "QUILT_AGENT_HOST_IP")]
+    pub host_ip: Ipv4Addr,
+
+    /// Name to register under (default: the system's hostname).
+    #[arg(long, env = "QUILT_AGENT_HOSTNAME")]
+    pub hostname: Option<String>,
+
+    /// quilt-runtime's gRPC address.
+    #[arg(
+        long,
+        env = "QUILT_AGENT_RUNTIME_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub runtime_addr: String,
+
+    /// Underlay interface for VXLAN (default: the interface holding --host-ip).
+    #[arg(long, env = "QUILT_AGENT_UNDERLAY_INTERFACE")]
+    pub underlay_interface: Option<String>,
+
+    /// Name of the VXLAN device the agent owns.
+    #[arg(long, env = "QUILT_AGENT_VXLAN_INTERFACE", default_value = "vxlan100")]
+    pub vxlan_interface: String,
+
+    /// VXLAN network identifier.
+    #[arg(long, env = "QUILT_AGENT_VNI", default_value_t = 100)]
+    pub vni: u32,
+
+    /// VXLAN UDP port.
+    #[arg(long, env = "QUILT_AGENT_VXLAN_PORT", default_value_t = 4789)]
+    pub vxlan_port: u16,
+
+    /// Folder for agent state (agent.json: node id, node token, subnet, device MAC).
+    #[arg(
+        long,
+        env = "QUILT_AGENT_STATE_DIR",
+        default_value = "/var/lib/quilt/agent"
+    )]
+    pub state_dir: PathBuf,
+
+    /// Bearer token the control plane requires to register.
+    #[arg(long, env = "QUILT_AGENT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// How often to send heartbeats (keep it well within the control plane's timeout).
+    #[arg(long, env = "QUILT_AGENT_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = quilt_common::duration::parse)]
+    pub heartbeat_interval: Duration,
+
+    /// How often to list every node again and compare the kernel with it.
+    #[arg(long, env = "QUILT_AGENT_RESYNC_INTERVAL", default_value = "60s", value_parser = quilt_common::duration::parse)]
+    pub resync_interval: Duration,
+
+    /// On SIGTERM, deregister and remove the device, entries and routes (otherwise all
+    /// stay, so restarting the agent does not disturb traffic).
+    #[arg(long, env = "QUILT_AGENT_LEAVE_ON_EXIT")]
+    pub leave_on_exit: bool,
+
+    /// Address for Prometheus metrics at /metrics (off when not set).
+    #[arg(long, env = "QUILT_AGENT_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
+    #[arg(long, env = "QUILT_AGENT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    /// The name to register: the flag, else the system's hostname.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".to_string())
+        })
+    }
+}

@@ -1,0 +1,67 @@
+//! The VXLAN device: created as ARCHITECTURE.md says, or adopted when one that already
+//! looks right is there (after an agent restart), or recreated when it does not.
+
+use ipnet::Ipv4Net;
+use quilt_kernel::KernelError;
+use quilt_kernel::overlay::{Overlay, VxlanDevice, VxlanSpec};
+use tracing::{info, warn};
+
+/// What [`ensure`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChange {
+    /// The device was there as it should be.
+    Adopted,
+    /// There was no device; it was made.
+    Created,
+    /// A device of that name was there but wrong; it was made again.
+    Recreated,
+}
+
+/// Whether an existing device matches the spec.
+pub fn matches(device: &VxlanDevice, spec: &VxlanSpec, underlay_index: u32) -> bool {
+    device.vni == Some(spec.vni)
+        && device.port == Some(spec.port)
+        && device.local == Some(spec.local)
+        && device.underlay_index == Some(underlay_index)
+        && device.learning == Some(false)
+        && device.mac == Some(spec.mac)
+        && device.mtu == spec.mtu
+}
+
+/// Makes the device exist as `spec` says, up, with `address` (the subnet's `.0/32`).
+pub async fn ensure<O: Overlay>(
+    kernel: &O,
+    spec: &VxlanSpec,
+    underlay_index: u32,
+    address: Ipv4Net,
+) -> Result<DeviceChange, KernelError> {
+    let change = match kernel.vxlan(&spec.name).await? {
+        Some(device) if matches(&device, spec, underlay_index) => {
+            if !device.up {
+                kernel.set_up(&spec.name).await?;
+            }
+            DeviceChange::Adopted
+        }
+        Some(device) => {
+            warn!(device = %spec.name, found = ?device, "vxlan device differs from what this agent wants; recreating it");
+            kernel.delete_vxlan(&spec.name).await?;
+            kernel.create_vxlan(spec).await?;
+            DeviceChange::Recreated
+        }
+        None => {
+            kernel.create_vxlan(spec).await?;
+            DeviceChange::Created
+        }
+    };
+    if !kernel.addresses(&spec.name).await?.contains(&address) {
+        kernel.add_address(&spec.name, address).await?;
+    }
+    if change != DeviceChange::Adopted {
+        info!(
+            device = %spec.name, vni = spec.vni, port = spec.port, local = %spec.local,
+            underlay = %spec.underlay, mtu = spec.mtu, mac = %spec.mac, %address,
+            "vxlan device {}", if change == DeviceChange::Created { "created" } else { "recreated" }
+        );
+    }
+    Ok(change)
+}

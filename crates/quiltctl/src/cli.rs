@@ -1,0 +1,178 @@
+//! The command line: global flags, operator commands and the lab.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::Ipv4Net;
+
+/// quiltctl: the Quilt Mesh operator CLI. Asks the control plane about nodes and leases,
+/// a runtime about its routes, and builds a whole multi-host lab on this machine.
+#[derive(Debug, Parser)]
+#[command(name = "quiltctl", version, about, long_about = None)]
+pub struct Cli {
+    /// Control plane URL; repeat (or separate with commas) to fall back to the next one
+    /// when one does not answer.
+    #[arg(
+        long,
+        global = true,
+        env = "QUILT_CONTROL_PLANE",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub control_plane: Vec<String>,
+
+    /// The control plane's join token (needed to delete nodes when one is configured).
+    #[arg(long, global = true, env = "QUILT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// quiltctl's own log level (error, warn, info, debug, trace).
+    #[arg(
+        long,
+        global = true,
+        env = "QUILTCTL_LOG_LEVEL",
+        default_value = "warn"
+    )]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List nodes: id, hostname, host IP, subnet, status, last heartbeat age.
+    Nodes,
+    /// Act on one node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// The routes a runtime manages, and whether the kernel has each.
+    Routes {
+        /// The runtime's gRPC address (`http://HOST:PORT` or `HOST:PORT`).
+        #[arg(
+            long,
+            env = "QUILT_RUNTIME_ADDR",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        runtime: String,
+    },
+    /// Control plane health, node counts, subnet leases used and free.
+    Status(StatusArgs),
+    /// A multi-host lab on this machine, out of network namespaces (needs root).
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Remove a node and free its subnet lease.
+    Delete {
+        /// The node id, for example node-3.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The control plane's cluster CIDR (the API does not tell it; for the lease count).
+    #[arg(long, env = "QUILT_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: Ipv4Net,
+    /// The control plane's node prefix length.
+    #[arg(long, env = "QUILT_NODE_PREFIX_LEN", default_value_t = 24)]
+    pub node_prefix_len: u8,
+}
+
+/// Which lab, and where labs keep their state.
+#[derive(Debug, Clone, Args)]
+pub struct LabTarget {
+    /// The lab's name; its namespaces are called qlab-NAME-*.
+    #[arg(long, env = "QUILT_LAB_NAME", default_value = "demo")]
+    pub name: String,
+    /// Folder of lab state (state.json, daemon data, logs by default).
+    #[arg(long, env = "QUILT_LAB_ROOT", default_value = quilt_lab::state::DEFAULT_ROOT)]
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the lab, wait for the full mesh, print nodes, containers and the matrix.
+    /// Exits 0 only when every container reaches every other.
+    Up(LabUpArgs),
+    /// Nodes, daemons, containers of a running lab.
+    Status {
+        #[command(flatten)]
+        target: LabTarget,
+        /// Also ping between every pair of containers and print the matrix.
+        #[arg(long)]
+        ping: bool,
+    },
+    /// Run a command inside a lab container (c1-1), host (h1) or the switch (sw).
+    Exec {
+        #[command(flatten)]
+        target: LabTarget,
+        /// c<host>-<n>, h<host> or sw.
+        member: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop every process of the lab and delete every namespace (also after a crash).
+    Down {
+        #[command(flatten)]
+        target: LabTarget,
+        /// Delete the daemon logs too (kept by default).
+        #[arg(long)]
+        remove_logs: bool,
+    },
+    /// Stop or start one host's agent, to watch the mesh react.
+    Agent {
+        #[command(flatten)]
+        target: LabTarget,
+        #[arg(value_parser = ["stop", "start"])]
+        action: String,
+        /// The host: 2 or h2.
+        host: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LabUpArgs {
+    #[command(flatten)]
+    pub target: LabTarget,
+    /// Hosts (1-200).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Containers per host (0-50).
+    #[arg(long, default_value_t = 1)]
+    pub containers_per_node: u16,
+    /// Folder holding quilt-mesh-control, quilt-runtime, quilt-mesh-agent, quilt-cni;
+    /// the folder of quiltctl itself by default.
+    #[arg(long, env = "QUILT_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Where daemon logs go (default: ROOT/NAME/logs).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// The control plane's heartbeat timeout in the lab.
+    #[arg(long, default_value = "6s", value_parser = quilt_common::duration::parse)]
+    pub heartbeat_timeout: Duration,
+    /// The agents' heartbeat interval in the lab.
+    #[arg(long, default_value = "2s", value_parser = quilt_common::duration::parse)]
+    pub heartbeat_interval: Duration,
+    /// How long to wait for registration and for the full mesh.
+    #[arg(long, default_value = "90s", value_parser = quilt_common::duration::parse)]
+    pub timeout: Duration,
+    /// Log level of the lab's daemons.
+    #[arg(long, default_value = "info")]
+    pub daemon_log_level: String,
+    /// Only the underlay, the control plane and the runtimes: no agents, no containers.
+    #[arg(long)]
+    pub no_agents: bool,
+}

@@ -1,0 +1,33 @@
+//! quiltctl, the Quilt Mesh operator CLI.
+//!
+//! - [`cli`]: the flags and commands.
+//! - [`operator`]: `nodes`, `node delete`, `routes`, `status` against real daemons.
+//! - [`lab`]: `lab up|status|exec|down|agent` on top of the `quilt-lab` library.
+//! - [`table`]: plain aligned text tables.
+
+pub mod cli;
+pub mod lab;
+pub mod operator;
+pub mod table;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command};
+
+/// Runs one command; answers the exit code (errors become exit code 1 in `main`).
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = operator::Global {
+        control_planes: cli.control_plane,
+        join_token: cli.join_token,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Lab { command } => lab::run(command, global.json),
+        other => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(operator::run(other, &global))
+        }
+    }
+}
