@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
 
@@ -26,10 +26,11 @@ struct State {
     operations: Vec<String>,
 }
 
-/// The fake overlay kernel.
-#[derive(Default)]
+/// The fake overlay kernel. Clones share one kernel, so a test can keep a clone to
+/// look at what the daemon under test did with the other.
+#[derive(Default, Clone)]
 pub struct FakeOverlay {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 impl FakeOverlay {
@@ -64,6 +65,29 @@ impl FakeOverlay {
         if let Some(d) = self.state().devices.get_mut(name) {
             d.fdb.remove(&entry);
         }
+    }
+
+    /// The permanent neighbour entries on `name` (empty when there is no such device).
+    pub fn neighbours_of(&self, name: &str) -> Vec<Neighbour> {
+        self.state()
+            .devices
+            .get(name)
+            .map(|d| d.neighbours.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The FDB entries on `name` (empty when there is no such device).
+    pub fn fdb_of(&self, name: &str) -> Vec<FdbEntry> {
+        self.state()
+            .devices
+            .get(name)
+            .map(|d| d.fdb.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether device `name` exists.
+    pub fn has_device(&self, name: &str) -> bool {
+        self.state().devices.contains_key(name)
     }
 
     pub fn operations(&self) -> Vec<String> {

@@ -104,6 +104,7 @@ pub async fn run<O: Overlay>(
         nodes: BTreeMap::new(),
         applied: BTreeMap::new(),
         dirty: false,
+        synced: false,
     };
     let result = agent.main_loop(stop).await;
     if result.is_ok() && agent.config.leave_on_exit {
@@ -149,6 +150,8 @@ struct Agent<O> {
     applied: BTreeMap<String, Peer>,
     /// A change failed and the next check retries a full reconcile.
     dirty: bool,
+    /// A reconcile has succeeded since start: later differences are repairs, not setup.
+    synced: bool,
 }
 
 impl<O: Overlay> Agent<O> {
@@ -428,10 +431,17 @@ impl<O: Overlay> Agent<O> {
             }
         }
         self.metrics.peers.set(self.applied.len() as i64);
-        if repairs > 0 {
+        if !self.synced {
+            info!(peers = desired.len(), "initial sync done");
+        } else if repairs > 0 {
             self.metrics.repairs.inc_by(repairs);
-            info!(repairs, peers = desired.len(), "reconcile made changes");
+            info!(
+                repairs,
+                peers = desired.len(),
+                "reconcile repaired differences"
+            );
         }
+        self.synced = true;
         self.dirty = false;
         Ok(())
     }

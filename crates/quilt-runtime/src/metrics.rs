@@ -1,14 +1,8 @@
 //! The runtime's Prometheus metrics and the HTTP endpoint that serves them.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,7 +28,8 @@ fn latency_histogram() -> Histogram {
 
 /// Every metric the runtime exports.
 pub struct Metrics {
-    registry: Registry,
+    /// Served at `/metrics` by [`quilt_common::metrics_endpoint`].
+    pub registry: Arc<Registry>,
     pub rpc_requests: Family<RpcLabels, Counter>,
     pub rpc_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
     pub managed_routes: Gauge,
@@ -88,7 +83,7 @@ impl Metrics {
             reconcile_repairs.clone(),
         );
         Self {
-            registry,
+            registry: Arc::new(registry),
             rpc_requests,
             rpc_seconds,
             managed_routes,
@@ -116,42 +111,6 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
-        let mut text = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            tracing::warn!(error = %e, "could not encode metrics");
-        }
-        text
+        quilt_common::metrics_endpoint::encode(&self.registry)
     }
-}
-
-/// Serves `GET /metrics` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(render))
-        .with_state(metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.encode(),
-    )
-}
-
-/// Binds the metrics listener, naming the address when that fails.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    use anyhow::Context;
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on metrics address {addr}"))
 }

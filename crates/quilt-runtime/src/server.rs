@@ -19,7 +19,7 @@ use crate::Config;
 use crate::attach::ContainerSettings;
 use crate::grpc::GrpcService;
 use crate::inject_queue::InjectQueue;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::request::Rules;
 use crate::runtime::Runtime;
 use crate::store::Store;
@@ -88,12 +88,12 @@ pub async fn run<K: Kernel>(
     ));
     let metrics_task = match config.metrics_addr {
         Some(addr) => {
-            let listener = metrics::bind(addr).await?;
+            let listener = quilt_common::metrics_endpoint::bind(addr).await?;
             info!(metrics_addr = %addr, "serving metrics at /metrics");
             let mut rx = stop_rx.clone();
-            Some(tokio::spawn(metrics::serve(
+            Some(tokio::spawn(quilt_common::metrics_endpoint::serve(
                 listener,
-                metrics.clone(),
+                metrics.registry.clone(),
                 async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 },

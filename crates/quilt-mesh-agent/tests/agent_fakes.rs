@@ -1,0 +1,221 @@
+//! The agent against a real control plane and a real runtime (both in this process,
+//! over real sockets), with fake kernels: peers come and go, the device vanishes, and
+//! the agent keeps the entries and routes right. No root needed.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use quilt_kernel::fake::FakeKernel;
+use quilt_kernel::fake_overlay::FakeOverlay;
+use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour};
+use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+struct Cluster {
+    control: String,
+    runtime: SocketAddr,
+    dir: tempfile::TempDir,
+    stops: Vec<oneshot::Sender<()>>,
+}
+
+async fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stops = Vec::new();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control = format!("http://{}", listener.local_addr().unwrap());
+    let config = quilt_mesh_control::Config::parse_from([
+        "quilt-mesh-control",
+        "--db-path",
+        dir.path().join("control.db").to_str().unwrap(),
+        "--heartbeat-timeout",
+        "60s",
+    ]);
+    let (stop, stopped) = oneshot::channel::<()>();
+    stops.push(stop);
+    tokio::spawn(quilt_mesh_control::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let runtime = listener.local_addr().unwrap();
+    let config = quilt_runtime::Config::parse_from([
+        "quilt-runtime",
+        "--state-dir",
+        dir.path().join("runtime").to_str().unwrap(),
+    ]);
+    let kernel = FakeKernel::new();
+    kernel.add_link("vxlan100", 1450);
+    let (stop, stopped) = oneshot::channel::<()>();
+    stops.push(stop);
+    tokio::spawn(quilt_runtime::run(config, listener, kernel, async {
+        let _ = stopped.await;
+    }));
+    Cluster {
+        control,
+        runtime,
+        dir,
+        stops,
+    }
+}
+
+async fn register_peer(control: &str, n: u8) -> String {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{control}/api/nodes/register"))
+        .json(&json!({
+            "hostname": format!("peer{n}"),
+            "host_ip": format!("192.168.77.{}", 20 + n),
+            "vtep_mac": format!("02:00:00:00:00:{n:02x}"),
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["node_id"].as_str().unwrap().to_string()
+}
+
+async fn routes(runtime: SocketAddr) -> Vec<(String, String)> {
+    let mut client = QuiltRuntimeClient::connect(format!("http://{runtime}"))
+        .await
+        .unwrap();
+    let mut routes: Vec<_> = client
+        .list_routes(quilt_proto::ListRoutesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .routes
+        .into_iter()
+        .map(|r| (r.destination, r.gateway))
+        .collect();
+    routes.sort();
+    routes
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what} did not happen within {limit:?}");
+}
+
+fn peer_entries(n: u8, subnet_octet: u8) -> (Neighbour, FdbEntry) {
+    let mac: Mac = format!("02:00:00:00:00:{n:02x}").parse().unwrap();
+    (
+        Neighbour {
+            ip: Ipv4Addr::new(10, 42, subnet_octet, 0),
+            mac,
+        },
+        FdbEntry {
+            mac,
+            destination: Ipv4Addr::new(192, 168, 77, 20 + n),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_follows_its_peers_and_repairs_its_device() {
+    let cluster = cluster().await;
+    // Two peers before the agent starts; they lease 10.42.1.0 and 10.42.2.0.
+    register_peer(&cluster.control, 1).await;
+    let second = register_peer(&cluster.control, 2).await;
+
+    let overlay = FakeOverlay::new();
+    overlay.add_underlay("eth0", Ipv4Addr::new(192, 168, 77, 11), 1500);
+    let config = quilt_mesh_agent::Config::parse_from([
+        "quilt-mesh-agent",
+        "--control-plane",
+        &cluster.control,
+        "--host-ip",
+        "192.168.77.11",
+        "--hostname",
+        "self",
+        "--runtime-addr",
+        &format!("http://{}", cluster.runtime),
+        "--state-dir",
+        cluster.dir.path().join("agent").to_str().unwrap(),
+        "--heartbeat-interval",
+        "200ms",
+        "--resync-interval",
+        "3s",
+    ]);
+    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
+        let _ = agent_stopped.await;
+    }));
+
+    // The device, then both peers' entries and routes.
+    let (n1, f1) = peer_entries(1, 1);
+    let (n2, f2) = peer_entries(2, 2);
+    eventually(Duration::from_secs(10), "both peers in place", async || {
+        overlay.neighbours_of("vxlan100").len() == 2
+            && overlay.fdb_of("vxlan100").len() == 2
+            && routes(cluster.runtime).await.len() == 2
+    })
+    .await;
+    assert_eq!(overlay.neighbours_of("vxlan100"), vec![n1, n2]);
+    assert_eq!(overlay.fdb_of("vxlan100"), vec![f1, f2]);
+    assert_eq!(
+        routes(cluster.runtime).await,
+        vec![
+            ("10.42.1.0/24".to_string(), "10.42.1.0".to_string()),
+            ("10.42.2.0/24".to_string(), "10.42.2.0".to_string())
+        ]
+    );
+    let created = overlay
+        .operations()
+        .into_iter()
+        .find(|o| o.starts_with("create vxlan100"))
+        .unwrap();
+    assert!(
+        created.contains("vni 100 port 4789 local 192.168.77.11 dev eth0 mtu 1450"),
+        "{created}"
+    );
+
+    // A peer that leaves loses its route, neighbour and FDB entry.
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/api/nodes/{second}", cluster.control))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success());
+    eventually(
+        Duration::from_secs(3),
+        "the gone peer removed",
+        async || {
+            overlay.neighbours_of("vxlan100") == vec![n1]
+                && overlay.fdb_of("vxlan100") == vec![f1]
+                && routes(cluster.runtime).await.len() == 1
+        },
+    )
+    .await;
+
+    // A new peer arrives through the watch.
+    register_peer(&cluster.control, 4).await;
+    eventually(Duration::from_secs(3), "the new peer added", async || {
+        overlay.neighbours_of("vxlan100").len() == 2 && routes(cluster.runtime).await.len() == 2
+    })
+    .await;
+
+    // The device is deleted by hand: rebuilt with every entry.
+    overlay.remove_device("vxlan100");
+    eventually(Duration::from_secs(5), "the device rebuilt", async || {
+        overlay.has_device("vxlan100") && overlay.neighbours_of("vxlan100").len() == 2
+    })
+    .await;
+
+    // SIGTERM-like stop: everything stays in place.
+    stop_agent.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    assert!(overlay.has_device("vxlan100"));
+    assert_eq!(routes(cluster.runtime).await.len(), 2);
+    drop(cluster.stops);
+}
