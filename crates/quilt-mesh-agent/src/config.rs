@@ -14,7 +14,7 @@ pub struct Config {
     /// Control plane URL (http://HOST:PORT); repeat for replicas, tried in order.
     #[arg(
         long = "control-plane",
-        env = "QUILT_AGENT_CONTROL_PLANE",
+        env = "QUILT_CONTROL_PLANE",
         value_delimiter = ',',
         required = true
     )]
@@ -61,7 +61,7 @@ pub struct Config {
     pub state_dir: PathBuf,
 
     /// Bearer token the control plane requires to register.
-    #[arg(long, env = "QUILT_AGENT_JOIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "QUILT_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
 
     /// How often to send heartbeats (keep it well within the control plane's timeout).
