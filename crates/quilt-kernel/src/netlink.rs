@@ -47,6 +47,25 @@ impl Drop for NetlinkKernel {
     }
 }
 
+/// Runs `f` with a kernel connection opened inside the named network namespace, on a
+/// thread of its own with a single-threaded tokio runtime, and answers its result: how
+/// tests, tools and benchmarks drive a namespace from outside it.
+pub fn with_kernel_in<T: Send>(
+    netns_name: &str,
+    f: impl AsyncFnOnce(&NetlinkKernel) -> T + Send,
+) -> Result<T, KernelError> {
+    crate::netns::run_in(netns_name, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| KernelError::io("start a runtime inside the namespace", e))?;
+        runtime.block_on(async {
+            let kernel = NetlinkKernel::open()?;
+            Ok(f(&kernel).await)
+        })
+    })?
+}
+
 impl NetlinkKernel {
     /// Opens netlink sockets in the calling thread's network namespace. Needs a tokio
     /// runtime: the rtnetlink connection runs as a task owned by the returned value.

@@ -133,6 +133,49 @@ impl OwnedNetns {
         })
     }
 
+    /// Gives the namespace a stand-in underlay for tests and benchmarks: `underlay0`,
+    /// one end of a veth pair whose other end stays inside the namespace, holding
+    /// `address` (for example `192.168.50.1/24`), both ends up.
+    pub fn add_underlay(&self, address: &str) -> Result<(), KernelError> {
+        self.ip(&[
+            "link",
+            "add",
+            "underlay0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "underlay0p",
+        ])?;
+        self.ip(&["addr", "add", address, "dev", "underlay0"])?;
+        self.ip(&["link", "set", "underlay0", "up"])?;
+        self.ip(&["link", "set", "underlay0p", "up"])?;
+        Ok(())
+    }
+
+    /// Adds `vxlan100` (VNI 100, UDP 4789, nolearning) over `underlay0` with tunnel
+    /// address `local`, up: the overlay device as an agent would make it.
+    pub fn add_vxlan100(&self, local: &str) -> Result<(), KernelError> {
+        self.ip(&[
+            "link",
+            "add",
+            "vxlan100",
+            "type",
+            "vxlan",
+            "id",
+            "100",
+            "local",
+            local,
+            "dev",
+            "underlay0",
+            "dstport",
+            "4789",
+            "nolearning",
+        ])?;
+        self.ip(&["link", "set", "vxlan100", "up"])?;
+        Ok(())
+    }
+
     /// A command that runs `program` inside the namespace (`ip netns exec`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
         let mut command = std::process::Command::new("ip");

@@ -8,17 +8,7 @@ use quilt_kernel::netns::{self, OwnedNetns};
 use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour, Overlay, VxlanSpec};
 
 fn in_ns<T: Send>(ns: &OwnedNetns, f: impl AsyncFnOnce(&NetlinkKernel) -> T + Send) -> T {
-    netns::run_in(ns.name(), || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let kernel = NetlinkKernel::open().expect("open netlink");
-            f(&kernel).await
-        })
-    })
-    .expect("run in netns")
+    quilt_kernel::netlink::with_kernel_in(ns.name(), f).expect("run in netns")
 }
 
 #[test]

@@ -11,54 +11,13 @@ const PROTO: u8 = 158;
 
 fn namespace_with_overlay() -> OwnedNetns {
     let ns = OwnedNetns::create(&netns::unique_name("qk")).expect("create netns");
-    ns.ip(&[
-        "link",
-        "add",
-        "underlay0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "underlay0p",
-    ])
-    .expect("dummy");
-    ns.ip(&["addr", "add", "192.168.50.1/24", "dev", "underlay0"])
-        .expect("addr");
-    ns.ip(&["link", "set", "underlay0", "up"]).expect("up");
-    ns.ip(&["link", "set", "underlay0p", "up"]).expect("up");
-    ns.ip(&[
-        "link",
-        "add",
-        "vxlan100",
-        "type",
-        "vxlan",
-        "id",
-        "100",
-        "local",
-        "192.168.50.1",
-        "dev",
-        "underlay0",
-        "dstport",
-        "4789",
-        "nolearning",
-    ])
-    .expect("vxlan");
-    ns.ip(&["link", "set", "vxlan100", "up"]).expect("vxlan up");
+    ns.add_underlay("192.168.50.1/24").expect("underlay");
+    ns.add_vxlan100("192.168.50.1").expect("vxlan100");
     ns
 }
 
 fn in_ns<T: Send>(ns: &OwnedNetns, f: impl AsyncFnOnce(&NetlinkKernel) -> T + Send) -> T {
-    netns::run_in(ns.name(), || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let kernel = NetlinkKernel::open().expect("open netlink");
-            f(&kernel).await
-        })
-    })
-    .expect("run in netns")
+    quilt_kernel::netlink::with_kernel_in(ns.name(), f).expect("run in netns")
 }
 
 #[test]

@@ -330,24 +330,7 @@ fn restarts_keep_routes_and_repair_the_kernel() {
 
     // The overlay device vanishes and comes back: the periodic reconcile re-adds routes.
     host.ns.ip(&["link", "del", "vxlan100"]).unwrap();
-    host.ns
-        .ip(&[
-            "link",
-            "add",
-            "vxlan100",
-            "type",
-            "vxlan",
-            "id",
-            "100",
-            "local",
-            "192.168.50.1",
-            "dev",
-            "underlay0",
-            "dstport",
-            "4789",
-        ])
-        .unwrap();
-    host.ns.ip(&["link", "set", "vxlan100", "up"]).unwrap();
+    host.ns.add_vxlan100("192.168.50.1").unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while host.route_show("10.42.3.0/24").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

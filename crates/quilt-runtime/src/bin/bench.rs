@@ -170,40 +170,8 @@ fn route_request(i: u32) -> pb::InjectRouteRequest {
 
 fn bench_host() -> anyhow::Result<OwnedNetns> {
     let ns = OwnedNetns::create(&netns::unique_name("qbench"))?;
-    for args in [
-        &[
-            "link",
-            "add",
-            "underlay0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "underlay0p",
-        ][..],
-        &["addr", "add", "192.168.60.1/24", "dev", "underlay0"],
-        &["link", "set", "underlay0", "up"],
-        &["link", "set", "underlay0p", "up"],
-        &[
-            "link",
-            "add",
-            "vxlan100",
-            "type",
-            "vxlan",
-            "id",
-            "100",
-            "local",
-            "192.168.60.1",
-            "dev",
-            "underlay0",
-            "dstport",
-            "4789",
-            "nolearning",
-        ],
-        &["link", "set", "vxlan100", "up"],
-    ] {
-        ns.ip(args)?;
-    }
+    ns.add_underlay("192.168.60.1/24")?;
+    ns.add_vxlan100("192.168.60.1")?;
     Ok(ns)
 }
 

@@ -24,40 +24,8 @@ impl Host {
     /// A namespace with `underlay0` (192.168.50.1/24) and `vxlan100` over it.
     pub fn new() -> Self {
         let ns = OwnedNetns::create(&netns::unique_name("qrt")).expect("create netns");
-        for args in [
-            &[
-                "link",
-                "add",
-                "underlay0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "underlay0p",
-            ][..],
-            &["addr", "add", "192.168.50.1/24", "dev", "underlay0"],
-            &["link", "set", "underlay0", "up"],
-            &["link", "set", "underlay0p", "up"],
-            &[
-                "link",
-                "add",
-                "vxlan100",
-                "type",
-                "vxlan",
-                "id",
-                "100",
-                "local",
-                "192.168.50.1",
-                "dev",
-                "underlay0",
-                "dstport",
-                "4789",
-                "nolearning",
-            ],
-            &["link", "set", "vxlan100", "up"],
-        ] {
-            ns.ip(args).expect("set up test host");
-        }
+        ns.add_underlay("192.168.50.1/24").expect("underlay");
+        ns.add_vxlan100("192.168.50.1").expect("vxlan100");
         Self {
             ns,
             state_dir: tempfile::tempdir().expect("temp dir"),
