@@ -54,6 +54,21 @@ pub trait Kernel: Send + Sync + 'static {
     /// destination is already there, whoever made it.
     fn add_route(&self, route: &Route) -> impl Future<Output = Result<(), KernelError>> + Send;
 
+    /// [`Kernel::add_route`] for many routes, answered in order. Implementations may send
+    /// them together; this default adds one at a time.
+    fn add_routes(
+        &self,
+        routes: &[Route],
+    ) -> impl Future<Output = Vec<Result<(), KernelError>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(routes.len());
+            for route in routes {
+                results.push(self.add_route(route).await);
+            }
+            results
+        }
+    }
+
     /// Replaces the route for `route.destination` with `route`. Callers check first that
     /// the route being replaced is theirs.
     fn replace_route(&self, route: &Route) -> impl Future<Output = Result<(), KernelError>> + Send;

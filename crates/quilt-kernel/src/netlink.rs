@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{Emitable, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -22,13 +22,18 @@ use rtnetlink::{
 };
 use tokio::task::JoinHandle;
 
-use crate::nexthop::{self, Mode, Nexthop, NexthopSocket};
+use crate::nexthop::{self, Mode, Nexthop, NexthopSocket, RawRequest};
 use crate::{ContainerInterface, ContainerView, Kernel, KernelError, Link, Route, VethSpec, netns};
 
 const ENODEV: i32 = 19;
+const EINVAL: i32 = 22;
 const ESRCH: i32 = 3;
 const EEXIST: i32 = 17;
 const ENETUNREACH: i32 = 101;
+const RTM_NEWROUTE: u16 = 24;
+const NLM_F_CREATE_EXCL: u16 = 0x400 | 0x200;
+/// Routes sent to the kernel in one write by [`Kernel::add_routes`] (two messages each).
+const ROUTES_PER_WRITE: usize = 128;
 
 /// A connection to the kernel of the network namespace it was opened in.
 pub struct NetlinkKernel {
@@ -36,8 +41,9 @@ pub struct NetlinkKernel {
     nexthops: NexthopSocket,
     connection: JoinHandle<()>,
     /// Interface name -> index for route programming, so adding a route costs two
-    /// round trips instead of three. An entry is dropped when the kernel answers ENODEV
-    /// (the device went away), and the lookup is done again.
+    /// round trips instead of three. An entry is dropped when the kernel refuses the
+    /// index (the device went away, maybe to come back under a new index), and the
+    /// lookup is done again: see [`stale_index`].
     route_interfaces: std::sync::Mutex<HashMap<String, u32>>,
 }
 
@@ -45,6 +51,14 @@ impl Drop for NetlinkKernel {
     fn drop(&mut self) {
         self.connection.abort();
     }
+}
+
+/// Whether `e` may come from a cached interface index that no longer exists: a route
+/// over it fails with ENODEV, but a nexthop over it with EINVAL ("invalid device
+/// index"), which is what a gateway route meets first. Looking the index up again
+/// once is cheap, and right for any other EINVAL too (the retry fails the same way).
+fn stale_index(e: &KernelError) -> bool {
+    matches!(e.errno(), Some(ENODEV) | Some(EINVAL))
 }
 
 /// Runs `f` with a kernel connection opened inside the named network namespace, on a
@@ -234,26 +248,134 @@ impl NetlinkKernel {
         route: &Route,
     ) -> Result<(RouteMessage, Option<u32>), KernelError> {
         let index = self.route_interface(&route.interface).await?;
-        let builder = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(route.destination.network(), route.destination.prefix_len())
-            .protocol(RouteProtocol::from(route.protocol))
-            .table_id(u32::from(RouteHeader::RT_TABLE_MAIN));
-        match route.gateway {
-            Some(gateway) => {
-                let id = self.ensure_nexthop(gateway, index, route.protocol)?;
-                Ok((
-                    builder.scope(RouteScope::Universe).nhid(id).build(),
-                    Some(id),
-                ))
-            }
-            None => Ok((
-                builder
-                    .scope(RouteScope::Link)
-                    .output_interface(index)
-                    .build(),
-                None,
-            )),
+        let nexthop = match route.gateway {
+            Some(gateway) => Some(self.ensure_nexthop(gateway, index, route.protocol)?),
+            None => None,
+        };
+        Ok((build_route_message(route, index, nexthop), nexthop))
+    }
+
+    /// Adds a chunk of routes with one write to the kernel: for each, its nexthop (when
+    /// it has a gateway) and the route, both exclusive. What the batch cannot settle
+    /// (an existing nexthop or route, a vanished interface) goes the one-at-a-time way.
+    async fn add_route_chunk(&self, routes: &[Route]) -> Vec<Result<(), KernelError>> {
+        let mut requests = Vec::with_capacity(routes.len() * 2);
+        // Per route: the index of its nexthop request, of its route request, or why it
+        // could not be built.
+        let mut slots: Vec<Result<(Option<usize>, usize, Option<Nexthop>), KernelError>> =
+            Vec::new();
+        for route in routes {
+            let index = match self.route_interface(&route.interface).await {
+                Ok(index) => index,
+                Err(e) => {
+                    slots.push(Err(e));
+                    continue;
+                }
+            };
+            let nexthop = route.gateway.map(|gateway| Nexthop {
+                id: nexthop::id_for_gateway(gateway),
+                gateway,
+                oif: index,
+                protocol: route.protocol,
+            });
+            let nexthop_slot = nexthop.map(|nh| {
+                requests.push(RawRequest::create_nexthop(&nh, Mode::Exclusive));
+                requests.len() - 1
+            });
+            let message = build_route_message(route, index, nexthop.map(|nh| nh.id));
+            let mut body = vec![0u8; message.buffer_len()];
+            message.emit(&mut body);
+            requests.push(RawRequest {
+                kind: RTM_NEWROUTE,
+                flags: NLM_F_CREATE_EXCL,
+                body,
+            });
+            slots.push(Ok((nexthop_slot, requests.len() - 1, nexthop)));
         }
+        let answers = self.nexthops.exchange(&requests);
+        let mut results = Vec::with_capacity(routes.len());
+        for (route, slot) in routes.iter().zip(slots) {
+            let (nexthop_slot, route_slot, nexthop) = match slot {
+                Ok(slot) => slot,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let nexthop_answer =
+                nexthop_slot.map(|i| answers[i].as_ref().map(|_| ()).map_err(|e| *e));
+            let route_answer = answers[route_slot].as_ref().map(|_| ()).map_err(|e| *e);
+            let result = match (nexthop_answer, route_answer) {
+                (None | Some(Ok(())), Ok(())) => Ok(()),
+                // The id was there: make sure it is ours and right, as the slow path does.
+                (Some(Err(EEXIST)), Ok(())) => match nexthop {
+                    Some(nh) => match self.ensure_nexthop(nh.gateway, nh.oif, nh.protocol) {
+                        Ok(_) => Ok(()),
+                        Err(e) => {
+                            let _ = self
+                                .delete_route_only(route.destination, route.protocol)
+                                .await;
+                            Err(e)
+                        }
+                    },
+                    None => Ok(()),
+                },
+                (created, Err(EEXIST)) => {
+                    if created == Some(Ok(()))
+                        && let Some(nh) = nexthop
+                    {
+                        self.release_nexthop(nh.id, nh.protocol);
+                    }
+                    let existing = self.route(route.destination).await;
+                    Err(KernelError::RouteExists {
+                        destination: route.destination,
+                        protocol: existing.ok().flatten().map(|r| r.protocol).unwrap_or(0),
+                    })
+                }
+                (_, Err(ENODEV)) | (Some(Err(ENODEV)), _) => self.add_route(route).await,
+                (Some(Err(errno)), route_answer) => {
+                    if route_answer.is_ok() {
+                        let _ = self
+                            .delete_route_only(route.destination, route.protocol)
+                            .await;
+                    }
+                    Err(KernelError::from_errno(
+                        format!("add nexthop for route {route}"),
+                        errno,
+                    ))
+                }
+                (created, Err(errno)) => {
+                    if created == Some(Ok(()))
+                        && let Some(nh) = nexthop
+                    {
+                        self.release_nexthop(nh.id, nh.protocol);
+                    }
+                    Err(KernelError::from_errno(format!("add route {route}"), errno))
+                }
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// Deletes the route for `destination` carrying `protocol`, leaving its nexthop.
+    async fn delete_route_only(
+        &self,
+        destination: Ipv4Net,
+        protocol: u8,
+    ) -> Result<(), KernelError> {
+        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .protocol(RouteProtocol::from(protocol))
+            .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
+            .scope(RouteScope::NoWhere)
+            .build();
+        self.handle
+            .route()
+            .del(message)
+            .execute()
+            .await
+            .map_err(|e| KernelError::from_rtnetlink(format!("delete route {destination}"), e))
     }
 
     async fn resolve(
@@ -374,9 +496,17 @@ impl Kernel for NetlinkKernel {
         Ok(route.filter(|r| r.destination == destination))
     }
 
+    async fn add_routes(&self, routes: &[Route]) -> Vec<Result<(), KernelError>> {
+        let mut results = Vec::with_capacity(routes.len());
+        for chunk in routes.chunks(ROUTES_PER_WRITE) {
+            results.extend(self.add_route_chunk(chunk).await);
+        }
+        results
+    }
+
     async fn add_route(&self, route: &Route) -> Result<(), KernelError> {
         match self.add_route_once(route).await {
-            Err(e) if e.errno() == Some(ENODEV) => {
+            Err(e) if stale_index(&e) => {
                 self.forget_route_interface(&route.interface);
                 self.add_route_once(route).await
             }
@@ -386,7 +516,7 @@ impl Kernel for NetlinkKernel {
 
     async fn replace_route(&self, route: &Route) -> Result<(), KernelError> {
         match self.replace_route_once(route).await {
-            Err(e) if e.errno() == Some(ENODEV) => {
+            Err(e) if stale_index(&e) => {
                 self.forget_route_interface(&route.interface);
                 self.replace_route_once(route).await
             }
@@ -609,6 +739,22 @@ impl ParsedRoute {
             nhid,
             protocol: u8::from(message.header.protocol),
         })
+    }
+}
+
+/// The route message for `route` over interface `index`: through nexthop `nexthop`
+/// when it has a gateway, a device route otherwise.
+fn build_route_message(route: &Route, index: u32, nexthop: Option<u32>) -> RouteMessage {
+    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.destination.network(), route.destination.prefix_len())
+        .protocol(RouteProtocol::from(route.protocol))
+        .table_id(u32::from(RouteHeader::RT_TABLE_MAIN));
+    match nexthop {
+        Some(id) => builder.scope(RouteScope::Universe).nhid(id).build(),
+        None => builder
+            .scope(RouteScope::Link)
+            .output_interface(index)
+            .build(),
     }
 }
 

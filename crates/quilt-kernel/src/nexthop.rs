@@ -34,6 +34,8 @@ const AF_INET: u8 = 2;
 const RTNH_F_ONLINK: u32 = 4;
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
+const EIO: i32 = 5;
+const EPROTO: i32 = 71;
 
 /// A single-path IPv4 nexthop object: `id N via GATEWAY dev OIF onlink proto P`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,16 +88,8 @@ impl NexthopSocket {
 
     /// Creates nexthop `nh`; with [`Mode::Exclusive`] an existing id fails with EEXIST.
     pub fn create(&self, nh: &Nexthop, mode: Mode) -> Result<(), KernelError> {
-        let flags = NLM_F_CREATE
-            | match mode {
-                Mode::Exclusive => NLM_F_EXCL,
-                Mode::Replace => NLM_F_REPLACE,
-            };
-        let mut body = nhmsg(AF_INET, nh.protocol, RTNH_F_ONLINK);
-        put_attr(&mut body, NHA_ID, &nh.id.to_ne_bytes());
-        put_attr(&mut body, NHA_OIF, &nh.oif.to_ne_bytes());
-        put_attr(&mut body, NHA_GATEWAY, &nh.gateway.octets());
-        self.request(RTM_NEWNEXTHOP, flags, &body)
+        let request = RawRequest::create_nexthop(nh, mode);
+        self.request(request.kind, request.flags, &request.body)
             .map(|_| ())
             .map_err(|errno| {
                 KernelError::from_errno(format!("add nexthop {} via {}", nh.id, nh.gateway), errno)
@@ -135,49 +129,124 @@ impl NexthopSocket {
     /// Sends one request and collects the payloads of its replies until the ACK. Errors
     /// are positive errno values.
     fn request(&self, kind: u16, flags: u16, body: &[u8]) -> Result<Vec<Vec<u8>>, i32> {
-        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let total = 16 + body.len();
-        let mut msg = Vec::with_capacity(total);
-        msg.extend_from_slice(&(total as u32).to_ne_bytes());
-        msg.extend_from_slice(&kind.to_ne_bytes());
-        msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(body);
+        let request = RawRequest {
+            kind,
+            flags,
+            body: body.to_vec(),
+        };
+        self.exchange(std::slice::from_ref(&request))
+            .pop()
+            .unwrap_or(Err(EPROTO))
+    }
 
+    /// Sends every request in one write (the kernel handles them in order) and answers
+    /// each one's replies or errno, in order. One system call for a whole batch is what
+    /// lets route programming keep up with `ip -batch`.
+    pub fn exchange(&self, requests: &[RawRequest]) -> Vec<Result<Vec<Vec<u8>>, i32>> {
+        if requests.is_empty() {
+            return Vec::new();
+        }
+        let first = self
+            .sequence
+            .fetch_add(requests.len() as u32, Ordering::Relaxed);
+        let mut wire = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            let total = 16 + request.body.len();
+            wire.extend_from_slice(&(total as u32).to_ne_bytes());
+            wire.extend_from_slice(&request.kind.to_ne_bytes());
+            wire.extend_from_slice(&(request.flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+            wire.extend_from_slice(&first.wrapping_add(i as u32).to_ne_bytes());
+            wire.extend_from_slice(&0u32.to_ne_bytes());
+            wire.extend_from_slice(&request.body);
+            wire.resize(align4(wire.len()), 0);
+        }
+        let mut results: Vec<Option<Result<Vec<Vec<u8>>, i32>>> = vec![None; requests.len()];
+        let mut replies: Vec<Vec<Vec<u8>>> = vec![Vec::new(); requests.len()];
         let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
-        socket
-            .send(&msg, 0)
-            .map_err(|e| e.raw_os_error().unwrap_or(5))?;
-        let mut replies = Vec::new();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = socket
-                .recv(&mut &mut buf[..], 0)
-                .map_err(|e| e.raw_os_error().unwrap_or(5))?;
+        if let Err(e) = socket.send(&wire, 0) {
+            let errno = e.raw_os_error().unwrap_or(EIO);
+            return requests.iter().map(|_| Err(errno)).collect();
+        }
+        let mut pending = requests.len();
+        let mut buf = vec![0u8; 64 * 1024];
+        while pending > 0 {
+            let n = match socket.recv(&mut &mut buf[..], 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(EIO);
+                    return results
+                        .into_iter()
+                        .map(|r| r.unwrap_or(Err(errno)))
+                        .collect();
+                }
+            };
             let mut offset = 0;
             while offset + 16 <= n {
                 let len = u32_at(&buf, offset) as usize;
                 if len < 16 || offset + len > n {
-                    return Err(71); // EPROTO: a truncated message
+                    break; // a truncated message: the rest of this read is unusable
                 }
                 let msg_kind = u16::from_ne_bytes([buf[offset + 4], buf[offset + 5]]);
-                let msg_seq = u32_at(&buf, offset + 8);
+                let index = u32_at(&buf, offset + 8).wrapping_sub(first) as usize;
                 let payload = &buf[offset + 16..offset + len];
                 offset += align4(len);
-                if msg_seq != seq {
+                if index >= requests.len() || results[index].is_some() {
                     continue;
                 }
-                match msg_kind {
-                    NLMSG_ERROR => {
+                let done = match msg_kind {
+                    NLMSG_ERROR if payload.len() >= 4 => {
                         let code =
                             i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                        return if code == 0 { Ok(replies) } else { Err(-code) };
+                        Some(if code == 0 {
+                            Ok(std::mem::take(&mut replies[index]))
+                        } else {
+                            Err(-code)
+                        })
                     }
-                    NLMSG_DONE => return Ok(replies),
-                    _ => replies.push(payload.to_vec()),
+                    NLMSG_DONE => Some(Ok(std::mem::take(&mut replies[index]))),
+                    _ => {
+                        replies[index].push(payload.to_vec());
+                        None
+                    }
+                };
+                if done.is_some() {
+                    results[index] = done;
+                    pending -= 1;
                 }
             }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(EPROTO)))
+            .collect()
+    }
+}
+
+/// One netlink request for [`NexthopSocket::exchange`]: message type, flags (REQUEST
+/// and ACK are added) and the payload after the netlink header.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    pub kind: u16,
+    pub flags: u16,
+    pub body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// Creating nexthop `nh`: with [`Mode::Exclusive`] an existing id fails with EEXIST.
+    pub fn create_nexthop(nh: &Nexthop, mode: Mode) -> Self {
+        let flags = NLM_F_CREATE
+            | match mode {
+                Mode::Exclusive => NLM_F_EXCL,
+                Mode::Replace => NLM_F_REPLACE,
+            };
+        let mut body = nhmsg(AF_INET, nh.protocol, RTNH_F_ONLINK);
+        put_attr(&mut body, NHA_ID, &nh.id.to_ne_bytes());
+        put_attr(&mut body, NHA_OIF, &nh.oif.to_ne_bytes());
+        put_attr(&mut body, NHA_GATEWAY, &nh.gateway.octets());
+        Self {
+            kind: RTM_NEWNEXTHOP,
+            flags,
+            body,
         }
     }
 }

@@ -84,3 +84,116 @@ fn gateway_routes_use_nexthops_and_respect_ownership() {
         "the nexthop went with its route: {nexthops}"
     );
 }
+
+#[test]
+fn a_route_goes_back_over_a_recreated_device() {
+    if !netns::privileged_or_skip("a_route_goes_back_over_a_recreated_device") {
+        return;
+    }
+    let ns = namespace_with_overlay();
+    let route = Route {
+        destination: "10.42.2.0/24".parse().unwrap(),
+        interface: "vxlan100".into(),
+        gateway: Some(Ipv4Addr::new(10, 42, 2, 0)),
+        protocol: PROTO,
+    };
+    let name = ns.name().to_string();
+    let ip = move |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &name])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    // One connection throughout, as in a running runtime: the device it learned the
+    // index of goes away and comes back under another index (as the agent rebuilds it).
+    in_ns(&ns, async move |k: &NetlinkKernel| {
+        k.add_route(&route).await.expect("add");
+        ip(&["link", "del", "vxlan100"]);
+        assert_eq!(k.route(route.destination).await.unwrap(), None);
+        ip(&[
+            "link",
+            "add",
+            "vxlan100",
+            "type",
+            "vxlan",
+            "id",
+            "100",
+            "local",
+            "192.168.50.1",
+            "dev",
+            "underlay0",
+            "dstport",
+            "4789",
+            "nolearning",
+        ]);
+        ip(&["link", "set", "vxlan100", "up"]);
+        k.add_route(&route).await.expect("add over the new device");
+        assert_eq!(k.route(route.destination).await.unwrap(), Some(route));
+    });
+}
+
+#[test]
+fn a_batch_of_routes_goes_in_together_and_each_answers_for_itself() {
+    if !netns::privileged_or_skip("a_batch_of_routes_goes_in_together_and_each_answers_for_itself")
+    {
+        return;
+    }
+    let ns = namespace_with_overlay();
+    ns.ip(&["route", "add", "10.42.9.0/24", "dev", "vxlan100"])
+        .unwrap();
+    let route = |n: u8, interface: &str| Route {
+        destination: format!("10.42.{n}.0/24").parse().unwrap(),
+        interface: interface.into(),
+        gateway: Some(Ipv4Addr::new(10, 42, n, 0)),
+        protocol: PROTO,
+    };
+    let mut batch: Vec<Route> = (10..210).map(|n| route(n, "vxlan100")).collect();
+    batch.push(route(9, "vxlan100")); // the operator's destination
+    batch.push(route(3, "vxlan999")); // no such interface
+    let batch2 = batch.clone();
+    let results = in_ns(&ns, async move |k: &NetlinkKernel| {
+        k.add_routes(&batch2).await
+    });
+    assert!(
+        results[..200].iter().all(|r| r.is_ok()),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    assert!(
+        matches!(
+            results[200],
+            Err(KernelError::RouteExists { protocol: 3, .. })
+        ),
+        "{:?}",
+        results[200]
+    );
+    assert!(
+        matches!(results[201], Err(KernelError::NoSuchLink(_))),
+        "{:?}",
+        results[201]
+    );
+    let shown = ns.ip(&["route", "show", "proto", "158"]).unwrap();
+    assert_eq!(shown.lines().count(), 200, "{shown}");
+    assert!(shown.contains("10.42.57.0/24 nhid"), "{shown}");
+    let nexthops = ns.ip(&["nexthop", "show"]).unwrap();
+    assert_eq!(
+        nexthops.lines().count(),
+        200,
+        "no nexthop left over from refused routes"
+    );
+
+    // The same batch again: every route of ours is already there.
+    let again = in_ns(&ns, async move |k: &NetlinkKernel| {
+        k.add_routes(&batch[..200]).await
+    });
+    assert!(again.iter().all(|r| matches!(
+        r,
+        Err(KernelError::RouteExists {
+            protocol: PROTO,
+            ..
+        })
+    )));
+    assert_eq!(ns.ip(&["nexthop", "show"]).unwrap().lines().count(), 200);
+}

@@ -17,9 +17,6 @@ use crate::request::RouteRequest;
 use crate::store::{DesiredState, Store};
 use crate::{ROUTE_PROTOCOL, RuntimeError, ipam};
 
-/// How many route changes of one batch may be in flight to the kernel at once.
-const KERNEL_PIPELINE: usize = 32;
-
 /// What one InjectRoute did to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteChange {
@@ -142,24 +139,20 @@ impl<K: Kernel> Runtime<K> {
     ) -> Vec<Result<RouteChange, RuntimeError>> {
         let mut inner = self.inner.lock().await;
         let own_subnet = inner.desired.subnet;
-        // Routes of one batch go to the kernel as pipelined netlink requests: distinct
-        // destinations are independent. A batch naming a destination twice is applied
-        // one route at a time, so the last one wins as the caller expects.
+        // Routes of one batch go to the kernel together (one write per chunk). A batch
+        // naming a destination twice is applied one route at a time instead, so the
+        // last one wins as the caller expects.
         let destinations: BTreeSet<Ipv4Net> = requests.iter().map(|r| r.destination).collect();
-        let in_flight = if destinations.len() == requests.len() {
-            KERNEL_PIPELINE
-        } else {
-            1
-        };
-        let mut results: Vec<Result<RouteChange, RuntimeError>> =
-            Vec::with_capacity(requests.len());
-        for chunk in requests.chunks(in_flight) {
-            let pending: Vec<_> = chunk
-                .iter()
-                .map(|request| self.apply_checked(request, own_subnet))
-                .collect();
-            results.extend(futures::future::join_all(pending).await);
-        }
+        let results: Vec<Result<RouteChange, RuntimeError>> =
+            if destinations.len() == requests.len() {
+                self.apply_batch(requests, own_subnet).await
+            } else {
+                let mut results = Vec::with_capacity(requests.len());
+                for request in requests {
+                    results.push(self.apply_checked(request, own_subnet).await);
+                }
+                results
+            };
         let to_persist: Vec<&RouteRequest> = requests
             .iter()
             .zip(&results)
@@ -214,16 +207,58 @@ impl<K: Kernel> Runtime<K> {
         self.apply_route(request).await
     }
 
+    /// Adds every route of a batch with distinct destinations in one kernel call, then
+    /// settles those whose destination already had a route.
+    async fn apply_batch(
+        &self,
+        requests: &[RouteRequest],
+        own_subnet: Option<Ipv4Net>,
+    ) -> Vec<Result<RouteChange, RuntimeError>> {
+        let (own, candidates): (Vec<_>, Vec<_>) = requests
+            .iter()
+            .enumerate()
+            .partition(|(_, r)| Some(r.destination) == own_subnet);
+        let routes: Vec<Route> = candidates.iter().map(|(_, r)| kernel_route(r)).collect();
+        let added = self.kernel.add_routes(&routes).await;
+        let mut results: Vec<Option<Result<RouteChange, RuntimeError>>> =
+            requests.iter().map(|_| None).collect();
+        for (i, request) in own {
+            results[i] = Some(Err(RuntimeError::OwnSubnet(request.destination)));
+        }
+        for (((i, _), route), outcome) in candidates.into_iter().zip(&routes).zip(added) {
+            results[i] = Some(self.settle(route, outcome).await);
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(RuntimeError::NotRecorded("no result for this route".into()))
+                })
+            })
+            .collect()
+    }
+
     async fn apply_route(&self, request: &RouteRequest) -> Result<RouteChange, RuntimeError> {
         let route = kernel_route(request);
-        match self.kernel.add_route(&route).await {
+        let outcome = self.kernel.add_route(&route).await;
+        self.settle(&route, outcome).await
+    }
+
+    /// What an add answered becomes a change: added; or, where a route was already
+    /// there, unchanged or replaced when it is ours and refused when it is not.
+    async fn settle(
+        &self,
+        route: &Route,
+        outcome: Result<(), KernelError>,
+    ) -> Result<RouteChange, RuntimeError> {
+        match outcome {
             Ok(()) => Ok(RouteChange::Added),
             Err(KernelError::RouteExists { protocol, .. }) if protocol == ROUTE_PROTOCOL => {
-                if self.kernel.route(route.destination).await?.as_ref() == Some(&route) {
+                if self.kernel.route(route.destination).await?.as_ref() == Some(route) {
                     Ok(RouteChange::Unchanged)
                 } else {
                     self.kernel
-                        .replace_route(&route)
+                        .replace_route(route)
                         .await
                         .map_err(interface_error)?;
                     Ok(RouteChange::Replaced)
