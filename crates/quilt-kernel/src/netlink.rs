@@ -262,8 +262,7 @@ impl NetlinkKernel {
         let mut requests = Vec::with_capacity(routes.len() * 2);
         // Per route: the index of its nexthop request, of its route request, or why it
         // could not be built.
-        let mut slots: Vec<Result<(Option<usize>, usize, Option<Nexthop>), KernelError>> =
-            Vec::new();
+        let mut slots: Vec<Result<BatchSlot, KernelError>> = Vec::new();
         for route in routes {
             let index = match self.route_interface(&route.interface).await {
                 Ok(index) => index,
@@ -741,6 +740,10 @@ impl ParsedRoute {
         })
     }
 }
+
+/// Where a route's requests sit in a batch: its nexthop request (if any), its route
+/// request, and the nexthop it asked for.
+type BatchSlot = (Option<usize>, usize, Option<Nexthop>);
 
 /// The route message for `route` over interface `index`: through nexthop `nexthop`
 /// when it has a gateway, a device route otherwise.

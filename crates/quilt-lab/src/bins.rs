@@ -3,7 +3,7 @@
 //! find the others in the same target folder, after asking cargo to build them (a no-op
 //! when they are fresh, as after `cargo build --workspace` or `cargo nextest run`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The package and binary names of the lab's daemons.
 pub const DAEMONS: &[(&str, &str)] = &[
@@ -24,15 +24,6 @@ pub fn target_dir_of_current_test() -> Result<PathBuf, String> {
     } else {
         dir.to_path_buf()
     })
-}
-
-/// Whether the workspace holds package `package` (its crate folder exists).
-pub fn workspace_has(package: &str) -> bool {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(package)
-        .join("Cargo.toml")
-        .exists()
 }
 
 /// Builds the binaries of `packages` (with the cargo running the tests, when known) and

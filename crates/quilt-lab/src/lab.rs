@@ -21,6 +21,7 @@ use crate::probe::{Endpoint, Matrix};
 use crate::process::{self, Output};
 use crate::remote;
 use crate::state::{self, ContainerState, HostState, LabState};
+use crate::tables::{HostTables, TableWatch};
 
 /// The daemon binaries, by the names the project builds them under.
 pub const CONTROL_BIN: &str = "quilt-mesh-control";
@@ -44,6 +45,10 @@ pub struct LabSpec {
     pub heartbeat_timeout: Duration,
     /// The agents' `--heartbeat-interval`.
     pub heartbeat_interval: Duration,
+    /// The agents' `--resync-interval`.
+    pub resync_interval: Duration,
+    /// The runtimes' `--reconcile-interval`.
+    pub reconcile_interval: Duration,
     /// False builds only the underlay, the control plane and the runtimes (no agents,
     /// no containers): what can be tested without quilt-mesh-agent and quilt-cni.
     pub start_agents: bool,
@@ -65,6 +70,8 @@ impl LabSpec {
             log_dir: None,
             heartbeat_timeout: Duration::from_secs(6),
             heartbeat_interval: Duration::from_secs(2),
+            resync_interval: Duration::from_secs(60),
+            reconcile_interval: Duration::from_secs(5),
             start_agents: true,
             converge_timeout: Duration::from_secs(90),
             log_level: "info".to_string(),
@@ -184,6 +191,8 @@ impl Lab {
             join_token: random_token(),
             heartbeat_timeout_ms: spec.heartbeat_timeout.as_millis() as u64,
             heartbeat_interval_ms: spec.heartbeat_interval.as_millis() as u64,
+            resync_interval_ms: spec.resync_interval.as_millis() as u64,
+            reconcile_interval_ms: spec.reconcile_interval.as_millis() as u64,
             log_level: spec.log_level.clone(),
             namespaces: layout.namespaces(),
             switch_netns: layout.switch_ns(),
@@ -283,6 +292,118 @@ impl Lab {
         Ok(())
     }
 
+    /// Kills host `host`'s agent with SIGKILL (a crash: nothing runs on its way out).
+    pub fn kill_agent(&mut self, host: u16) -> Result<(), LabError> {
+        let h = host_of(&self.state, host)?;
+        if let Some(pid) = h.agent_pid
+            && !process::kill_now(pid, &h.netns, &mut |p| reap(&mut self.children, p))
+        {
+            return Err(LabError::setup(
+                format!("kill quilt-mesh-agent of h{host}"),
+                format!("pid {pid} did not exit"),
+            ));
+        }
+        self.state.hosts[usize::from(host - 1)].agent_pid = None;
+        self.save()
+    }
+
+    /// Stops the control plane (SIGTERM) and starts it again on the same database and
+    /// URL; answers once it serves `/health` again.
+    pub fn restart_control(&mut self) -> Result<(), LabError> {
+        if let Some(pid) = self.state.control_pid {
+            let h1 = self.state.hosts[0].netns.clone();
+            stop_process(pid, &h1, CONTROL_BIN, &mut self.children)?;
+        }
+        self.state.control_pid = None;
+        self.save()?;
+        self.launch_control().map(|_| ())
+    }
+
+    /// Stops host `host`'s runtime (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop_runtime(&mut self, host: u16) -> Result<(), LabError> {
+        let h = host_of(&self.state, host)?;
+        if let Some(pid) = h.runtime_pid {
+            stop_process(pid, &h.netns, RUNTIME_BIN, &mut self.children)?;
+        }
+        self.state.hosts[usize::from(host - 1)].runtime_pid = None;
+        self.save()
+    }
+
+    /// Starts host `host`'s runtime again on the same state folder; answers once it
+    /// accepts connections.
+    pub fn start_runtime(&mut self, host: u16) -> Result<(), LabError> {
+        let child = start_runtime_of(&mut self.state, host)?;
+        self.children.push(child);
+        self.wait_runtime(host)
+    }
+
+    /// Grows the lab by one host: its namespace on the switch and its runtime, but no
+    /// agent yet ([`Lab::start_agent`]) and no container ([`Lab::attach_containers_of`]).
+    /// Answers the new host's index.
+    pub fn add_host(&mut self) -> Result<u16, LabError> {
+        let current = self.state.layout();
+        let index = current.nodes + 1;
+        let layout = Layout::new(
+            &current.name,
+            current.octet,
+            index,
+            current.containers_per_node,
+        )?;
+        // The record names the new namespaces before they exist.
+        self.state.nodes = index;
+        self.state.namespaces = layout.namespaces();
+        self.state.hosts.push(HostState {
+            index,
+            netns: layout.host_ns(index),
+            hostname: layout.hostname(index),
+            host_ip: layout.host_ip(index),
+            runtime_pid: None,
+            agent_pid: None,
+        });
+        self.state
+            .containers
+            .extend((1..=layout.containers_per_node).map(|j| ContainerState {
+                name: Layout::container_name(index, j),
+                netns: layout.container_ns(index, j),
+                host: index,
+                container_id: layout.container_ns(index, j),
+                address: None,
+            }));
+        self.save()?;
+        self.join_underlay(&layout, index)?;
+        let h1 = layout.host_ip(1);
+        let netns = layout.host_ns(index);
+        self.wait_for("underlay ping to h1", Duration::from_secs(10), |_| {
+            Ok((!crate::probe::ping(&netns, h1)).then(|| format!("no answer from {h1}")))
+        })?;
+        let child = start_runtime_of(&mut self.state, index)?;
+        self.children.push(child);
+        self.wait_runtime(index)?;
+        Ok(index)
+    }
+
+    /// Attaches every container of host `host` that has no address yet (its runtime
+    /// must have a node subnet, that is its agent registered).
+    pub fn attach_containers_of(&mut self, host: u16) -> Result<(), LabError> {
+        for k in 0..self.state.containers.len() {
+            let c = &self.state.containers[k];
+            if c.host == host && c.address.is_none() {
+                self.attach_container(k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Host `host`'s kernel tables as they are now.
+    pub fn tables(&self, host: u16) -> Result<HostTables, LabError> {
+        HostTables::read(&host_of(&self.state, host)?.netns)
+    }
+
+    /// Starts recording every change to host `host`'s tables.
+    pub fn watch_tables(&self, host: u16) -> Result<TableWatch, LabError> {
+        TableWatch::start(&host_of(&self.state, host)?.netns, &self.state.log_dir)
+    }
+
     /// Leaves the lab running after this value is gone; `down` by name removes it.
     pub fn keep_running(mut self) -> LabState {
         self.keep = true;
@@ -341,42 +462,10 @@ impl Lab {
         let sw = OwnedNetns::create(&layout.switch_ns())?;
         sw.ip(&["link", "add", SWITCH_BRIDGE, "type", "bridge"])?;
         sw.ip(&["link", "set", SWITCH_BRIDGE, "up"])?;
-        let switch_ns = sw.name().to_string();
         self.namespaces.push(sw);
         for i in 1..=layout.nodes {
             self.check_cancel()?;
-            let host = OwnedNetns::create(&layout.host_ns(i))?;
-            let port = Layout::switch_port(i);
-            let addr = format!("{}/24", layout.host_ip(i));
-            host.ip(&[
-                "link",
-                "add",
-                UNDERLAY_IF,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &switch_ns,
-            ])?;
-            self.namespaces.push(host);
-            let sw = &self.namespaces[0];
-            sw.ip(&["link", "set", &port, "master", SWITCH_BRIDGE, "up"])?;
-            let host = self.namespaces.last().expect("just pushed");
-            host.ip(&["addr", "add", &addr, "dev", UNDERLAY_IF])?;
-            host.ip(&["link", "set", UNDERLAY_IF, "up"])?;
-            // Hosts route container traffic; forwarding is per namespace, never the root's.
-            let mut sysctl = process::command_in(host.name(), "sysctl");
-            sysctl.args(["-q", "-w", "net.ipv4.ip_forward=1"]);
-            let out = process::run_bounded(sysctl, None, Duration::from_secs(5))
-                .map_err(|e| LabError::setup(format!("sysctl in {}", host.name()), e))?;
-            if !out.status.success() {
-                return Err(LabError::setup(
-                    format!("sysctl -w net.ipv4.ip_forward=1 in {}", host.name()),
-                    out.stderr.trim(),
-                ));
-            }
+            self.join_underlay(layout, i)?;
         }
         // Every host answers host 1 on the underlay before any daemon starts.
         let hosts: Vec<Endpoint> = self
@@ -420,31 +509,50 @@ impl Lab {
         Ok(())
     }
 
+    /// Makes host `i`'s namespace and joins it to the switch, with forwarding on.
+    fn join_underlay(&mut self, layout: &Layout, i: u16) -> Result<(), LabError> {
+        let switch_ns = layout.switch_ns();
+        let host = OwnedNetns::create(&layout.host_ns(i))?;
+        let port = Layout::switch_port(i);
+        let addr = format!("{}/24", layout.host_ip(i));
+        host.ip(&[
+            "link",
+            "add",
+            UNDERLAY_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &switch_ns,
+        ])?;
+        self.namespaces.push(host);
+        let sw = self
+            .namespaces
+            .iter()
+            .find(|n| n.name() == switch_ns)
+            .ok_or_else(|| LabError::setup(format!("join h{i}"), "the switch is not ours"))?;
+        sw.ip(&["link", "set", &port, "master", SWITCH_BRIDGE, "up"])?;
+        let host = self.namespaces.last().expect("just pushed");
+        host.ip(&["addr", "add", &addr, "dev", UNDERLAY_IF])?;
+        host.ip(&["link", "set", UNDERLAY_IF, "up"])?;
+        // Hosts route container traffic; forwarding is per namespace, never the root's.
+        let mut sysctl = process::command_in(host.name(), "sysctl");
+        sysctl.args(["-q", "-w", "net.ipv4.ip_forward=1"]);
+        let out = process::run_bounded(sysctl, None, Duration::from_secs(5))
+            .map_err(|e| LabError::setup(format!("sysctl in {}", host.name()), e))?;
+        if !out.status.success() {
+            return Err(LabError::setup(
+                format!("sysctl -w net.ipv4.ip_forward=1 in {}", host.name()),
+                out.stderr.trim(),
+            ));
+        }
+        Ok(())
+    }
+
     fn log_path(&self, file: &str) -> PathBuf {
         self.state.log_dir.join(file)
-    }
-
-    fn data_dir(&self, sub: &str) -> Result<PathBuf, LabError> {
-        let d = self.state.dir.join("data").join(sub);
-        std::fs::create_dir_all(&d)
-            .map_err(|e| LabError::setup(format!("create {}", d.display()), e))?;
-        Ok(d)
-    }
-
-    fn spawn(
-        &mut self,
-        netns: &str,
-        binary: &str,
-        args: Vec<OsString>,
-        log: &str,
-    ) -> Result<u32, LabError> {
-        let log = self.log_path(log);
-        let _ = std::fs::remove_file(&log);
-        let child =
-            process::spawn_daemon(netns, &self.state.binaries_dir.join(binary), &args, &log)?;
-        let pid = child.id();
-        self.children.push(child);
-        Ok(pid)
     }
 
     /// Fails with the end of `log` when the child `pid` has exited.
@@ -466,78 +574,70 @@ impl Lab {
 
     fn start_control(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<(), LabError> {
         self.check_cancel()?;
-        let h1 = self.state.hosts[0].clone();
-        let listen = SocketAddr::from((h1.host_ip, CONTROL_PORT));
-        let db = self.data_dir("control")?.join("control.db");
-        let args: Vec<OsString> = vec![
-            "--listen".into(),
-            listen.to_string().into(),
-            "--db-path".into(),
-            db.into(),
-            "--heartbeat-timeout".into(),
-            format!("{}ms", self.state.heartbeat_timeout_ms).into(),
-            "--join-token".into(),
-            self.state.join_token.clone().into(),
-            "--log-level".into(),
-            self.state.log_level.clone().into(),
-        ];
-        let pid = self.spawn(&h1.netns, CONTROL_BIN, args, "control.log")?;
-        self.state.control_pid = Some(pid);
-        self.save()?;
-        let url = self.state.control_url.clone();
-        self.wait_for("control plane /health", Duration::from_secs(20), |lab| {
-            lab.check_alive(pid, CONTROL_BIN, "control.log")?;
-            Ok(remote::control_health(&h1.netns, &url).err())
-        })?;
+        let _ = std::fs::remove_file(self.log_path("control.log"));
+        let pid = self.launch_control()?;
         self.report(
             progress,
             "control",
-            format!("quilt-mesh-control on {} in {} (pid {pid})", url, h1.netns),
+            format!(
+                "quilt-mesh-control on {} in {} (pid {pid})",
+                self.state.control_url, self.state.hosts[0].netns
+            ),
         );
         Ok(())
     }
 
+    /// Starts the control plane (same database, same URL every time) and waits until
+    /// it answers `/health`; answers its pid.
+    fn launch_control(&mut self) -> Result<u32, LabError> {
+        let child = start_control_of(&mut self.state)?;
+        let pid = child.id();
+        self.children.push(child);
+        let h1 = self.state.hosts[0].netns.clone();
+        let url = self.state.control_url.clone();
+        self.wait_for("control plane /health", Duration::from_secs(20), |lab| {
+            lab.check_alive(pid, CONTROL_BIN, "control.log")?;
+            Ok(remote::control_health(&h1, &url).err())
+        })?;
+        Ok(pid)
+    }
+
     fn start_runtimes(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<(), LabError> {
         self.check_cancel()?;
-        let hosts = self.state.hosts.clone();
-        for h in &hosts {
-            let state_dir = self.data_dir(&format!("h{}/runtime", h.index))?;
-            let args: Vec<OsString> = vec![
-                "--grpc-addr".into(),
-                RUNTIME_ADDR.into(),
-                "--state-dir".into(),
-                state_dir.into(),
-                "--log-level".into(),
-                self.state.log_level.clone().into(),
-            ];
-            let log = format!("h{}-runtime.log", h.index);
-            let pid = self.spawn(&h.netns, RUNTIME_BIN, args, &log)?;
-            self.state.hosts[usize::from(h.index - 1)].runtime_pid = Some(pid);
+        for index in 1..=self.state.nodes {
+            let _ = std::fs::remove_file(self.log_path(&format!("h{index}-runtime.log")));
+            let child = start_runtime_of(&mut self.state, index)?;
+            self.children.push(child);
         }
-        self.save()?;
-        let addr: SocketAddr = RUNTIME_ADDR.parse().expect("valid address");
-        for h in &hosts {
-            let pid = h_pid(&self.state, h.index, |h| h.runtime_pid);
-            let log = format!("h{}-runtime.log", h.index);
-            self.wait_for(
-                &format!("quilt-runtime in {}", h.netns),
-                Duration::from_secs(20),
-                |lab| {
-                    lab.check_alive(pid, RUNTIME_BIN, &log)?;
-                    Ok((!remote::tcp_open(&h.netns, addr))
-                        .then(|| format!("nothing listens on {addr}")))
-                },
-            )?;
+        for index in 1..=self.state.nodes {
+            self.wait_runtime(index)?;
         }
         self.report(
             progress,
             "runtimes",
             format!(
                 "{} quilt-runtime answer on {RUNTIME_ADDR} in their hosts",
-                hosts.len()
+                self.state.nodes
             ),
         );
         Ok(())
+    }
+
+    /// Waits until host `host`'s runtime accepts connections.
+    fn wait_runtime(&mut self, host: u16) -> Result<(), LabError> {
+        let h = host_of(&self.state, host)?;
+        let pid = h.runtime_pid.unwrap_or(0);
+        let log = format!("h{host}-runtime.log");
+        let addr: SocketAddr = RUNTIME_ADDR.parse().expect("valid address");
+        self.wait_for(
+            &format!("quilt-runtime in {}", h.netns),
+            Duration::from_secs(20),
+            |lab| {
+                lab.check_alive(pid, RUNTIME_BIN, &log)?;
+                Ok((!remote::tcp_open(&h.netns, addr))
+                    .then(|| format!("nothing listens on {addr}")))
+            },
+        )
     }
 
     fn start_agents(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<(), LabError> {
@@ -614,35 +714,9 @@ impl Lab {
     }
 
     fn attach_containers(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<(), LabError> {
-        let cni_binary = self.state.binaries_dir.join(CNI_BIN);
         for k in 0..self.state.containers.len() {
             self.check_cancel()?;
-            let c = self.state.containers[k].clone();
-            let host_ns = self.state.hosts[usize::from(c.host - 1)].netns.clone();
-            self.namespaces.push(OwnedNetns::create(&c.netns)?);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let result = loop {
-                match cni::invoke(&cni_binary, "ADD", &host_ns, &c.container_id, &c.netns) {
-                    Ok(r) => break r,
-                    Err(f) if f.try_again() && Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    Err(f) => {
-                        return Err(LabError::setup(
-                            format!("attach {} on h{}", c.name, c.host),
-                            f.message,
-                        ));
-                    }
-                }
-            };
-            let address = cni::result_address(&result).ok_or_else(|| {
-                LabError::setup(
-                    format!("attach {} on h{}", c.name, c.host),
-                    format!("quilt-cni answered no IPv4 address: {result}"),
-                )
-            })?;
-            self.state.containers[k].address = Some(address);
-            self.save()?;
+            self.attach_container(k)?;
         }
         self.report(
             progress,
@@ -654,6 +728,38 @@ impl Lab {
             ),
         );
         Ok(())
+    }
+
+    /// Makes container `k`'s namespace and attaches it with quilt-cni ADD inside its
+    /// host, retrying while the runtime answers "try again later".
+    fn attach_container(&mut self, k: usize) -> Result<(), LabError> {
+        let cni_binary = self.state.binaries_dir.join(CNI_BIN);
+        let c = self.state.containers[k].clone();
+        let host_ns = self.state.hosts[usize::from(c.host - 1)].netns.clone();
+        self.namespaces.push(OwnedNetns::create(&c.netns)?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let result = loop {
+            match cni::invoke(&cni_binary, "ADD", &host_ns, &c.container_id, &c.netns) {
+                Ok(r) => break r,
+                Err(f) if f.try_again() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(f) => {
+                    return Err(LabError::setup(
+                        format!("attach {} on h{}", c.name, c.host),
+                        f.message,
+                    ));
+                }
+            }
+        };
+        let address = cni::result_address(&result).ok_or_else(|| {
+            LabError::setup(
+                format!("attach {} on h{}", c.name, c.host),
+                format!("quilt-cni answered no IPv4 address: {result}"),
+            )
+        })?;
+        self.state.containers[k].address = Some(address);
+        self.save()
     }
 
     fn wait_full_mesh(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<(), LabError> {
@@ -815,20 +921,82 @@ pub fn stop_agent_of(
 ) -> Result<(), LabError> {
     let h = host_of(state, host)?;
     if let Some(pid) = h.agent_pid {
-        let left = process::stop_all(
-            &[(pid, h.netns.clone())],
-            Duration::from_secs(5),
-            &mut |p| reap(children, p),
-        );
-        if !left.is_empty() {
-            return Err(LabError::setup(
-                format!("stop quilt-mesh-agent of h{host}"),
-                format!("pid {pid} did not exit"),
-            ));
-        }
+        stop_process(pid, &h.netns, AGENT_BIN, children)?;
     }
     state.hosts[usize::from(host - 1)].agent_pid = None;
     state.save()
+}
+
+/// SIGTERM to `pid` if it still runs in `netns`, SIGKILL after 5 s.
+fn stop_process(pid: u32, netns: &str, what: &str, children: &mut [Child]) -> Result<(), LabError> {
+    let left = process::stop_all(
+        &[(pid, netns.to_string())],
+        Duration::from_secs(5),
+        &mut |p| reap(children, p),
+    );
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::setup(
+            format!("stop {what} in {netns}"),
+            format!("pid {pid} did not exit"),
+        ))
+    }
+}
+
+/// Starts the control plane on host 1 (its log is appended to) and records its pid.
+fn start_control_of(state: &mut LabState) -> Result<Child, LabError> {
+    let h1 = state.hosts[0].clone();
+    let listen = SocketAddr::from((h1.host_ip, CONTROL_PORT));
+    let dir = state.dir.join("data").join("control");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LabError::setup(format!("create {}", dir.display()), e))?;
+    let args: Vec<OsString> = vec![
+        "--listen".into(),
+        listen.to_string().into(),
+        "--db-path".into(),
+        dir.join("control.db").into(),
+        "--heartbeat-timeout".into(),
+        format!("{}ms", state.heartbeat_timeout_ms).into(),
+        "--join-token".into(),
+        state.join_token.clone().into(),
+        "--log-level".into(),
+        state.log_level.clone().into(),
+    ];
+    let log = state.log_dir.join("control.log");
+    let child = process::spawn_daemon(
+        &h1.netns,
+        &state.binaries_dir.join(CONTROL_BIN),
+        &args,
+        &log,
+    )?;
+    state.control_pid = Some(child.id());
+    state.save()?;
+    Ok(child)
+}
+
+/// Starts host `host`'s runtime (its log is appended to) and records its pid.
+fn start_runtime_of(state: &mut LabState, host: u16) -> Result<Child, LabError> {
+    let h = host_of(state, host)?;
+    let state_dir = state.dir.join("data").join(format!("h{host}/runtime"));
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| LabError::setup(format!("create {}", state_dir.display()), e))?;
+    let args: Vec<OsString> = vec![
+        "--grpc-addr".into(),
+        RUNTIME_ADDR.into(),
+        "--state-dir".into(),
+        state_dir.into(),
+        "--reconcile-interval".into(),
+        format!("{}ms", state.reconcile_interval_ms).into(),
+        "--log-level".into(),
+        state.log_level.clone().into(),
+    ];
+    let log = state.log_dir.join(format!("h{host}-runtime.log"));
+    let child =
+        process::spawn_daemon(&h.netns, &state.binaries_dir.join(RUNTIME_BIN), &args, &log)?;
+    state.hosts[usize::from(host - 1)].runtime_pid = Some(child.id());
+    state.save()?;
+    Ok(child)
 }
 
 /// Starts host `host`'s agent (its log is appended to) and records its pid.
@@ -862,6 +1030,8 @@ pub fn start_agent_of(state: &mut LabState, host: u16) -> Result<Child, LabError
         state.join_token.clone().into(),
         "--heartbeat-interval".into(),
         format!("{}ms", state.heartbeat_interval_ms).into(),
+        "--resync-interval".into(),
+        format!("{}ms", state.resync_interval_ms).into(),
         "--log-level".into(),
         state.log_level.clone().into(),
     ];

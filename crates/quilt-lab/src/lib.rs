@@ -5,14 +5,18 @@
 //!
 //! - [`layout`]: the pure naming and address plan (namespace names, underlay /24).
 //! - [`state`]: the record on disk that lets `down` and `status` work from any process.
-//! - [`lab`]: [`Lab::up`], inspection, agents stop/start, teardown.
+//! - [`lab`]: [`Lab::up`], inspection, daemons stopped, killed and restarted, hosts
+//!   added, teardown.
 //! - [`process`]: daemons and bounded commands inside namespaces.
 //! - [`remote`]: the control plane and runtimes, asked from inside their namespaces.
 //! - [`bins`]: finding the daemon binaries for end-to-end tests.
 //! - [`cni`]: attaching containers through the `quilt-cni` binary.
 //! - [`probe`]: pings between containers and the connectivity matrix.
+//! - [`tables`]: a host's routes, neighbours and FDB entries, read and watched.
+//! - [`bench`]: convergence and data-plane measurements on a lab.
 //! - [`error`]: the error type, [`LabError`].
 
+pub mod bench;
 pub mod bins;
 pub mod cni;
 pub mod error;
@@ -22,6 +26,7 @@ pub mod probe;
 pub mod process;
 pub mod remote;
 pub mod state;
+pub mod tables;
 
 pub use error::LabError;
 pub use lab::{Lab, LabSpec, LabStatus, Progress};

@@ -182,3 +182,21 @@ pub fn stop_all(
     }
     remaining
 }
+
+/// Sends SIGKILL to `pid` if it still runs inside `netns` and waits up to 5 s for it to
+/// be gone; answers whether it is.
+pub fn kill_now(pid: u32, netns: &str, reap: &mut dyn FnMut(u32) -> bool) -> bool {
+    if runs_in(pid, netns) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if reap(pid) || !alive(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -111,3 +111,20 @@ pub fn tcp_open(netns: &str, addr: std::net::SocketAddr) -> bool {
     })
     .unwrap_or(false)
 }
+
+/// The runtime's container allocations in `netns`: (owner, address), sorted.
+pub fn runtime_allocations(netns: &str) -> Result<Vec<(String, String)>, String> {
+    runtime_call(netns, |mut c| async move {
+        let r = c
+            .list_allocations(quilt_proto::ListAllocationsRequest {})
+            .await?
+            .into_inner();
+        let mut all: Vec<(String, String)> = r
+            .allocations
+            .into_iter()
+            .map(|a| (a.owner, a.address))
+            .collect();
+        all.sort();
+        Ok(all)
+    })
+}

@@ -56,6 +56,12 @@ pub struct LabState {
     pub join_token: String,
     pub heartbeat_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
+    /// The agents' `--resync-interval`.
+    #[serde(default = "default_resync_interval_ms")]
+    pub resync_interval_ms: u64,
+    /// The runtimes' `--reconcile-interval`.
+    #[serde(default = "default_reconcile_interval_ms")]
+    pub reconcile_interval_ms: u64,
     pub log_level: String,
     /// Every namespace the lab may have made; none of them existed before `up`.
     pub namespaces: Vec<String>,
@@ -67,6 +73,16 @@ pub struct LabState {
     pub created_at: u64,
     /// The process that ran `up`.
     pub owner_pid: u32,
+}
+
+/// The agent's own default, for records written before the field existed.
+fn default_resync_interval_ms() -> u64 {
+    60_000
+}
+
+/// The runtime's own default, for records written before the field existed.
+fn default_reconcile_interval_ms() -> u64 {
+    5_000
 }
 
 impl LabState {

@@ -1,106 +1,16 @@
-//! The lab on the real kernel: namespaces, the underlay, the daemons, teardown. The
-//! full mesh tests need quilt-mesh-agent and quilt-cni; they skip (loudly) only while
-//! the workspace has no quilt-mesh-agent crate yet.
+//! The lab on the real kernel: namespaces, the underlay, the daemons, teardown, and
+//! what the mesh does when one agent is stopped.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use quilt_kernel::netns::{self, OwnedNetns};
+use quilt_lab::LabError;
 use quilt_lab::lab::Lab;
-use quilt_lab::{LabError, LabSpec, bins};
 
-/// A lab name no other test of this machine uses (at most 24 characters).
-fn lab_name(tag: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "t{tag}{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn infra_bins() -> PathBuf {
-    bins::build_for_tests(&["quilt-mesh-control", "quilt-runtime"])
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The binaries of the full mesh (from `QUILT_LAB_BIN_DIR` when set), or `None` (skip)
-/// while quilt-mesh-agent is not in the workspace yet.
-fn mesh_bins(test: &str) -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("QUILT_LAB_BIN_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    if !bins::workspace_has("quilt-mesh-agent") || !bins::workspace_has("quilt-cni") {
-        eprintln!("skipping {test}: quilt-mesh-agent or quilt-cni is not in the workspace yet");
-        return None;
-    }
-    Some(
-        bins::build_for_tests(&[
-            "quilt-mesh-control",
-            "quilt-runtime",
-            "quilt-mesh-agent",
-            "quilt-cni",
-        ])
-        .unwrap_or_else(|e| panic!("{e}")),
-    )
-}
-
-fn spec(name: &str, nodes: u16, per_node: u16, bins: &Path, root: &Path) -> LabSpec {
-    let mut spec = LabSpec::new(name, nodes, per_node, bins);
-    spec.root = root.to_path_buf();
-    spec
-}
-
-/// Lab namespaces still present.
-fn namespaces_of(name: &str) -> Vec<String> {
-    let prefix = format!("qlab-{name}-");
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Live (not zombie) processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
-        let pid = entry.file_name().to_string_lossy().to_string();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
-}
-
-fn assert_nothing_left(name: &str, root: &Path) {
-    assert_eq!(namespaces_of(name), Vec::<String>::new(), "namespaces left");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let needle = root.display().to_string();
-    while !processes_mentioning(&needle).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        processes_mentioning(&needle),
-        Vec::<String>::new(),
-        "processes left"
-    );
-}
+mod common;
+use common::{
+    assert_nothing_left, dump_logs, infra_bins, lab_name, mesh_bins, namespaces_of, spec,
+};
 
 #[test]
 fn underlay_control_plane_and_runtimes_come_up_and_go_away() {
@@ -243,9 +153,7 @@ fn three_nodes_reach_full_mesh_and_leave_nothing_behind() {
     if !netns::privileged_or_skip("three_nodes_reach_full_mesh_and_leave_nothing_behind") {
         return;
     }
-    let Some(bins) = mesh_bins("three_nodes_reach_full_mesh_and_leave_nothing_behind") else {
-        return;
-    };
+    let bins = mesh_bins();
     let root = tempfile::tempdir().unwrap();
     let name = lab_name("m");
     let mut lines = Vec::new();
@@ -289,9 +197,7 @@ fn the_matrix_is_right_when_one_agent_is_stopped() {
     if !netns::privileged_or_skip("the_matrix_is_right_when_one_agent_is_stopped") {
         return;
     }
-    let Some(bins) = mesh_bins("the_matrix_is_right_when_one_agent_is_stopped") else {
-        return;
-    };
+    let bins = mesh_bins();
     let root = tempfile::tempdir().unwrap();
     let name = lab_name("a");
     let mut s = spec(&name, 3, 1, &bins, root.path());
@@ -304,13 +210,29 @@ fn the_matrix_is_right_when_one_agent_is_stopped() {
         "{}",
         lab.matrix().unwrap().render()
     );
+    let before = lab.status();
+    let h3 = before.nodes[2].clone();
+    let h3_tables = lab.tables(3).unwrap();
+    assert_eq!(h3_tables.routes.len(), 2, "{h3_tables}");
 
+    // A graceful stop (SIGTERM) leaves h3's kernel state and its registration alone...
     lab.stop_agent(3).unwrap();
-    // The control plane marks h3 down after the heartbeat timeout.
+    assert_eq!(lab.tables(3).unwrap(), h3_tables, "h3's own tables changed");
+    // ...but its heartbeats stop, so the control plane marks it down after the timeout
+    // and the other hosts remove everything they held for it.
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         let status = lab.status();
-        if status.nodes[2].status.as_deref() == Some("down") || Instant::now() > deadline {
+        let gone = (1..=2).all(|h| {
+            lab.tables(h)
+                .map(|t| {
+                    t.entries_for_peer(h3.subnet.unwrap(), h3.host_ip)
+                        .is_empty()
+                })
+                .unwrap_or(false)
+        });
+        if (status.nodes[2].status.as_deref() == Some("down") && gone) || Instant::now() > deadline
+        {
             break status;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -320,37 +242,43 @@ fn the_matrix_is_right_when_one_agent_is_stopped() {
         Some("down"),
         "{status:?}"
     );
+    assert_eq!(status.nodes[2].node_id, h3.node_id, "registration kept");
+    assert_eq!(status.nodes[2].subnet, h3.subnet, "lease kept");
     assert!(!status.nodes[2].agent.running && status.nodes[0].agent.running);
+    for h in 1..=2 {
+        let t = lab.tables(h).unwrap();
+        assert_eq!(
+            t.entries_for_peer(h3.subnet.unwrap(), h3.host_ip),
+            Vec::<String>::new(),
+            "h{h} still holds entries for h3:\n{t}"
+        );
+        assert_eq!(t.routes.len(), 1, "h{h} lost its other peer:\n{t}");
+    }
+    assert_eq!(lab.tables(3).unwrap(), h3_tables, "h3's own tables changed");
 
-    // Hosts whose agents run keep reaching each other; every cell is what a ping says.
+    // Exactly: c1-1 and c2-1 reach each other; c3-1 reaches only itself, and nobody
+    // reaches it. Every cell is asked twice, so a slow answer is not mistaken.
     let matrix = lab.ping_matrix();
     let names: Vec<&str> = matrix.endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["c1-1", "c2-1", "c3-1"]);
-    for i in 0..2 {
-        for j in 0..2 {
+    eprintln!("matrix with h3's agent stopped:\n{}", matrix.render());
+    for (i, row) in matrix.ok.iter().enumerate() {
+        for (j, ok) in row.iter().enumerate() {
+            let expected = i == j || (i < 2 && j < 2);
+            let e = &matrix.endpoints;
+            let again = quilt_lab::probe::ping(&e[i].netns, e[j].address);
             assert!(
-                matrix.ok[i][j],
-                "c{}-1 -> c{}-1 lost:\n{}",
-                i + 1,
-                j + 1,
+                *ok == expected && again == expected,
+                "{} -> {}: expected {}, pinged {ok} then {again}\n{}",
+                e[i].name,
+                e[j].name,
+                if expected { "an answer" } else { "no answer" },
                 matrix.render()
             );
         }
     }
-    eprintln!("matrix with h3's agent stopped:\n{}", matrix.render());
-    for (i, row) in matrix.ok.iter().enumerate() {
-        for (j, ok) in row.iter().enumerate() {
-            let e = &matrix.endpoints;
-            let again = quilt_lab::probe::ping(&e[i].netns, e[j].address);
-            assert_eq!(
-                *ok, again,
-                "{} -> {} changed between two pings",
-                e[i].name, e[j].name
-            );
-        }
-    }
 
-    // The agent back: h3 up again and the full mesh returns.
+    // The agent back: h3 up again with the same lease, and the full mesh returns.
     lab.start_agent(3).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut matrix = lab.ping_matrix();
@@ -364,21 +292,7 @@ fn the_matrix_is_right_when_one_agent_is_stopped() {
         matrix.render(),
         dump_logs(root.path(), &name)
     );
+    assert_eq!(lab.status().nodes[2].subnet, h3.subnet);
     lab.down(true).expect("down");
     assert_nothing_left(&name, root.path());
-}
-
-fn dump_logs(root: &Path, name: &str) -> String {
-    let dir = root.join(name).join("logs");
-    let mut out = String::new();
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.filter_map(|e| e.ok()) {
-            out.push_str(&format!(
-                "--- {}\n{}\n",
-                e.path().display(),
-                quilt_lab::lab::log_tail(&e.path(), 20)
-            ));
-        }
-    }
-    out
 }

@@ -113,7 +113,7 @@ pub async fn run<K: Kernel>(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(QuiltRuntimeServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+        .serve_with_incoming_shutdown(without_nagle(listener), stopped)
         .await;
 
     // The server is gone and with it every queue sender: the worker answers what is
@@ -127,6 +127,21 @@ pub async fn run<K: Kernel>(
     served.context("gRPC server failed")?;
     info!("quilt-runtime stopped; kernel routes left in place");
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: a gRPC answer is one small write,
+/// and waiting for the peer's delayed ACK would add up to 40 ms to it.
+fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        })
+    })
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {

@@ -69,6 +69,69 @@ pub enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Measure the mesh on a lab of its own, torn down after (needs root; use release
+    /// builds of the daemons for figures worth quoting).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// From starting the agent on a new host to the first ping answered from every
+    /// existing container to a container on it; each run adds one host. p50 and p99.
+    Convergence(ConvergenceArgs),
+    /// iperf3 throughput and ping round trips, container to container across hosts
+    /// against host to host on the underlay, in the same run.
+    Dataplane(DataplaneArgs),
+}
+
+/// The lab a benchmark builds.
+#[derive(Debug, Clone, Args)]
+pub struct BenchLab {
+    /// The bench lab's name; its namespaces are called qlab-NAME-*.
+    #[arg(long, default_value = "bench")]
+    pub name: String,
+    /// Folder of lab state.
+    #[arg(long, env = "QUILT_LAB_ROOT", default_value = quilt_lab::state::DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// Folder holding the daemons; the folder of quiltctl itself by default.
+    #[arg(long, env = "QUILT_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Log level of the lab's daemons.
+    #[arg(long, default_value = "info")]
+    pub daemon_log_level: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvergenceArgs {
+    #[command(flatten)]
+    pub lab: BenchLab,
+    /// Runs, each joining one new host.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub runs: u16,
+    /// Hosts (one container each) in the mesh before the first run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub hosts: u16,
+    /// Longest a run may take.
+    #[arg(long, default_value = "30s", value_parser = quilt_common::duration::parse)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DataplaneArgs {
+    #[command(flatten)]
+    pub lab: BenchLab,
+    /// Seconds per iperf3 test.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub seconds: u32,
+    /// iperf3 rounds, each underlay then overlay; medians are compared.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
+    /// Pings per round-trip measurement, 10 ms apart.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub pings: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +229,12 @@ pub struct LabUpArgs {
     /// The agents' heartbeat interval in the lab.
     #[arg(long, default_value = "2s", value_parser = quilt_common::duration::parse)]
     pub heartbeat_interval: Duration,
+    /// The agents' full resync interval in the lab.
+    #[arg(long, default_value = "60s", value_parser = quilt_common::duration::parse)]
+    pub resync_interval: Duration,
+    /// The runtimes' reconcile interval in the lab.
+    #[arg(long, default_value = "5s", value_parser = quilt_common::duration::parse)]
+    pub reconcile_interval: Duration,
     /// How long to wait for registration and for the full mesh.
     #[arg(long, default_value = "90s", value_parser = quilt_common::duration::parse)]
     pub timeout: Duration,

@@ -98,7 +98,7 @@ pub fn run(command: LabCommand, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// The folder of the quiltctl binary, where the daemons are by default.
-fn default_bin_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the quiltctl binary's folder")?;
     Ok(exe
         .parent()
@@ -122,6 +122,8 @@ fn up(args: LabUpArgs, json: bool) -> anyhow::Result<ExitCode> {
         log_dir: args.log_dir,
         heartbeat_timeout: args.heartbeat_timeout,
         heartbeat_interval: args.heartbeat_interval,
+        resync_interval: args.resync_interval,
+        reconcile_interval: args.reconcile_interval,
         start_agents: !args.no_agents,
         converge_timeout: args.timeout,
         log_level: args.daemon_log_level,
@@ -187,7 +189,7 @@ fn up(args: LabUpArgs, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// Sets `cancel` on SIGINT or SIGTERM, so `up` stops between steps and tears down.
-fn watch_for_interrupt(cancel: Arc<AtomicBool>) {
+pub(crate) fn watch_for_interrupt(cancel: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new()
         .name("interrupt".into())
         .spawn(move || {

@@ -3,8 +3,10 @@
 //! - [`cli`]: the flags and commands.
 //! - [`operator`]: `nodes`, `node delete`, `routes`, `status` against real daemons.
 //! - [`lab`]: `lab up|status|exec|down|agent` on top of the `quilt-lab` library.
+//! - [`bench`]: `bench convergence|dataplane` on a lab of their own.
 //! - [`table`]: plain aligned text tables.
 
+pub mod bench;
 pub mod cli;
 pub mod lab;
 pub mod operator;
@@ -23,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Lab { command } => lab::run(command, global.json),
+        Command::Bench { command } => bench::run(command, global.json),
         other => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -30,7 +30,9 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
         } => delete_node(&cp, &id, global.json).await,
         Command::Routes { runtime } => routes(&runtime, global.json).await,
         Command::Status(args) => status(&cp, &args, global.json).await,
-        Command::Lab { .. } => unreachable!("lab commands do not reach the operator"),
+        Command::Lab { .. } | Command::Bench { .. } => {
+            unreachable!("lab and bench commands do not reach the operator")
+        }
     }
 }
 
