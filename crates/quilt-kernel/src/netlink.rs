@@ -331,7 +331,9 @@ impl NetlinkKernel {
                         protocol: existing.ok().flatten().map(|r| r.protocol).unwrap_or(0),
                     })
                 }
-                (_, Err(ENODEV)) | (Some(Err(ENODEV)), _) => self.add_route(route).await,
+                // A vanished interface, or a cached index of one that came back under
+                // another index (the nexthop answers EINVAL): the slow way looks again.
+                (_, Err(ENODEV)) | (Some(Err(ENODEV | EINVAL)), _) => self.add_route(route).await,
                 (Some(Err(errno)), route_answer) => {
                     if route_answer.is_ok() {
                         let _ = self

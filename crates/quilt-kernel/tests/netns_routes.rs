@@ -108,10 +108,8 @@ fn a_route_goes_back_over_a_recreated_device() {
     };
     // One connection throughout, as in a running runtime: the device it learned the
     // index of goes away and comes back under another index (as the agent rebuilds it).
-    in_ns(&ns, async move |k: &NetlinkKernel| {
-        k.add_route(&route).await.expect("add");
+    let recreate = move || {
         ip(&["link", "del", "vxlan100"]);
-        assert_eq!(k.route(route.destination).await.unwrap(), None);
         ip(&[
             "link",
             "add",
@@ -129,7 +127,20 @@ fn a_route_goes_back_over_a_recreated_device() {
             "nolearning",
         ]);
         ip(&["link", "set", "vxlan100", "up"]);
+    };
+    in_ns(&ns, async move |k: &NetlinkKernel| {
+        k.add_route(&route).await.expect("add");
+        recreate();
+        assert_eq!(k.route(route.destination).await.unwrap(), None);
         k.add_route(&route).await.expect("add over the new device");
+        assert_eq!(
+            k.route(route.destination).await.unwrap(),
+            Some(route.clone())
+        );
+        // The batch way (what the runtime uses) too.
+        recreate();
+        let added = k.add_routes(std::slice::from_ref(&route)).await;
+        assert!(added.iter().all(Result::is_ok), "{added:?}");
         assert_eq!(k.route(route.destination).await.unwrap(), Some(route));
     });
 }

@@ -107,7 +107,7 @@ impl std::fmt::Display for HostTables {
     }
 }
 
-fn find<'a>(lines: &'a [String], matches: impl Fn(&[&str]) -> bool) -> Option<&'a str> {
+fn find(lines: &[String], matches: impl Fn(&[&str]) -> bool) -> Option<&str> {
     lines
         .iter()
         .find(|l| matches(&l.split_whitespace().collect::<Vec<_>>()))

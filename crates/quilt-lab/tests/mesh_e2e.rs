@@ -57,7 +57,7 @@ fn the_mesh_survives_crashes_restarts_and_a_deleted_device() {
     assert_nothing_left(&name, root.path());
 }
 
-/// 1. Every container reaches every other, with 1400-byte packets that may not be
+/// Step 1: Every container reaches every other, with 1400-byte packets that may not be
 /// fragmented too.
 fn full_mesh_and_large_packets(lab: &Lab, logs: &dyn Fn() -> String) {
     let matrix = lab.matrix().expect("matrix");
@@ -95,7 +95,7 @@ fn full_mesh_and_large_packets(lab: &Lab, logs: &dyn Fn() -> String) {
     }
 }
 
-/// 2. kill -9 of h3's agent: h1 and h2 forget h3 within the heartbeat timeout + 2 s;
+/// Step 2: kill -9 of h3's agent: h1 and h2 forget h3 within the heartbeat timeout + 2 s;
 /// restarted, h3 keeps its subnet and the full mesh returns.
 fn killed_agent_is_forgotten_then_rejoins(lab: &mut Lab, logs: &dyn Fn() -> String) {
     let h3 = node(lab, 3);
@@ -149,7 +149,7 @@ fn killed_agent_is_forgotten_then_rejoins(lab: &mut Lab, logs: &dyn Fn() -> Stri
     assert_eq!(again.node_id, h3.node_id);
 }
 
-/// 3. While the control plane stops and starts again, and for two heartbeat timeouts
+/// Step 3: While the control plane stops and starts again, and for two heartbeat timeouts
 /// after, no host's routes, neighbours or FDB entries change.
 fn control_plane_restart_changes_nothing(lab: &mut Lab, logs: &dyn Fn() -> String) {
     let before = snapshot(lab);
@@ -180,7 +180,7 @@ fn control_plane_restart_changes_nothing(lab: &mut Lab, logs: &dyn Fn() -> Strin
     assert!(matrix.full(), "{}", matrix.render());
 }
 
-/// 4. `ip link del vxlan100` on h2: the agent rebuilds the device with everything on
+/// Step 4: `ip link del vxlan100` on h2: the agent rebuilds the device with everything on
 /// it, and the mesh is back within the resync interval.
 fn deleted_device_is_rebuilt(lab: &Lab, logs: &dyn Fn() -> String) {
     let before = lab.tables(2).unwrap();
@@ -210,7 +210,7 @@ fn deleted_device_is_rebuilt(lab: &Lab, logs: &dyn Fn() -> String) {
     assert_eq!(lab.tables(2).unwrap(), before);
 }
 
-/// 5. Host 2's runtime stopped (SIGTERM) and started again on its state folder: no
+/// Step 5: Host 2's runtime stopped (SIGTERM) and started again on its state folder: no
 /// route or entry changes anywhere, before or after or in between, and the containers
 /// keep their addresses.
 fn runtime_restart_keeps_routes_and_addresses(lab: &mut Lab, logs: &dyn Fn() -> String) {
