@@ -27,9 +27,13 @@ run control   "$bin/examples/bench" --server-bin "$bin/quilt-mesh-control"
 run cni       cargo nextest run --release -p quilt-cni --run-ignored only --no-capture bench_attach_detach
 run convergence "$bin/quiltctl" bench convergence --bin-dir "$bin"
 run dataplane "$bin/quiltctl" bench dataplane --bin-dir "$bin"
+lab20() { # a 20-host lab: time to full mesh and the daemons' memory, then down
+  "$bin/quiltctl" lab up --name rss20 --nodes 20 --bin-dir "$bin" && "$bin/quiltctl" lab down --name rss20 --remove-logs
+}
+run lab20 lab20
 
 section() { # section FILE: the figure lines of a benchmark's output
-  grep -vE '^\s*(Compiling|Finished|Running|Starting|Blocking|running [0-9]+ test|test result|PASS|SKIP|Summary|-+$)' "$1" || true
+  grep -vE '^\s*(Compiling|Finished|Running|Starting|Blocking|running [0-9]+ test|test result|PASS|SKIP|Summary|binaries:|-+$)|^\[ *[0-9.]+s\]' "$1" || true
 }
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
@@ -88,6 +92,16 @@ polled every 5 s).
 
 \`\`\`
 $(section "$work/convergence.txt")
+\`\`\`
+
+## A 20-host lab: daemon memory and time to full mesh
+
+Method: \`quiltctl lab up --nodes 20\` (20 hosts, one container each, release binaries),
+then \`lab down\`. Memory is each daemon's RSS (VmRSS) once the mesh is full. Targets:
+the runtime < 15 MB with 10,000 routes (above), the control plane < 50 MB with 1,000 nodes.
+
+\`\`\`
+$(grep -E 'memory|full mesh|pairs answer|time from start' "$work/lab20.txt" || true)
 \`\`\`
 
 ## Data plane (the lab)

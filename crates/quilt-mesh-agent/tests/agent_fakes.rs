@@ -219,3 +219,81 @@ async fn the_agent_follows_its_peers_and_repairs_its_device() {
     assert_eq!(routes(cluster.runtime).await.len(), 2);
     drop(cluster.stops);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_on_exit_removes_what_the_agent_made_and_deregisters() {
+    let cluster = cluster().await;
+    register_peer(&cluster.control, 1).await;
+    let overlay = FakeOverlay::new();
+    overlay.add_underlay("eth0", Ipv4Addr::new(192, 168, 77, 11), 1500);
+    let metrics_port = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = quilt_mesh_agent::Config::parse_from([
+        "quilt-mesh-agent",
+        "--control-plane",
+        &cluster.control,
+        "--host-ip",
+        "192.168.77.11",
+        "--hostname",
+        "leaver",
+        "--runtime-addr",
+        &format!("http://{}", cluster.runtime),
+        "--state-dir",
+        cluster.dir.path().join("agent").to_str().unwrap(),
+        "--leave-on-exit",
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
+        let _ = agent_stopped.await;
+    }));
+    eventually(Duration::from_secs(10), "the peer in place", async || {
+        routes(cluster.runtime).await.len() == 1 && overlay.neighbours_of("vxlan100").len() == 1
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "quilt_agent_peers 1",
+        "quilt_agent_watch_reconnects_total",
+        "quilt_agent_repairs_total",
+        "quilt_agent_peer_convergence_seconds_bucket",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in\n{metrics}"
+        );
+    }
+
+    stop_agent.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    assert!(
+        !overlay.has_device("vxlan100"),
+        "the device went with the agent"
+    );
+    assert!(
+        routes(cluster.runtime).await.is_empty(),
+        "the routes went with the agent"
+    );
+    let nodes: serde_json::Value = reqwest::get(format!("{}/api/nodes", cluster.control))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hostnames: Vec<&str> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(hostnames, vec!["peer1"], "the agent deregistered");
+    drop(cluster.stops);
+}
