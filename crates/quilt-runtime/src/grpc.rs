@@ -17,7 +17,7 @@ use crate::{ROUTE_PROTOCOL, RuntimeError};
 /// The gRPC face of a [`Runtime`].
 pub struct GrpcService<K> {
     runtime: Arc<Runtime<K>>,
-    queue: InjectQueue,
+    queue: InjectQueue<K>,
     rules: Rules,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -26,7 +26,7 @@ impl<K: Kernel> GrpcService<K> {
     /// `queue` coalesces concurrent InjectRoute calls into batches of `runtime`.
     pub fn new(
         runtime: Arc<Runtime<K>>,
-        queue: InjectQueue,
+        queue: InjectQueue<K>,
         rules: Rules,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {

@@ -1,55 +1,83 @@
 //! Coalescing of concurrent InjectRoute calls: calls that arrive while a batch is being
-//! applied wait in a queue and go to the kernel and the store together, as one batch
-//! with one transaction. One call at a time costs a channel hop; many at once cost
-//! about as much as a single InjectRoutes.
+//! applied wait, and whoever applies next takes all of them as one batch with one
+//! kernel write and one transaction. A call that arrives alone is applied at once on
+//! its own task, with no hand-off.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use quilt_kernel::Kernel;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use crate::RuntimeError;
 use crate::request::RouteRequest;
 use crate::runtime::{RouteChange, Runtime};
 
-/// Most calls one batch takes from the queue.
+/// Most calls one batch takes.
 const MAX_BATCH: usize = 512;
 
 type Reply = oneshot::Sender<Result<RouteChange, RuntimeError>>;
 
-/// The sending side; clone it into every handler. The worker stops once every sender
-/// is gone and the queue is drained, so in-flight calls always get their answer.
-#[derive(Clone)]
-pub struct InjectQueue {
-    sender: mpsc::Sender<(RouteRequest, Reply)>,
+/// Shared by every handler (cheap to clone).
+pub struct InjectQueue<K> {
+    runtime: Arc<Runtime<K>>,
+    waiting: Arc<Mutex<Vec<(RouteRequest, Reply)>>>,
+    applying: Arc<tokio::sync::Mutex<()>>,
 }
 
-impl InjectQueue {
-    /// Starts the worker that applies queued routes through `runtime`.
-    pub fn start<K: Kernel>(runtime: Arc<Runtime<K>>) -> (Self, JoinHandle<()>) {
-        let (sender, mut receiver) = mpsc::channel::<(RouteRequest, Reply)>(4 * MAX_BATCH);
-        let worker = tokio::spawn(async move {
-            let mut jobs = Vec::with_capacity(MAX_BATCH);
-            while receiver.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-                let (routes, replies): (Vec<_>, Vec<_>) = jobs.drain(..).unzip();
-                let results = runtime.inject_routes(&routes).await;
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-        });
-        (Self { sender }, worker)
+impl<K> Clone for InjectQueue<K> {
+    fn clone(&self) -> Self {
+        Self {
+            runtime: self.runtime.clone(),
+            waiting: self.waiting.clone(),
+            applying: self.applying.clone(),
+        }
+    }
+}
+
+impl<K: Kernel> InjectQueue<K> {
+    pub fn new(runtime: Arc<Runtime<K>>) -> Self {
+        Self {
+            runtime,
+            waiting: Arc::default(),
+            applying: Arc::default(),
+        }
     }
 
-    /// Applies one route as part of the next batch and answers its own result.
+    /// Applies one route, alone or in a batch with the calls waiting beside it, and
+    /// answers its own result.
     pub async fn inject(&self, route: RouteRequest) -> Result<RouteChange, RuntimeError> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || RuntimeError::NotRecorded("the runtime is shutting down".into());
-        self.sender
-            .send((route, reply))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let (reply, mut answer) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((route, reply));
+        // Every caller takes its turn at applying, so no call is ever left waiting with
+        // nobody to apply it; a caller whose route was applied in an earlier turn finds
+        // its answer ready.
+        let _turn = self.applying.lock().await;
+        if let Ok(result) = answer.try_recv() {
+            return result;
+        }
+        loop {
+            let batch: Vec<(RouteRequest, Reply)> = {
+                let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                let take = waiting.len().min(MAX_BATCH);
+                waiting.drain(..take).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let (routes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let results = self.runtime.inject_routes(&routes).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+            if let Ok(result) = answer.try_recv() {
+                return result;
+            }
+        }
+        answer
+            .try_recv()
+            .unwrap_or_else(|_| Err(RuntimeError::NotRecorded("no result for this route".into())))
     }
 }

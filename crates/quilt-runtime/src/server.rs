@@ -107,7 +107,7 @@ pub async fn run<K: Kernel>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build gRPC reflection service")?;
-    let (queue, queue_worker) = InjectQueue::start(runtime.clone());
+    let queue = InjectQueue::new(runtime.clone());
     let service = GrpcService::new(runtime.clone(), queue, rules, metrics);
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -116,9 +116,6 @@ pub async fn run<K: Kernel>(
         .serve_with_incoming_shutdown(without_nagle(listener), stopped)
         .await;
 
-    // The server is gone and with it every queue sender: the worker answers what is
-    // left in the queue and ends.
-    let _ = queue_worker.await;
     shutdown_task.abort();
     reconcile_task.abort();
     if let Some(task) = metrics_task {

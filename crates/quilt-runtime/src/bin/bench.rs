@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // The runtime, batched.
-    let batched = with_runtime(&runtime_bin, |client, _pid| {
+    let batched = with_runtime(&runtime_bin, |client, _channel, _pid| {
         Box::pin(async move {
             let started = Instant::now();
             let mut client = client;
@@ -94,43 +94,56 @@ fn main() -> anyhow::Result<()> {
     let concurrency = args.concurrency;
     let latency_calls = args.latency_calls;
     let total = args.routes;
-    let (single, latencies, rss_kb) = with_runtime(&runtime_bin, move |client, pid| {
-        Box::pin(async move {
-            let started = Instant::now();
-            let per_task = total.div_ceil(concurrency as u32);
-            let mut tasks = Vec::new();
-            for t in 0..concurrency as u32 {
-                let mut client = client.clone();
-                tasks.push(tokio::spawn(async move {
-                    for i in (t * per_task)..((t + 1) * per_task).min(total) {
-                        let r = client.inject_route(route_request(i)).await?.into_inner();
-                        if !r.success {
-                            bail!("InjectRoute refused: {}", r.error);
+    let (single, latencies, rss_kb, round_trips) =
+        with_runtime(&runtime_bin, move |client, channel, pid| {
+            Box::pin(async move {
+                let started = Instant::now();
+                let per_task = total.div_ceil(concurrency as u32);
+                let mut tasks = Vec::new();
+                for t in 0..concurrency as u32 {
+                    let mut client = client.clone();
+                    tasks.push(tokio::spawn(async move {
+                        for i in (t * per_task)..((t + 1) * per_task).min(total) {
+                            let r = client.inject_route(route_request(i)).await?.into_inner();
+                            if !r.success {
+                                bail!("InjectRoute refused: {}", r.error);
+                            }
                         }
-                    }
-                    anyhow::Ok(())
-                }));
-            }
-            for task in tasks {
-                task.await??;
-            }
-            let single = started.elapsed();
-            let rss_kb = rss_kb(pid)?;
-            let mut client = client;
-            let mut latencies = Vec::with_capacity(latency_calls as usize);
-            for i in 0..latency_calls {
-                let request = route_request(total + i);
-                let t = Instant::now();
-                let r = client.inject_route(request).await?.into_inner();
-                latencies.push(t.elapsed());
-                if !r.success {
-                    bail!("InjectRoute refused: {}", r.error);
+                        anyhow::Ok(())
+                    }));
                 }
-            }
-            Ok((single, latencies, rss_kb))
-        })
-    })?
-    .0;
+                for task in tasks {
+                    task.await??;
+                }
+                let single = started.elapsed();
+                let rss_kb = rss_kb(pid)?;
+                let mut client = client;
+                let mut latencies = Vec::with_capacity(latency_calls as usize);
+                for i in 0..latency_calls {
+                    let request = route_request(total + i);
+                    let t = Instant::now();
+                    let r = client.inject_route(request).await?.into_inner();
+                    latencies.push(t.elapsed());
+                    if !r.success {
+                        bail!("InjectRoute refused: {}", r.error);
+                    }
+                }
+                // The anchor: the same connection's round trip for an RPC that does no work.
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let mut round_trips = Vec::with_capacity(latency_calls as usize);
+                for _ in 0..latency_calls {
+                    let t = Instant::now();
+                    health
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await?;
+                    round_trips.push(t.elapsed());
+                }
+                Ok((single, latencies, rss_kb, round_trips))
+            })
+        })?
+        .0;
     let mut latencies = latencies;
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
@@ -145,6 +158,15 @@ fn main() -> anyhow::Result<()> {
         "InjectRoute latency, one call at a time: p50 {:.0} us, p99 {:.0} us (target p50 < 200 us)",
         p(0.50).as_secs_f64() * 1e6,
         p(0.99).as_secs_f64() * 1e6
+    );
+    let mut round_trips = round_trips;
+    round_trips.sort();
+    let rt =
+        |q: f64| round_trips[((round_trips.len() as f64 * q) as usize).min(round_trips.len() - 1)];
+    println!(
+        "anchor, gRPC round trip doing no work (health Check), same connection: p50 {:.0} us, p99 {:.0} us",
+        rt(0.50).as_secs_f64() * 1e6,
+        rt(0.99).as_secs_f64() * 1e6
     );
     println!(
         "quilt-runtime RSS with {} routes: {:.1} MB (target < 15 MB)",
@@ -216,7 +238,7 @@ type BenchFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow:
 /// stops it; answers `f`'s result.
 fn with_runtime<T: Send + 'static>(
     bin: &PathBuf,
-    f: impl FnOnce(QuiltRuntimeClient<Channel>, u32) -> BenchFuture<T> + Send,
+    f: impl FnOnce(QuiltRuntimeClient<Channel>, Channel, u32) -> BenchFuture<T> + Send,
 ) -> anyhow::Result<(T,)> {
     let ns = bench_host()?;
     let state = tempfile::tempdir()?;
@@ -239,25 +261,27 @@ fn with_runtime<T: Send + 'static>(
         .context("start quilt-runtime")?;
     let pid = child.id();
     let result = netns::run_in(ns.name(), move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        // One thread: the client does little per call, and a second worker would only
+        // add cross-thread wake-ups to every measured round trip.
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         rt.block_on(async move {
-            let mut client = None;
+            let mut connected = None;
             for _ in 0..200 {
                 match Channel::from_static("http://127.0.0.1:50051")
                     .connect()
                     .await
                 {
                     Ok(channel) => {
-                        client = Some(QuiltRuntimeClient::new(channel));
+                        connected = Some(channel);
                         break;
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
                 }
             }
-            let mut client = client.context("quilt-runtime did not answer")?;
+            let channel = connected.context("quilt-runtime did not answer")?;
+            let mut client = QuiltRuntimeClient::new(channel.clone());
             let answer = client
                 .configure_node_subnet(pb::ConfigureNodeSubnetRequest {
                     subnet: "10.0.0.0/24".into(),
@@ -267,7 +291,7 @@ fn with_runtime<T: Send + 'static>(
             if !answer.success {
                 bail!("ConfigureNodeSubnet: {}", answer.error);
             }
-            f(client, pid).await
+            f(client, channel, pid).await
         })
     });
     let _ = child.kill();
