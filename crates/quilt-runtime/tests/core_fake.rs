@@ -223,3 +223,33 @@ async fn allocation_needs_a_subnet_and_stops_at_exhaustion() {
         "node subnet 10.42.1.0/24 has no free container address left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_are_coalesced_and_each_gets_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(runtime(&dir));
+    rt.configure_subnet("10.42.1.0/24".parse().unwrap())
+        .await
+        .unwrap();
+    let queue = quilt_runtime::inject_queue::InjectQueue::new(rt.clone());
+    let mut calls = Vec::new();
+    for n in 1..=200u8 {
+        let queue = queue.clone();
+        calls.push(tokio::spawn(
+            async move { (n, queue.inject(peer(n)).await) },
+        ));
+    }
+    for call in calls {
+        let (n, result) = call.await.unwrap();
+        if n == 1 {
+            assert!(
+                matches!(result, Err(RuntimeError::OwnSubnet(_))),
+                "{result:?}"
+            );
+        } else {
+            assert_eq!(result.unwrap(), RouteChange::Added, "route {n}");
+        }
+    }
+    assert_eq!(rt.desired().await.routes.len(), 199);
+    assert_eq!(rt.kernel().all_routes().len(), 199);
+}
