@@ -121,6 +121,26 @@ impl NetlinkKernel {
             .remove(name);
     }
 
+    /// Runs `attempt`; when the kernel says the remembered interface index is stale,
+    /// looks the interface up again and runs it once more.
+    async fn retry_on_stale_index<F, Fut>(
+        &self,
+        route: &Route,
+        attempt: F,
+    ) -> Result<(), KernelError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), KernelError>>,
+    {
+        match attempt().await {
+            Err(e) if stale_index(&e) => {
+                self.forget_route_interface(&route.interface);
+                attempt().await
+            }
+            other => other,
+        }
+    }
+
     async fn add_route_once(&self, route: &Route) -> Result<(), KernelError> {
         let (message, nexthop_id) = self.route_message(route).await?;
         match self.handle.route().add(message).execute().await {
@@ -506,23 +526,13 @@ impl Kernel for NetlinkKernel {
     }
 
     async fn add_route(&self, route: &Route) -> Result<(), KernelError> {
-        match self.add_route_once(route).await {
-            Err(e) if stale_index(&e) => {
-                self.forget_route_interface(&route.interface);
-                self.add_route_once(route).await
-            }
-            other => other,
-        }
+        self.retry_on_stale_index(route, || self.add_route_once(route))
+            .await
     }
 
     async fn replace_route(&self, route: &Route) -> Result<(), KernelError> {
-        match self.replace_route_once(route).await {
-            Err(e) if stale_index(&e) => {
-                self.forget_route_interface(&route.interface);
-                self.replace_route_once(route).await
-            }
-            other => other,
-        }
+        self.retry_on_stale_index(route, || self.replace_route_once(route))
+            .await
     }
 
     async fn delete_route(&self, destination: Ipv4Net, protocol: u8) -> Result<bool, KernelError> {

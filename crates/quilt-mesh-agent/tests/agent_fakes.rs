@@ -61,6 +61,27 @@ async fn cluster() -> Cluster {
     }
 }
 
+/// The agent's flags for `cluster` (host 192.168.77.11), plus `extra`.
+fn agent_config(cluster: &Cluster, hostname: &str, extra: &[&str]) -> quilt_mesh_agent::Config {
+    let runtime = format!("http://{}", cluster.runtime);
+    let state_dir = cluster.dir.path().join("agent");
+    let mut args = vec![
+        "quilt-mesh-agent",
+        "--control-plane",
+        &cluster.control,
+        "--host-ip",
+        "192.168.77.11",
+        "--hostname",
+        hostname,
+        "--runtime-addr",
+        &runtime,
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    quilt_mesh_agent::Config::parse_from(args)
+}
+
 async fn register_peer(control: &str, n: u8) -> String {
     let answer: serde_json::Value = reqwest::Client::new()
         .post(format!("{control}/api/nodes/register"))
@@ -130,23 +151,11 @@ async fn the_agent_follows_its_peers_and_repairs_its_device() {
 
     let overlay = FakeOverlay::new();
     overlay.add_underlay("eth0", Ipv4Addr::new(192, 168, 77, 11), 1500);
-    let config = quilt_mesh_agent::Config::parse_from([
-        "quilt-mesh-agent",
-        "--control-plane",
-        &cluster.control,
-        "--host-ip",
-        "192.168.77.11",
-        "--hostname",
+    let config = agent_config(
+        &cluster,
         "self",
-        "--runtime-addr",
-        &format!("http://{}", cluster.runtime),
-        "--state-dir",
-        cluster.dir.path().join("agent").to_str().unwrap(),
-        "--heartbeat-interval",
-        "200ms",
-        "--resync-interval",
-        "3s",
-    ]);
+        &["--heartbeat-interval", "200ms", "--resync-interval", "3s"],
+    );
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
         let _ = agent_stopped.await;
@@ -230,22 +239,12 @@ async fn leave_on_exit_removes_what_the_agent_made_and_deregisters() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap().port()
     };
-    let config = quilt_mesh_agent::Config::parse_from([
-        "quilt-mesh-agent",
-        "--control-plane",
-        &cluster.control,
-        "--host-ip",
-        "192.168.77.11",
-        "--hostname",
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let config = agent_config(
+        &cluster,
         "leaver",
-        "--runtime-addr",
-        &format!("http://{}", cluster.runtime),
-        "--state-dir",
-        cluster.dir.path().join("agent").to_str().unwrap(),
-        "--leave-on-exit",
-        "--metrics-addr",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]);
+        &["--leave-on-exit", "--metrics-addr", &metrics_addr],
+    );
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
         let _ = agent_stopped.await;

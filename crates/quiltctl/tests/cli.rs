@@ -101,40 +101,8 @@ impl Site {
     }
 
     fn start_runtime(&mut self, bins: &Path) {
-        for args in [
-            &[
-                "link",
-                "add",
-                "underlay0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "underlay0p",
-            ][..],
-            &["link", "set", "underlay0p", "up"],
-            &["addr", "add", "192.168.61.1/24", "dev", "underlay0"],
-            &["link", "set", "underlay0", "up"],
-            &[
-                "link",
-                "add",
-                "vxlan100",
-                "type",
-                "vxlan",
-                "id",
-                "100",
-                "local",
-                "192.168.61.1",
-                "dev",
-                "underlay0",
-                "dstport",
-                "4789",
-                "nolearning",
-            ],
-            &["link", "set", "vxlan100", "up"],
-        ] {
-            self.ns.ip(args).unwrap();
-        }
+        self.ns.add_underlay("192.168.61.1/24").unwrap();
+        self.ns.add_vxlan100("192.168.61.1").unwrap();
         let state = self.dir.path().join("runtime");
         self.spawn(
             &bins.join("quilt-runtime"),
