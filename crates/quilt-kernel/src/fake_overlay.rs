@@ -55,6 +55,25 @@ impl FakeOverlay {
         );
     }
 
+    /// Puts a link called `name` in place that is not this agent's (an operator's veth).
+    pub fn add_foreign_link(&self, name: &str) {
+        self.state().devices.insert(
+            name.to_string(),
+            Device {
+                spec: None,
+                up: true,
+                ..Device::default()
+            },
+        );
+    }
+
+    /// Adds an address to a device by hand.
+    pub fn add_address_by_hand(&self, name: &str, address: Ipv4Net) {
+        if let Some(d) = self.state().devices.get_mut(name) {
+            d.addresses.insert(address);
+        }
+    }
+
     /// Deletes a device by hand, as an operator would.
     pub fn remove_device(&self, name: &str) {
         self.state().devices.remove(name);
@@ -191,6 +210,14 @@ impl Overlay for FakeOverlay {
         self.with_device(name, |d, ops| {
             ops.push(format!("address {address} on {name}"));
             d.addresses.insert(address);
+        })
+    }
+
+    async fn delete_address(&self, name: &str, address: Ipv4Net) -> Result<(), KernelError> {
+        self.with_device(name, |d, ops| {
+            if d.addresses.remove(&address) {
+                ops.push(format!("del address {address} on {name}"));
+            }
         })
     }
 

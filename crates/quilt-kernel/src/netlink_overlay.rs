@@ -21,6 +21,7 @@ use crate::{Kernel, KernelError, Link};
 
 const ENODEV: i32 = 19;
 const ENOENT: i32 = 2;
+const EADDRNOTAVAIL: i32 = 99;
 
 impl NetlinkKernel {
     async fn overlay_link(&self, name: &str) -> Result<Link, KernelError> {
@@ -232,6 +233,36 @@ impl Overlay for NetlinkKernel {
             .execute()
             .await
             .map_err(|e| KernelError::from_rtnetlink(format!("add address {address} to {name}"), e))
+    }
+
+    async fn delete_address(&self, name: &str, address: Ipv4Net) -> Result<(), KernelError> {
+        let link = self.overlay_link(name).await?;
+        let mut messages = self
+            .handle()
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .set_address_filter(IpAddr::V4(address.addr()))
+            .set_prefix_length_filter(address.prefix_len())
+            .execute();
+        while let Some(message) = messages.try_next().await.map_err(|e| {
+            KernelError::from_rtnetlink(format!("find address {address} on {name}"), e)
+        })? {
+            if message.header.index != link.index {
+                continue;
+            }
+            match self.handle().address().del(message).execute().await {
+                Ok(()) => {}
+                Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => {}
+                Err(e) => {
+                    return Err(KernelError::from_rtnetlink(
+                        format!("delete address {address} from {name}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn neighbours(&self, name: &str) -> Result<Vec<Neighbour>, KernelError> {

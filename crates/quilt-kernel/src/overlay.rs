@@ -149,6 +149,13 @@ pub trait Overlay: Send + Sync + 'static {
         address: Ipv4Net,
     ) -> impl Future<Output = Result<(), KernelError>> + Send;
 
+    /// Removes `address` from `name`; absent is success.
+    fn delete_address(
+        &self,
+        name: &str,
+        address: Ipv4Net,
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+
     /// The permanent IPv4 neighbour entries on `name`.
     fn neighbours(
         &self,

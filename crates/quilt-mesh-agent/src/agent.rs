@@ -21,7 +21,7 @@ use crate::device::{self, DeviceChange};
 use crate::metrics::Metrics;
 use crate::peers::{self, Peer};
 use crate::plan::{self, EntryOp};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, RuntimeCallError};
 use crate::state::{self, AgentState};
 
 /// VXLAN over IPv4 adds 50 bytes (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14).
@@ -29,6 +29,9 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// How often the agent checks that its device still exists, and retries failed changes.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long after a reconcile with failures (a refused route, say) it is tried again.
+const FAILED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the agent until `shutdown` completes. Kernel state and the registration stay
 /// in place on exit unless `--leave-on-exit` is set.
@@ -105,6 +108,7 @@ pub async fn run<O: Overlay>(
         applied: BTreeMap::new(),
         dirty: false,
         synced: false,
+        retry_at: Instant::now(),
     };
     let result = agent.main_loop(stop).await;
     if result.is_ok() && agent.config.leave_on_exit {
@@ -152,6 +156,8 @@ struct Agent<O> {
     dirty: bool,
     /// A reconcile has succeeded since start: later differences are repairs, not setup.
     synced: bool,
+    /// When a reconcile that had failures may be tried again.
+    retry_at: Instant,
 }
 
 impl<O: Overlay> Agent<O> {
@@ -238,18 +244,28 @@ impl<O: Overlay> Agent<O> {
         }
         let mut warned = false;
         loop {
-            match self.runtime.configure_subnet(subnet).await {
+            let pause = match self.runtime.configure_subnet(subnet).await {
                 Ok(()) => {
                     info!(%subnet, "runtime configured with the node subnet");
                     return true;
                 }
-                Err(e) if !warned => {
-                    warn!(error = %e, "cannot configure the runtime yet; retrying");
-                    warned = true;
+                // The runtime answered no: retrying fast will not change that; say it
+                // every time so the operator sees why the node does not join.
+                Err(e @ RuntimeCallError::Refused { .. }) => {
+                    warn!(error = %e, "the runtime refused the node subnet; retrying in 5 s");
+                    Duration::from_secs(5)
                 }
-                Err(e) => debug!(error = %e, "runtime still not configured"),
-            }
-            if sleep_or_stop(stop, Duration::from_millis(250)).await {
+                Err(e) => {
+                    if !warned {
+                        warn!(error = %e, "cannot configure the runtime yet; retrying");
+                        warned = true;
+                    } else {
+                        debug!(error = %e, "runtime still not configured");
+                    }
+                    Duration::from_millis(250)
+                }
+            };
+            if sleep_or_stop(stop, pause).await {
                 return false;
             }
         }
@@ -273,12 +289,7 @@ impl<O: Overlay> Agent<O> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(CHECK_INTERVAL);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut first = true;
         loop {
-            if !first {
-                self.metrics.watch_reconnects.inc();
-            }
-            first = false;
             let revision = match self.resync().await {
                 Ok(revision) => revision,
                 Err(e) => {
@@ -292,6 +303,7 @@ impl<O: Overlay> Agent<O> {
             let events = match self.control.watch(revision).await {
                 Ok(events) => events,
                 Err(e) => {
+                    self.metrics.watch_reconnects.inc();
                     debug!(error = %e, "cannot open the watch stream; listing again");
                     if sleep_or_stop(stop, Duration::from_millis(500)).await {
                         return SessionEnd::Stop;
@@ -319,10 +331,12 @@ impl<O: Overlay> Agent<O> {
                     }
                     Wake::Event(Some(Err(e))) => {
                         info!(error = %e, "watch stream broke; listing again");
+                        self.metrics.watch_reconnects.inc();
                         break;
                     }
                     Wake::Event(None) => {
                         info!("watch stream ended; listing again");
+                        self.metrics.watch_reconnects.inc();
                         break;
                     }
                     Wake::Heartbeat => {
@@ -359,7 +373,7 @@ impl<O: Overlay> Agent<O> {
         if gone {
             warn!(device = %self.spec_template.name, "vxlan device is gone; rebuilding it and every peer on it");
         }
-        if (gone || self.dirty)
+        if (gone || (self.dirty && Instant::now() >= self.retry_at))
             && let Err(e) = self.reconcile().await
         {
             debug!(error = %e, "reconcile failed; retrying");
@@ -397,31 +411,59 @@ impl<O: Overlay> Agent<O> {
         let managed = self.runtime.managed_routes().await?;
         let entry_plan = plan::plan(&desired, &neighbours, &fdb);
 
-        // Removals: routes first, then neighbours, then FDB entries.
+        // Removals: routes first, then neighbours, then FDB entries. One failure (a route
+        // the runtime refuses, say) is reported and retried later; it does not hold up
+        // the other peers.
+        let mut failures = 0u64;
         for destination in plan::stale_routes(&managed, &desired) {
-            self.runtime.remove_route(destination).await?;
-            info!(%destination, "repair: removed the route of a node that is no longer a peer");
-            repairs += 1;
+            match self.runtime.remove_route(destination).await {
+                Ok(()) => {
+                    info!(%destination, "repair: removed the route of a node that is no longer a peer");
+                    repairs += 1;
+                }
+                Err(e) => {
+                    warn!(%destination, error = %e, "could not remove a stale route");
+                    failures += 1;
+                }
+            }
         }
         for op in &entry_plan.removals {
-            self.apply_entry(op).await?;
-            info!(operation = ?op, "repair: removed a stale entry");
-            repairs += 1;
+            match self.apply_entry(op).await {
+                Ok(()) => {
+                    info!(operation = ?op, "repair: removed a stale entry");
+                    repairs += 1;
+                }
+                Err(e) => {
+                    warn!(operation = ?op, error = %e, "could not remove a stale entry");
+                    failures += 1;
+                }
+            }
         }
         self.applied.retain(|id, _| desired.contains_key(id));
 
         // Additions: entries, then the route, for each peer.
         for op in &entry_plan.additions {
-            self.apply_entry(op).await?;
+            match self.apply_entry(op).await {
+                Ok(()) => repairs += 1,
+                Err(e) => {
+                    warn!(operation = ?op, error = %e, "could not add an entry");
+                    failures += 1;
+                }
+            }
         }
-        repairs += entry_plan.additions.len() as u64;
         for peer in desired.values() {
+            if let Err(e) = self
+                .runtime
+                .inject_route(peer.subnet, device, peer.gateway())
+                .await
+            {
+                warn!(node_id = %peer.node_id, subnet = %peer.subnet, error = %e, "could not get the route to a peer");
+                failures += 1;
+                continue;
+            }
             if !managed.contains(&peer.subnet) {
                 repairs += 1;
             }
-            self.runtime
-                .inject_route(peer.subnet, device, peer.gateway())
-                .await?;
             if self
                 .applied
                 .insert(peer.node_id.clone(), peer.clone())
@@ -432,17 +474,21 @@ impl<O: Overlay> Agent<O> {
         }
         self.metrics.peers.set(self.applied.len() as i64);
         if !self.synced {
-            info!(peers = desired.len(), "initial sync done");
+            info!(peers = desired.len(), failures, "initial sync done");
         } else if repairs > 0 {
             self.metrics.repairs.inc_by(repairs);
             info!(
                 repairs,
+                failures,
                 peers = desired.len(),
                 "reconcile repaired differences"
             );
         }
         self.synced = true;
-        self.dirty = false;
+        self.dirty = failures > 0;
+        if self.dirty {
+            self.retry_at = Instant::now() + FAILED_RETRY_INTERVAL;
+        }
         Ok(())
     }
 
@@ -545,9 +591,17 @@ impl<O: Overlay> Agent<O> {
                 warn!(subnet = %peer.subnet, error = %e, "could not remove route while leaving");
             }
         }
-        match self.kernel.delete_vxlan(&self.spec_template.name).await {
-            Ok(_) => info!(device = %self.spec_template.name, "vxlan device removed"),
-            Err(e) => warn!(error = %e, "could not remove the vxlan device while leaving"),
+        let name = &self.spec_template.name;
+        match self.kernel.vxlan(name).await {
+            Ok(Some(device)) if device::is_ours(&device, &self.spec_template) => {
+                match self.kernel.delete_vxlan(name).await {
+                    Ok(_) => info!(device = %name, "vxlan device removed"),
+                    Err(e) => warn!(error = %e, "could not remove the vxlan device while leaving"),
+                }
+            }
+            Ok(Some(_)) => warn!(device = %name, "not removing a link this agent did not make"),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "could not look at the vxlan device while leaving"),
         }
         if let (Some(id), Some(token)) = (self.state.node_id.clone(), self.state.node_token.clone())
         {

@@ -28,6 +28,32 @@ pub fn matches(device: &VxlanDevice, spec: &VxlanSpec, underlay_index: u32) -> b
         && device.mtu == spec.mtu
 }
 
+/// Whether an existing link is this agent's device: a VXLAN device carrying the MAC the
+/// agent keeps in its state. Anything else of that name is left alone.
+pub fn is_ours(device: &VxlanDevice, spec: &VxlanSpec) -> bool {
+    device.vni.is_some() && device.mac == Some(spec.mac)
+}
+
+fn not_ours(spec: &VxlanSpec, device: &VxlanDevice) -> KernelError {
+    let kind = if device.vni.is_some() {
+        "a vxlan device"
+    } else {
+        "a link that is not vxlan"
+    };
+    let mac = device
+        .mac
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "none".into());
+    KernelError::Other {
+        operation: format!("set up vxlan device {}", spec.name),
+        message: format!(
+            "{} already exists as {kind} with mac {mac} that this agent did not make (its mac is {}); \
+             it is left alone: remove it or choose another --vxlan-interface",
+            spec.name, spec.mac
+        ),
+    }
+}
+
 /// Makes the device exist as `spec` says, up, with `address` (the subnet's `.0/32`).
 pub async fn ensure<O: Overlay>(
     kernel: &O,
@@ -42,19 +68,26 @@ pub async fn ensure<O: Overlay>(
             }
             DeviceChange::Adopted
         }
-        Some(device) => {
+        Some(device) if is_ours(&device, spec) => {
             warn!(device = %spec.name, found = ?device, "vxlan device differs from what this agent wants; recreating it");
             kernel.delete_vxlan(&spec.name).await?;
             kernel.create_vxlan(spec).await?;
             DeviceChange::Recreated
         }
+        Some(device) => return Err(not_ours(spec, &device)),
         None => {
             kernel.create_vxlan(spec).await?;
             DeviceChange::Created
         }
     };
-    if !kernel.addresses(&spec.name).await?.contains(&address) {
+    let present = kernel.addresses(&spec.name).await?;
+    if !present.contains(&address) {
         kernel.add_address(&spec.name, address).await?;
+    }
+    // A `.0/32` of a subnet this node no longer holds would keep answering for it.
+    for stale in present.iter().filter(|a| **a != address) {
+        kernel.delete_address(&spec.name, *stale).await?;
+        info!(device = %spec.name, address = %stale, "removed an address of a subnet this node no longer holds");
     }
     if change != DeviceChange::Adopted {
         info!(

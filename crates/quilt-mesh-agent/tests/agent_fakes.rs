@@ -21,6 +21,11 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
+    cluster_with(None).await
+}
+
+/// A cluster whose runtime kernel also holds an operator's route for `foreign_route`.
+async fn cluster_with(foreign_route: Option<&str>) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let mut stops = Vec::new();
 
@@ -48,6 +53,14 @@ async fn cluster() -> Cluster {
     ]);
     let kernel = FakeKernel::new();
     kernel.add_link("vxlan100", 1450);
+    if let Some(destination) = foreign_route {
+        kernel.insert_route(quilt_kernel::Route {
+            destination: destination.parse().unwrap(),
+            interface: "vxlan100".into(),
+            gateway: None,
+            protocol: 4,
+        });
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     stops.push(stop);
     tokio::spawn(quilt_runtime::run(config, listener, kernel, async {
@@ -189,6 +202,20 @@ async fn the_agent_follows_its_peers_and_repairs_its_device() {
         "{created}"
     );
 
+    // An address of a subnet this node no longer holds is removed at the next resync.
+    overlay.add_address_by_hand("vxlan100", "10.42.99.0/32".parse().unwrap());
+    eventually(
+        Duration::from_secs(6),
+        "the stale address removed",
+        async || {
+            overlay
+                .operations()
+                .iter()
+                .any(|o| o == "del address 10.42.99.0/32 on vxlan100")
+        },
+    )
+    .await;
+
     // A peer that leaves loses its route, neighbour and FDB entry.
     let deleted = reqwest::Client::new()
         .delete(format!("{}/api/nodes/{second}", cluster.control))
@@ -294,5 +321,66 @@ async fn leave_on_exit_removes_what_the_agent_made_and_deregisters() {
         .map(|n| n["hostname"].as_str().unwrap())
         .collect();
     assert_eq!(hostnames, vec!["peer1"], "the agent deregistered");
+    drop(cluster.stops);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_link_is_left_alone_and_one_refused_route_holds_up_no_other_peer() {
+    // The runtime's kernel holds an operator's route for the first peer's subnet.
+    let cluster = cluster_with(Some("10.42.1.0/24")).await;
+    register_peer(&cluster.control, 1).await;
+    register_peer(&cluster.control, 2).await;
+
+    // First an operator's link called vxlan100: the agent must refuse to touch it.
+    let overlay = FakeOverlay::new();
+    overlay.add_underlay("eth0", Ipv4Addr::new(192, 168, 77, 11), 1500);
+    overlay.add_foreign_link("vxlan100");
+    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(quilt_mesh_agent::run(
+        agent_config(&cluster, "careful", &[]),
+        overlay.clone(),
+        async {
+            let _ = agent_stopped.await;
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        overlay
+            .operations()
+            .iter()
+            .all(|o| !o.starts_with("delete vxlan100") && !o.starts_with("create")),
+        "{:?}",
+        overlay.operations()
+    );
+    stop_agent.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+
+    // Without it, the agent builds its own; the refused route to peer 1 does not stop
+    // peer 2's route.
+    overlay.remove_device("vxlan100");
+    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(quilt_mesh_agent::run(
+        agent_config(&cluster, "careful", &[]),
+        overlay.clone(),
+        async {
+            let _ = agent_stopped.await;
+        },
+    ));
+    eventually(
+        Duration::from_secs(10),
+        "peer 2's route in place",
+        async || {
+            routes(cluster.runtime).await
+                == vec![("10.42.2.0/24".to_string(), "10.42.2.0".to_string())]
+        },
+    )
+    .await;
+    assert_eq!(
+        overlay.neighbours_of("vxlan100").len(),
+        2,
+        "entries for both peers"
+    );
+    stop_agent.send(()).unwrap();
+    agent.await.unwrap().unwrap();
     drop(cluster.stops);
 }
