@@ -142,10 +142,14 @@ impl NetlinkKernel {
     }
 
     async fn add_route_once(&self, route: &Route) -> Result<(), KernelError> {
-        let (message, nexthop_id) = self.route_message(route).await?;
+        let (message, created_nexthop) = self.route_message(route).await?;
         match self.handle.route().add(message).execute().await {
             Ok(()) => Ok(()),
             Err(e) => {
+                // A nexthop made for this route alone must not outlive the refusal.
+                if let Some(id) = created_nexthop {
+                    self.release_nexthop(id, route.protocol);
+                }
                 let errno = errno_of(&e);
                 if errno == Some(EEXIST) {
                     let existing = self.route(route.destination).await?;
@@ -153,9 +157,6 @@ impl NetlinkKernel {
                         destination: route.destination,
                         protocol: existing.map(|r| r.protocol).unwrap_or(0),
                     });
-                }
-                if let Some(id) = nexthop_id {
-                    self.release_nexthop(id, route.protocol);
                 }
                 Err(KernelError::from_rtnetlink(format!("add route {route}"), e))
             }
@@ -223,7 +224,7 @@ impl NetlinkKernel {
         gateway: Ipv4Addr,
         oif: u32,
         protocol: u8,
-    ) -> Result<u32, KernelError> {
+    ) -> Result<(u32, bool), KernelError> {
         let wanted = Nexthop {
             id: nexthop::id_for_gateway(gateway),
             gateway,
@@ -231,7 +232,7 @@ impl NetlinkKernel {
             protocol,
         };
         match self.nexthops.create(&wanted, Mode::Exclusive) {
-            Ok(()) => Ok(wanted.id),
+            Ok(()) => Ok((wanted.id, true)),
             Err(e) if NexthopSocket::is_exists(&e) => match self.nexthops.get(wanted.id)? {
                 Some(existing) if existing.protocol != protocol => {
                     Err(KernelError::ForeignNexthop {
@@ -240,11 +241,11 @@ impl NetlinkKernel {
                         protocol: existing.protocol,
                     })
                 }
-                Some(existing) if existing == wanted => Ok(wanted.id),
+                Some(existing) if existing == wanted => Ok((wanted.id, false)),
                 _ => self
                     .nexthops
                     .create(&wanted, Mode::Replace)
-                    .map(|()| wanted.id),
+                    .map(|()| (wanted.id, false)),
             },
             Err(e) => Err(e),
         }
@@ -263,6 +264,8 @@ impl NetlinkKernel {
         }
     }
 
+    /// The message for `route`, with its nexthop in place; also answers the nexthop id
+    /// when this call created it (to release if the route cannot be added).
     async fn route_message(
         &self,
         route: &Route,
@@ -272,7 +275,9 @@ impl NetlinkKernel {
             Some(gateway) => Some(self.ensure_nexthop(gateway, index, route.protocol)?),
             None => None,
         };
-        Ok((build_route_message(route, index, nexthop), nexthop))
+        let message = build_route_message(route, index, nexthop.map(|(id, _)| id));
+        let created = nexthop.filter(|(_, created)| *created).map(|(id, _)| id);
+        Ok((message, created))
     }
 
     /// Adds a chunk of routes with one write to the kernel: for each, its nexthop (when
@@ -377,6 +382,30 @@ impl NetlinkKernel {
             results.push(result);
         }
         results
+    }
+
+    /// The main-table route message for exactly `destination`, from a dump: the slow
+    /// but certain way, for when a lookup is answered by a more specific route.
+    async fn exact_route_message(
+        &self,
+        destination: Ipv4Net,
+    ) -> Result<Option<RouteMessage>, KernelError> {
+        let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut messages = self.handle.route().get(request).execute();
+        while let Some(message) = messages
+            .try_next()
+            .await
+            .map_err(|e| KernelError::from_rtnetlink(format!("look up route {destination}"), e))?
+        {
+            let exact = message.header.destination_prefix_length == destination.prefix_len()
+                && table_of(&message) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                && ParsedRoute::from_message(&message)
+                    .is_some_and(|p| p.destination == destination);
+            if exact {
+                return Ok(Some(message));
+            }
+        }
+        Ok(None)
     }
 
     /// Deletes the route for `destination` carrying `protocol`, leaving its nexthop.
@@ -497,12 +526,19 @@ impl Kernel for NetlinkKernel {
                 _ => {}
             }
         }
-        let Some(message) = found else {
+        let Some(mut message) = found else {
             return Ok(None);
         };
-        if message.header.destination_prefix_length != destination.prefix_len()
-            || table_of(&message) != u32::from(RouteHeader::RT_TABLE_MAIN)
-        {
+        let in_main = table_of(&message) == u32::from(RouteHeader::RT_TABLE_MAIN);
+        let length = message.header.destination_prefix_length;
+        if !in_main || length > destination.prefix_len() {
+            // A more specific route (or another table's entry) answered the lookup and
+            // may hide ours: look for the exact prefix in a dump of the table.
+            match self.exact_route_message(destination).await? {
+                Some(exact) => message = exact,
+                None => return Ok(None),
+            }
+        } else if length < destination.prefix_len() {
             return Ok(None);
         }
         let names = match ParsedRoute::from_message(&message).and_then(|p| p.oif) {

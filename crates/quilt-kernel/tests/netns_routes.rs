@@ -208,3 +208,52 @@ fn a_batch_of_routes_goes_in_together_and_each_answers_for_itself() {
     )));
     assert_eq!(ns.ip(&["nexthop", "show"]).unwrap().lines().count(), 200);
 }
+
+#[test]
+fn lookups_see_through_more_specific_routes_and_refusals_leave_no_nexthop() {
+    if !netns::privileged_or_skip(
+        "lookups_see_through_more_specific_routes_and_refusals_leave_no_nexthop",
+    ) {
+        return;
+    }
+    let ns = namespace_with_overlay();
+    ns.ip(&["route", "add", "10.42.9.0/24", "dev", "vxlan100"])
+        .unwrap();
+    ns.ip(&["route", "add", "10.42.9.0/25", "dev", "vxlan100"])
+        .unwrap();
+    ns.ip(&["route", "add", "10.42.5.0/25", "dev", "vxlan100"])
+        .unwrap();
+    let ours = Route {
+        destination: "10.42.5.0/24".parse().unwrap(),
+        interface: "vxlan100".into(),
+        gateway: Some(Ipv4Addr::new(10, 42, 5, 0)),
+        protocol: PROTO,
+    };
+    let refused = Route {
+        destination: "10.42.9.0/24".parse().unwrap(),
+        gateway: Some(Ipv4Addr::new(10, 42, 9, 0)),
+        ..ours.clone()
+    };
+    let ours2 = ours.clone();
+    in_ns(&ns, async move |k: &NetlinkKernel| {
+        k.add_route(&ours2).await.unwrap();
+        // Hidden behind a /25, both /24s are still found exactly.
+        assert_eq!(
+            k.route(ours2.destination).await.unwrap(),
+            Some(ours2.clone())
+        );
+        let operators = k
+            .route(refused.destination)
+            .await
+            .unwrap()
+            .expect("the operator's /24");
+        assert_ne!(operators.protocol, PROTO);
+        // A refused add leaves no nexthop of its own behind.
+        let err = k.add_route(&refused).await.unwrap_err();
+        assert!(matches!(err, KernelError::RouteExists { .. }), "{err}");
+        // Deleting ours must not be confused by the /25 either.
+        assert!(k.delete_route(ours2.destination, PROTO).await.unwrap());
+    });
+    let nexthops = ns.ip(&["nexthop", "show"]).unwrap();
+    assert!(nexthops.trim().is_empty(), "{nexthops}");
+}
