@@ -516,6 +516,21 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
             "No such file",
         ),
         ("c1", &not_a_namespace, "eth0", 4, "not a network namespace"),
+        // Resolved by the runtime, inside the host: its own namespace, and a mount one.
+        (
+            "c1",
+            "/proc/self/ns/net",
+            "eth0",
+            4,
+            "host's own network namespace",
+        ),
+        (
+            "c1",
+            "/proc/self/ns/mnt",
+            "eth0",
+            4,
+            "not a network namespace",
+        ),
         ("c1", "relative/path", "eth0", 4, "not an absolute path"),
         ("", &good, "eth0", 4, "CNI_CONTAINERID is not set"),
         (&long_id, &good, "eth0", 4, "300 bytes long"),

@@ -195,6 +195,28 @@ impl NetlinkKernel {
         }
     }
 
+    /// Whether link `index` is a bridge.
+    async fn is_bridge(&self, index: u32) -> Result<bool, KernelError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let message = links
+            .try_next()
+            .await
+            .map_err(|e| KernelError::from_rtnetlink(format!("get link {index}"), e))?;
+        Ok(message.is_some_and(|m| {
+            m.attributes.iter().any(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| {
+                    matches!(
+                        i,
+                        netlink_packet_route::link::LinkInfo::Kind(
+                            netlink_packet_route::link::InfoKind::Bridge
+                        )
+                    )
+                }),
+                _ => false,
+            })
+        }))
+    }
+
     async fn link_names(&self) -> Result<HashMap<u32, String>, KernelError> {
         let links: Vec<LinkMessage> = self
             .handle
@@ -605,7 +627,17 @@ impl Kernel for NetlinkKernel {
     ) -> Result<bool, KernelError> {
         let mut changed = false;
         let link = match self.link(name).await? {
-            Some(link) => link,
+            Some(link) => {
+                // Only a bridge is ours to adjust: a link of another kind by that name is
+                // someone else's, and left alone.
+                if !self.is_bridge(link.index).await? {
+                    return Err(KernelError::Other {
+                        operation: format!("set up bridge {name}"),
+                        message: format!("{name} exists and is not a bridge; it is left alone"),
+                    });
+                }
+                link
+            }
             None => {
                 self.handle
                     .link()

@@ -29,8 +29,9 @@ where
     run_in_file(name, file, f)
 }
 
-/// Opens `netns` and checks that it is a network namespace (a file of the nsfs file
-/// system, as `/run/netns/NAME` and `/proc/PID/ns/net` are).
+/// Opens `netns` and checks that it is a container's network namespace: a network
+/// namespace file of the nsfs file system (as `/run/netns/NAME` and `/proc/PID/ns/net`
+/// are), and not the namespace this process itself runs in (the host's).
 pub fn open_path(netns: &Path) -> Result<File, KernelError> {
     let shown = netns.display().to_string();
     let file = File::open(netns).map_err(|e| KernelError::Netns {
@@ -44,10 +45,38 @@ pub fn open_path(netns: &Path) -> Result<File, KernelError> {
     if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
         return Err(KernelError::Netns {
             name: shown,
-            message: "is not a network namespace".to_string(),
+            message: "not a network namespace".to_string(),
+        });
+    }
+    // An nsfs file of another kind (mnt, pid, ...) is refused by setns with the network
+    // type; the probe runs on a thread of its own that ends at once.
+    let probe = std::thread::scope(|scope| {
+        scope
+            .spawn(|| setns(&file, CloneFlags::CLONE_NEWNET))
+            .join()
+            .unwrap_or(Err(nix::errno::Errno::EINVAL))
+    });
+    if probe.is_err() {
+        return Err(KernelError::Netns {
+            name: shown,
+            message: "a namespace but not a network namespace".to_string(),
+        });
+    }
+    if same_file(&file, Path::new("/proc/self/ns/net")) {
+        return Err(KernelError::Netns {
+            name: shown,
+            message: "the host's own network namespace, not a container's".to_string(),
         });
     }
     Ok(file)
+}
+
+fn same_file(file: &File, other: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(other)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Like [`run_in`], for the namespace at `netns` (for example a container's

@@ -1,7 +1,7 @@
 //! Coalescing of concurrent InjectRoute calls: calls that arrive while a batch is being
-//! applied wait, and whoever applies next takes all of them as one batch with one
-//! kernel write and one transaction. A call that arrives alone is applied at once on
-//! its own task, with no hand-off.
+//! applied wait, and the next turn takes all of them as one batch with one kernel write
+//! and one transaction. A turn runs on a task that owns every reply of its batch, so a
+//! cancelled call never leaves the kernel changed and the store not.
 
 use std::sync::{Arc, Mutex};
 
@@ -53,28 +53,37 @@ impl<K: Kernel> InjectQueue<K> {
             .push((route, reply));
         // Every caller takes its turn at applying, so no call is ever left waiting with
         // nobody to apply it; a caller whose route was applied in an earlier turn finds
-        // its answer ready.
-        let _turn = self.applying.lock().await;
+        // its answer ready. The turn is applied on a task of its own that owns every
+        // reply: a caller that goes away (a cancelled RPC) cannot cut a batch in half
+        // between the kernel and the store.
+        let turn = self.applying.clone().lock_owned().await;
         if let Ok(result) = answer.try_recv() {
             return result;
         }
-        loop {
-            let batch: Vec<(RouteRequest, Reply)> = {
-                let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-                let take = waiting.len().min(MAX_BATCH);
-                waiting.drain(..take).collect()
-            };
-            if batch.is_empty() {
-                break;
+        let runtime = self.runtime.clone();
+        let waiting = self.waiting.clone();
+        let applied = tokio::spawn(async move {
+            let _turn = turn;
+            loop {
+                let batch: Vec<(RouteRequest, Reply)> = {
+                    let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    let take = waiting.len().min(MAX_BATCH);
+                    waiting.drain(..take).collect()
+                };
+                if batch.is_empty() {
+                    return;
+                }
+                let (routes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let results = runtime.inject_routes(&routes).await;
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
             }
-            let (routes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let results = self.runtime.inject_routes(&routes).await;
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
-            }
-            if let Ok(result) = answer.try_recv() {
-                return result;
-            }
+        });
+        if applied.await.is_err() {
+            return Err(RuntimeError::NotRecorded(
+                "applying the batch failed".into(),
+            ));
         }
         answer
             .try_recv()
