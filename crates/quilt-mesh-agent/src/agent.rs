@@ -360,6 +360,10 @@ impl<O: Overlay> Agent<O> {
                 warn!(node_id = %id, "the control plane no longer knows this node; registering again");
                 true
             }
+            Err(e @ ControlError::StaleToken(_)) => {
+                warn!(error = %e, "registering again");
+                true
+            }
             Err(e) => {
                 warn!(error = %e, "heartbeat failed");
                 false

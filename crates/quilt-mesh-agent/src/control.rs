@@ -22,6 +22,10 @@ pub enum ControlError {
     },
     #[error("node {0} is not registered (any more)")]
     UnknownNode(String),
+    #[error(
+        "the control plane no longer accepts this node's token for {0} (a newer registration rotated it)"
+    )]
+    StaleToken(String),
     #[error("watch history no longer holds revision {0}; list again")]
     Gone(u64),
     #[error("control plane answered {what} with a body that does not parse: {message}")]
@@ -138,6 +142,10 @@ impl ControlPlane {
         match response.status() {
             s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Err(ControlError::UnknownNode(node_id.to_string())),
+            // The token was rotated by a newer registration of this host: register again.
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(ControlError::StaleToken(node_id.to_string()))
+            }
             _ => Err(Self::refusal("the heartbeat", response).await),
         }
     }

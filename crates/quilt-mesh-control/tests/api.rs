@@ -152,7 +152,19 @@ async fn registering_again_returns_the_same_lease_updated() {
     assert_eq!(code, 200, "{again}");
     assert_eq!(again["node_id"], first["node_id"]);
     assert_eq!(again["subnet"], first["subnet"]);
-    assert_eq!(again["node_token"], first["node_token"]);
+    // The credential is rotated: the old token stops working, the new one works.
+    assert_ne!(again["node_token"], first["node_token"]);
+    let id = first["node_id"].as_str().unwrap();
+    for (token, expected) in [(&first["node_token"], 403), (&again["node_token"], 200)] {
+        let r = s
+            .client
+            .post(s.url(&format!("/api/nodes/{id}/heartbeat")))
+            .bearer_auth(token.as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), expected);
+    }
     assert_eq!(again["created"], false);
     assert_eq!(again["hostname"], "node-a2");
     assert_eq!(again["cpu_cores"], 8);

@@ -63,6 +63,7 @@ impl Store for MemoryStore {
             node.vtep_mac = new.vtep_mac.or(old.vtep_mac);
             node.status = NodeStatus::Up;
             node.last_heartbeat_ms = now_ms;
+            node.token = token;
             self.nodes.insert(id, node.clone());
             let change = old
                 .differs_for_watchers(&node)

@@ -91,8 +91,10 @@ pub trait Store: Send + 'static {
     fn revision(&mut self) -> Result<Revision, StoreError>;
 
     /// Registers a node, or renews the one already holding `new.host_ip`: a renewal
-    /// keeps its id, subnet and token, updates the other fields (a missing `vtep_mac`
-    /// keeps the old one), marks it up and sets its heartbeat to `now_ms`. A new node
+    /// keeps its id and subnet, replaces its token with `token` (so a credential is
+    /// never handed to a second caller; the old one stops working), updates the other
+    /// fields (a missing `vtep_mac` keeps the old one), marks it up and sets its
+    /// heartbeat to `now_ms`. A new node
     /// gets `token` and the lowest free subnet, never the cluster's first one.
     fn register(
         &mut self,
@@ -226,9 +228,9 @@ pub(crate) mod contract {
         assert!(!second.created);
         assert_eq!(second.node.id, first.node.id);
         assert_eq!(second.node.subnet, first.node.subnet);
-        assert_eq!(
+        assert_ne!(
             second.node.token, first.node.token,
-            "a renewal keeps the token"
+            "a renewal rotates the token: the old one stops working"
         );
         assert_eq!(second.node.hostname.as_str(), "a-renamed");
         assert_eq!(second.node.status, NodeStatus::Up);

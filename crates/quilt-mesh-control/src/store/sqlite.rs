@@ -338,7 +338,7 @@ impl Store for SqliteStore {
         let (node, created, kind) = if let Some(old) = get_where(&tx, "host_ip = ?1", &host_ip)? {
             tx.prepare_cached(
                 "UPDATE nodes SET hostname = ?1, cpu_cores = ?2, ram_mb = ?3, vtep_mac = COALESCE(?4, vtep_mac),
-                 status = 'up', last_heartbeat_ms = ?5 WHERE id = ?6",
+                 status = 'up', last_heartbeat_ms = ?5, token = ?7 WHERE id = ?6",
             )?
             .execute(params![
                 new.hostname.as_str(),
@@ -346,7 +346,8 @@ impl Store for SqliteStore {
                 new.ram_mb,
                 vtep_mac,
                 now_ms,
-                old.id.number()
+                old.id.number(),
+                token.as_str()
             ])?;
             let node = get_where(&tx, "id = ?1", &old.id.number())?.ok_or_else(|| {
                 StoreError::Corrupt(format!("node {} vanished while renewing it", old.id))
