@@ -164,14 +164,21 @@ impl<K: Kernel> Runtime<K> {
         if !to_persist.is_empty()
             && let Err(e) = inner.store.put_routes(&to_persist)
         {
-            // Nothing may stay in the kernel that was not recorded: undo what this call added.
+            // Nothing may stay in the kernel that was not recorded: undo what this call
+            // added, and put back what it replaced as it was recorded before.
             for (request, result) in requests.iter().zip(&results) {
-                if matches!(result, Ok(RouteChange::Added))
-                    && let Err(undo) = self
+                let undo = match (result, inner.desired.routes.get(&request.destination)) {
+                    (Ok(RouteChange::Added), _) => self
                         .kernel
                         .delete_route(request.destination, ROUTE_PROTOCOL)
                         .await
-                {
+                        .map(|_| ()),
+                    (Ok(RouteChange::Replaced), Some(previous)) => {
+                        self.kernel.replace_route(&kernel_route(previous)).await
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(undo) = undo {
                     warn!(destination = %request.destination, error = %undo, "could not undo route after a store failure");
                 }
             }
