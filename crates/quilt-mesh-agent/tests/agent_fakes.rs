@@ -74,6 +74,22 @@ async fn cluster_with(foreign_route: Option<&str>) -> Cluster {
     }
 }
 
+/// Runs the agent in this process with `overlay` as its kernel; answers its stop
+/// switch and its task.
+fn start_agent(
+    config: quilt_mesh_agent::Config,
+    overlay: &FakeOverlay,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
+        let _ = stopped.await;
+    }));
+    (stop, agent)
+}
+
 /// The agent's flags for `cluster` (host 192.168.77.11), plus `extra`.
 fn agent_config(cluster: &Cluster, hostname: &str, extra: &[&str]) -> quilt_mesh_agent::Config {
     let runtime = format!("http://{}", cluster.runtime);
@@ -169,10 +185,7 @@ async fn the_agent_follows_its_peers_and_repairs_its_device() {
         "self",
         &["--heartbeat-interval", "200ms", "--resync-interval", "3s"],
     );
-    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
-    let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
-        let _ = agent_stopped.await;
-    }));
+    let (stop_agent, agent) = start_agent(config, &overlay);
 
     // The device, then both peers' entries and routes.
     let (n1, f1) = peer_entries(1, 1);
@@ -272,10 +285,7 @@ async fn leave_on_exit_removes_what_the_agent_made_and_deregisters() {
         "leaver",
         &["--leave-on-exit", "--metrics-addr", &metrics_addr],
     );
-    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
-    let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
-        let _ = agent_stopped.await;
-    }));
+    let (stop_agent, agent) = start_agent(config, &overlay);
     eventually(Duration::from_secs(10), "the peer in place", async || {
         routes(cluster.runtime).await.len() == 1 && overlay.neighbours_of("vxlan100").len() == 1
     })
@@ -335,14 +345,7 @@ async fn a_foreign_link_is_left_alone_and_one_refused_route_holds_up_no_other_pe
     let overlay = FakeOverlay::new();
     overlay.add_underlay("eth0", Ipv4Addr::new(192, 168, 77, 11), 1500);
     overlay.add_foreign_link("vxlan100");
-    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
-    let agent = tokio::spawn(quilt_mesh_agent::run(
-        agent_config(&cluster, "careful", &[]),
-        overlay.clone(),
-        async {
-            let _ = agent_stopped.await;
-        },
-    ));
+    let (stop_agent, agent) = start_agent(agent_config(&cluster, "careful", &[]), &overlay);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         overlay
@@ -358,14 +361,7 @@ async fn a_foreign_link_is_left_alone_and_one_refused_route_holds_up_no_other_pe
     // Without it, the agent builds its own; the refused route to peer 1 does not stop
     // peer 2's route.
     overlay.remove_device("vxlan100");
-    let (stop_agent, agent_stopped) = oneshot::channel::<()>();
-    let agent = tokio::spawn(quilt_mesh_agent::run(
-        agent_config(&cluster, "careful", &[]),
-        overlay.clone(),
-        async {
-            let _ = agent_stopped.await;
-        },
-    ));
+    let (stop_agent, agent) = start_agent(agent_config(&cluster, "careful", &[]), &overlay);
     eventually(
         Duration::from_secs(10),
         "peer 2's route in place",
