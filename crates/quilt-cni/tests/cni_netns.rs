@@ -92,6 +92,19 @@ fn with_prev(mut conf: Value, prev: &Value) -> Value {
     conf
 }
 
+/// CHECK for container `id` in `c`, with `previous` (its ADD result) as prevResult.
+fn cni_check(host: &Host, id: &str, c: &OwnedNetns, previous: &Value) -> Answer {
+    exec(
+        host,
+        "quilt-cni",
+        "CHECK",
+        id,
+        &path(c),
+        "eth0",
+        &with_prev(quilt_conf(), previous),
+    )
+}
+
 fn add(host: &Host, id: &str, c: &OwnedNetns) -> Value {
     let a = exec(
         host,
@@ -225,26 +238,10 @@ fn add_ping_check_restart_del() {
     assert_eq!(again["interfaces"], r1["interfaces"]);
 
     // CHECK passes, and fails once the address is removed by hand.
-    let check = exec(
-        &host,
-        "quilt-cni",
-        "CHECK",
-        "container-one",
-        &path(&c1),
-        "eth0",
-        &with_prev(quilt_conf(), &r1),
-    );
+    let check = cni_check(&host, "container-one", &c1, &r1);
     assert!(check.ok, "CHECK failed: {}", check.stdout);
     c2.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
-    let check = exec(
-        &host,
-        "quilt-cni",
-        "CHECK",
-        "container-two",
-        &path(&c2),
-        "eth0",
-        &with_prev(quilt_conf(), &r2),
-    );
+    let check = cni_check(&host, "container-two", &c2, &r2);
     assert_eq!(check.code(), 102, "{}", check.stdout);
     assert!(
         check.json()["msg"].as_str().unwrap().contains("address"),
@@ -258,15 +255,7 @@ fn add_ping_check_restart_del() {
     host.stop_with(Signal::SIGKILL);
     host.start();
     assert_eq!(attachments(&host), before);
-    let check = exec(
-        &host,
-        "quilt-cni",
-        "CHECK",
-        "container-one",
-        &path(&c1),
-        "eth0",
-        &with_prev(quilt_conf(), &r1),
-    );
+    let check = cni_check(&host, "container-one", &c1, &r1);
     assert!(check.ok, "CHECK after restart failed: {}", check.stdout);
 
     // DEL removes the veth and frees the address; DEL again succeeds.

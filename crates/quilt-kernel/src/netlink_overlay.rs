@@ -24,6 +24,43 @@ const ENOENT: i32 = 2;
 const EADDRNOTAVAIL: i32 = 99;
 
 impl NetlinkKernel {
+    /// The entries of `family` (Inet: neighbours; Bridge: FDB) on link `name`.
+    async fn neighbour_entries(
+        &self,
+        name: &str,
+        family: AddressFamily,
+    ) -> Result<Vec<NeighbourMessage>, KernelError> {
+        let link = self.overlay_link(name).await?;
+        let messages: Vec<NeighbourMessage> = self
+            .handle()
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| {
+                KernelError::from_rtnetlink(format!("list {family:?} entries of {name}"), e)
+            })?;
+        Ok(messages
+            .into_iter()
+            .filter(|m| m.header.ifindex == link.index)
+            .collect())
+    }
+
+    /// Deletes one neighbour or FDB entry; an absent one is success.
+    async fn delete_neighbour_entry(
+        &self,
+        message: NeighbourMessage,
+        operation: String,
+    ) -> Result<(), KernelError> {
+        match self.handle().neighbours().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(ENOENT) => Ok(()),
+            Err(e) => Err(KernelError::from_rtnetlink(operation, e)),
+        }
+    }
+
     async fn overlay_link(&self, name: &str) -> Result<Link, KernelError> {
         self.link(name)
             .await?
@@ -266,21 +303,10 @@ impl Overlay for NetlinkKernel {
     }
 
     async fn neighbours(&self, name: &str) -> Result<Vec<Neighbour>, KernelError> {
-        let link = self.overlay_link(name).await?;
-        let messages: Vec<NeighbourMessage> = self
-            .handle()
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| KernelError::from_rtnetlink(format!("list neighbours of {name}"), e))?;
-        Ok(messages
+        let entries = self.neighbour_entries(name, AddressFamily::Inet).await?;
+        Ok(entries
             .iter()
-            .filter(|m| {
-                m.header.ifindex == link.index && m.header.state == NeighbourState::Permanent
-            })
+            .filter(|m| m.header.state == NeighbourState::Permanent)
             .filter_map(|m| match neighbour_fields(m) {
                 (Some(ip), Some(mac)) => Some(Neighbour { ip, mac }),
                 _ => None,
@@ -314,30 +340,14 @@ impl Overlay for NetlinkKernel {
         message
             .attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        match self.handle().neighbours().del(message).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno_of(&e) == Some(ENOENT) => Ok(()),
-            Err(e) => Err(KernelError::from_rtnetlink(
-                format!("delete neighbour {ip} on {name}"),
-                e,
-            )),
-        }
+        self.delete_neighbour_entry(message, format!("delete neighbour {ip} on {name}"))
+            .await
     }
 
     async fn fdb(&self, name: &str) -> Result<Vec<FdbEntry>, KernelError> {
-        let link = self.overlay_link(name).await?;
-        let messages: Vec<NeighbourMessage> = self
-            .handle()
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| KernelError::from_rtnetlink(format!("list fdb of {name}"), e))?;
-        Ok(messages
+        let entries = self.neighbour_entries(name, AddressFamily::Bridge).await?;
+        Ok(entries
             .iter()
-            .filter(|m| m.header.ifindex == link.index)
             .filter_map(|m| match neighbour_fields(m) {
                 (Some(destination), Some(mac)) => Some(FdbEntry { mac, destination }),
                 _ => None,
@@ -378,16 +388,13 @@ impl Overlay for NetlinkKernel {
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
                 entry.destination,
             )));
-        match self.handle().neighbours().del(message).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno_of(&e) == Some(ENOENT) => Ok(()),
-            Err(e) => Err(KernelError::from_rtnetlink(
-                format!(
-                    "delete fdb {} dst {} on {name}",
-                    entry.mac, entry.destination
-                ),
-                e,
-            )),
-        }
+        self.delete_neighbour_entry(
+            message,
+            format!(
+                "delete fdb {} dst {} on {name}",
+                entry.mac, entry.destination
+            ),
+        )
+        .await
     }
 }

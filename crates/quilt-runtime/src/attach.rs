@@ -447,7 +447,7 @@ fn attach_error(e: KernelError) -> RuntimeError {
         KernelError::Netns { name, message } => RuntimeError::BadField {
             field: "netns_path",
             value: quilt_common::cluster::excerpt(&name),
-            reason: message,
+            reason: format!("not usable: {message}"),
         },
         other => RuntimeError::Kernel(other),
     }
