@@ -16,6 +16,7 @@ struct State {
     links: BTreeMap<String, Link>,
     routes: BTreeMap<Ipv4Net, Route>,
     operations: Vec<String>,
+    route_batches: usize,
     next_index: u32,
     /// Bridge name -> its address.
     bridges: BTreeMap<String, Ipv4Net>,
@@ -180,6 +181,11 @@ impl FakeKernel {
         self.state().failures.insert(operation.to_string());
     }
 
+    /// How many [`Kernel::add_routes`] calls were made (each one kernel write for real).
+    pub fn route_batches(&self) -> usize {
+        self.state().route_batches
+    }
+
     /// Forgets the recorded operations.
     pub fn clear_operations(&self) {
         self.state().operations.clear();
@@ -219,6 +225,17 @@ impl Kernel for FakeKernel {
         state.operations.push(format!("add {route}"));
         state.routes.insert(route.destination, route.clone());
         Ok(())
+    }
+
+    async fn add_routes(&self, routes: &[Route]) -> Vec<Result<(), KernelError>> {
+        // Counted, like the real kernel's single write per batch, so tests can see how
+        // calls were grouped.
+        self.state().route_batches += 1;
+        let mut results = Vec::with_capacity(routes.len());
+        for route in routes {
+            results.push(self.add_route(route).await);
+        }
+        results
     }
 
     async fn replace_route(&self, route: &Route) -> Result<(), KernelError> {

@@ -182,10 +182,19 @@ impl TableWatch {
     }
 
     /// Stops the monitors and answers every change they saw to the mesh's entries:
-    /// lines naming the overlay device or the runtime's route protocol.
+    /// lines naming the overlay device or the runtime's route protocol. Panics when a
+    /// monitor died before the end, since its silence would prove nothing.
     pub fn finish(mut self) -> Vec<String> {
         // Events already in the kernel's socket buffer reach the files first.
         std::thread::sleep(Duration::from_millis(200));
+        // A monitor that died early saw nothing: that must not read as "no change".
+        for child in &mut self.children {
+            assert!(
+                matches!(child.try_wait(), Ok(None)),
+                "a table monitor in {} stopped early; its silence proves nothing",
+                self.netns
+            );
+        }
         self.stop();
         let mut changes = Vec::new();
         for file in &self.files {

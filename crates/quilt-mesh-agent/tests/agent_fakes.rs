@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use quilt_kernel::fake::FakeKernel;
 use quilt_kernel::fake_overlay::FakeOverlay;
-use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour};
+use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour, Overlay};
 use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -248,18 +248,31 @@ async fn the_agent_follows_its_peers_and_repairs_its_device() {
     .await;
 
     // A new peer arrives through the watch.
+    // It leases the subnet the gone peer freed.
     register_peer(&cluster.control, 4).await;
-    eventually(Duration::from_secs(3), "the new peer added", async || {
-        overlay.neighbours_of("vxlan100").len() == 2 && routes(cluster.runtime).await.len() == 2
-    })
-    .await;
+    let (n4, f4) = peer_entries(4, 2);
+    let in_place = async || {
+        overlay.neighbours_of("vxlan100") == vec![n1, n4]
+            && overlay.fdb_of("vxlan100") == vec![f1, f4]
+            && routes(cluster.runtime).await
+                == vec![
+                    ("10.42.1.0/24".to_string(), "10.42.1.0".to_string()),
+                    ("10.42.2.0/24".to_string(), "10.42.2.0".to_string()),
+                ]
+    };
+    eventually(Duration::from_secs(3), "the new peer added", in_place).await;
 
-    // The device is deleted by hand: rebuilt with every entry.
+    // The device is deleted by hand: rebuilt with its address and every entry.
     overlay.remove_device("vxlan100");
     eventually(Duration::from_secs(5), "the device rebuilt", async || {
-        overlay.has_device("vxlan100") && overlay.neighbours_of("vxlan100").len() == 2
+        overlay.has_device("vxlan100") && in_place().await
     })
     .await;
+    assert_eq!(
+        overlay.addresses("vxlan100").await.unwrap(),
+        vec!["10.42.3.0/32".parse::<ipnet::Ipv4Net>().unwrap()],
+        "this node's subnet .0/32 is back on the device"
+    );
 
     // SIGTERM-like stop: everything stays in place.
     stop_agent.send(()).unwrap();
@@ -346,12 +359,25 @@ async fn a_foreign_link_is_left_alone_and_one_refused_route_holds_up_no_other_pe
     overlay.add_underlay("eth0", Ipv4Addr::new(192, 168, 77, 11), 1500);
     overlay.add_foreign_link("vxlan100");
     let (stop_agent, agent) = start_agent(agent_config(&cluster, "careful", &[]), &overlay);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        overlay
-            .operations()
+    // Registration comes just before the device; once it is done, give the agent more
+    // than one retry at the device, then check it changed nothing at all.
+    eventually(Duration::from_secs(5), "the agent registered", async || {
+        let nodes: serde_json::Value = reqwest::get(format!("{}/api/nodes", cluster.control))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
             .iter()
-            .all(|o| !o.starts_with("delete vxlan100") && !o.starts_with("create")),
+            .any(|n| n["hostname"] == "careful")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        overlay.operations().is_empty(),
         "{:?}",
         overlay.operations()
     );

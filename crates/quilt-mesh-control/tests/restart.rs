@@ -50,7 +50,13 @@ async fn kill_9_keeps_every_acknowledged_registration_and_leases_do_not_collide(
         }));
     }
     // Let registrations flow, then kill the server in the middle of them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while acknowledged.lock().unwrap().len() < 60 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} registrations acknowledged in 30 s",
+            acknowledged.lock().unwrap().len()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.kill9();

@@ -252,4 +252,9 @@ async fn concurrent_calls_are_coalesced_and_each_gets_its_own_answer() {
     }
     assert_eq!(rt.desired().await.routes.len(), 199);
     assert_eq!(rt.kernel().all_routes().len(), 199);
+    let batches = rt.kernel().route_batches();
+    assert!(
+        batches < 199,
+        "200 concurrent calls went to the kernel in {batches} batches"
+    );
 }

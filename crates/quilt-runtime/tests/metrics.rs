@@ -80,10 +80,18 @@ async fn metrics_count_calls_routes_and_addresses() {
         r#"quilt_runtime_rpc_requests_total{method="InjectRoute",result="ok"} 2"#,
         r#"quilt_runtime_rpc_requests_total{method="InjectRoute",result="refused"} 1"#,
         r#"quilt_runtime_rpc_duration_seconds_count{method="InjectRoute"} 3"#,
-        "quilt_runtime_reconcile_runs_total",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+    let reconcile_runs: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("quilt_runtime_reconcile_runs_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("quilt_runtime_reconcile_runs_total in the metrics");
+    assert!(
+        reconcile_runs >= 1.0,
+        "the start-up reconcile is counted: {reconcile_runs}"
+    );
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

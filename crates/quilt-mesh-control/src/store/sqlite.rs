@@ -657,9 +657,15 @@ mod tests {
         .unwrap();
         let dup = s.conn.execute(
             "INSERT INTO nodes (hostname, host_ip, subnet, subnet_index, cpu_cores, ram_mb, status, registered_at,
-             last_heartbeat_ms, token) VALUES ('b', '10.0.0.2', '10.42.1.0/24', 1, 0, 0, 'up', 0, 0, 't')",
+             last_heartbeat_ms, token) VALUES ('b', '10.0.0.2', '10.42.1.0/24', 2, 0, 0, 'up', 0, 0, 't')",
             [],
         );
-        assert!(dup.is_err());
+        let err = dup
+            .expect_err("a second node on the same subnet")
+            .to_string();
+        assert!(
+            err.contains("UNIQUE constraint failed: nodes.subnet"),
+            "{err}"
+        );
     }
 }
