@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 out=${1:-docs/benchmarks.md}
 [ "$(id -u)" = 0 ] || { echo "run-all: needs root (network namespaces)" >&2; exit 1; }
 command -v iperf3 >/dev/null || { echo "run-all: needs iperf3 (apt-get install -y iperf3)" >&2; exit 1; }
+command -v cargo-nextest >/dev/null || { echo "run-all: needs cargo-nextest (cargo install cargo-nextest --locked)" >&2; exit 1; }
 
 echo "run-all: building release binaries"
 cargo build --release --workspace --bins --examples --quiet
@@ -33,7 +34,7 @@ lab20() { # a 20-host lab: time to full mesh and the daemons' memory, then down
 run lab20 lab20
 
 section() { # section FILE: the figure lines of a benchmark's output
-  grep -vE '^\s*(Compiling|Finished|Running|Starting|Blocking|running [0-9]+ test|test result|PASS|SKIP|Summary|binaries:|-+$)|^\[ *[0-9.]+s\]' "$1" || true
+  grep -vE '^\s*(Compiling|Finished|Running|Starting|Blocking|running [0-9]+ test|test result|PASS|SKIP|Summary|Nextest run ID|START|test [a-z_]+ \.\.\.|binaries:|-+$)|^\s*─+\s*$|^\[ *[0-9.]+s\]' "$1" | cat -s || true
 }
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')

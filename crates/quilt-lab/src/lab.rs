@@ -538,16 +538,13 @@ impl Lab {
         host.ip(&["addr", "add", &addr, "dev", UNDERLAY_IF])?;
         host.ip(&["link", "set", UNDERLAY_IF, "up"])?;
         // Hosts route container traffic; forwarding is per namespace, never the root's.
-        let mut sysctl = process::command_in(host.name(), "sysctl");
-        sysctl.args(["-q", "-w", "net.ipv4.ip_forward=1"]);
-        let out = process::run_bounded(sysctl, None, Duration::from_secs(5))
-            .map_err(|e| LabError::setup(format!("sysctl in {}", host.name()), e))?;
-        if !out.status.success() {
-            return Err(LabError::setup(
-                format!("sysctl -w net.ipv4.ip_forward=1 in {}", host.name()),
-                out.stderr.trim(),
-            ));
-        }
+        // A thread inside the namespace sees that namespace's /proc/sys/net.
+        let name = host.name().to_string();
+        quilt_kernel::netns::run_in(&name, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        })
+        .map_err(|e| LabError::setup(format!("enter {name}"), e))?
+        .map_err(|e| LabError::setup(format!("turn on ip_forward in {name}"), e))?;
         Ok(())
     }
 
