@@ -13,7 +13,7 @@
 //! - [`cni`]: attaching containers through the `quilt-cni` binary.
 //! - [`probe`]: pings between containers and the connectivity matrix.
 //! - [`tables`]: a host's routes, neighbours and FDB entries, read and watched.
-//! - [`bench`]: convergence and data-plane measurements on a lab.
+//! - [`mod@bench`]: convergence and data-plane measurements on a lab.
 //! - [`error`]: the error type, [`LabError`].
 
 pub mod bench;

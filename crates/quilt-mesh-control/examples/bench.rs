@@ -161,14 +161,14 @@ async fn main() -> anyhow::Result<()> {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.split("listen=").nth(1) {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(
-                        rest.chars()
-                            .take_while(|c| !c.is_whitespace())
-                            .collect::<String>(),
-                    );
-                }
+            if let Some(rest) = line.split("listen=").nth(1)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(
+                    rest.chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect::<String>(),
+                );
             }
         }
     });

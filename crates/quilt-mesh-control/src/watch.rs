@@ -102,10 +102,10 @@ impl Hub {
                 line: Bytes::from(line),
             });
             inner.current = change.revision;
-            if inner.history.len() == self.capacity {
-                if let Some(old) = inner.history.pop_front() {
-                    inner.floor = old.revision;
-                }
+            if inner.history.len() == self.capacity
+                && let Some(old) = inner.history.pop_front()
+            {
+                inner.floor = old.revision;
             }
             inner.history.push_back(event.clone());
             // No receivers is fine: nobody is watching.

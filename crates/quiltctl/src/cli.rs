@@ -181,7 +181,7 @@ pub enum LabCommand {
     Exec {
         #[command(flatten)]
         target: LabTarget,
-        /// c<host>-<n>, h<host> or sw.
+        /// `c<host>-<n>`, `h<host>` or `sw`.
         member: String,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]

@@ -3,7 +3,7 @@
 //! - [`cli`]: the flags and commands.
 //! - [`operator`]: `nodes`, `node delete`, `routes`, `status` against real daemons.
 //! - [`lab`]: `lab up|status|exec|down|agent` on top of the `quilt-lab` library.
-//! - [`bench`]: `bench convergence|dataplane` on a lab of their own.
+//! - [`mod@bench`]: `bench convergence|dataplane` on a lab of their own.
 //! - [`table`]: plain aligned text tables.
 
 pub mod bench;

@@ -152,12 +152,11 @@ impl Binary {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    if let Some(tx) = tx.take() {
-                        let addr: String =
-                            rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                        let _ = tx.send(addr);
-                    }
+                if let Some(rest) = line.split("listen=").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = tx.send(addr);
                 }
             }
         });
