@@ -16,6 +16,7 @@ pub mod result;
 use std::time::Duration;
 
 use quilt_proto as pb;
+use quilt_proto::connect::{ConnectError, Timeouts};
 use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use tonic::transport::Channel;
 
@@ -125,20 +126,16 @@ fn version(stdin: &[u8]) -> String {
 
 async fn connect(conf: &NetConf) -> Result<QuiltRuntimeClient<Channel>, CniError> {
     let address = &conf.runtime_address;
-    let endpoint = Channel::from_shared(address.clone())
-        .map_err(|e| {
-            CniError::new(
-                code::INVALID_CONFIG,
-                format!("runtime_address {address:?} is not a valid url: {e}"),
-            )
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
-    let channel = endpoint
-        .connect()
+    let timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT,
+        call: CALL_TIMEOUT,
+    };
+    quilt_proto::connect::connect(address, timeouts)
         .await
-        .map_err(|e| CniError::unreachable(address, e))?;
-    Ok(QuiltRuntimeClient::new(channel))
+        .map_err(|e| match e {
+            ConnectError::BadAddress { .. } => CniError::new(code::INVALID_CONFIG, e.to_string()),
+            ConnectError::Unreachable { message, .. } => CniError::unreachable(address, message),
+        })
 }
 
 async fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {

@@ -673,10 +673,9 @@ impl Lab {
             let up = hosts
                 .iter()
                 .filter(|h| {
-                    list.nodes.iter().any(|n| {
-                        n.host_ip == h.host_ip
-                            && n.status == quilt_mesh_control::api::types::Status::Up
-                    })
+                    list.nodes
+                        .iter()
+                        .any(|n| n.host_ip == h.host_ip && n.status == quilt_api::types::Status::Up)
                 })
                 .count();
             if up < hosts.len() {
@@ -1215,8 +1214,8 @@ pub fn status(state: &LabState) -> LabStatus {
                 vtep_mac: node.and_then(|n| n.vtep_mac.clone()),
                 status: node.map(|n| {
                     match n.status {
-                        quilt_mesh_control::api::types::Status::Up => "up",
-                        quilt_mesh_control::api::types::Status::Down => "down",
+                        quilt_api::types::Status::Up => "up",
+                        quilt_api::types::Status::Down => "down",
                     }
                     .to_string()
                 }),

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use quilt_mesh_control::api::types::NodeList;
+use quilt_api::ControlClient;
+use quilt_api::types::NodeList;
 use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use tonic::transport::Channel;
 
@@ -27,47 +28,31 @@ where
     .map_err(|e| e.to_string())?
 }
 
-fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// The lab's control plane, reached without proxies and with short timeouts (it is on
+/// the same machine).
+fn control(url: &str) -> Result<ControlClient, String> {
+    ControlClient::builder([url])
         .no_proxy()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(3))
+        .timeouts(quilt_api::Timeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_secs(3),
+        })
         .build()
         .map_err(|e| e.to_string())
 }
 
 /// `GET /health` on the control plane, from inside `netns`.
 pub fn control_health(netns: &str, url: &str) -> Result<(), String> {
-    let url = format!("{url}/health");
     block_on_in(netns, || async move {
-        let r = http_client()?
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("GET {url}: status {}", r.status()))
-        }
+        control(url)?.health().await.map_err(|e| e.to_string())?;
+        Ok(())
     })
 }
 
 /// `GET /api/nodes`, from inside `netns`.
 pub fn list_nodes(netns: &str, url: &str) -> Result<NodeList, String> {
-    let url = format!("{url}/api/nodes");
     block_on_in(netns, || async move {
-        let r = http_client()?
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if !r.status().is_success() {
-            return Err(format!("GET {url}: status {}", r.status()));
-        }
-        r.json::<NodeList>()
-            .await
-            .map_err(|e| format!("GET {url}: cannot parse: {e}"))
+        control(url)?.list().await.map_err(|e| e.to_string())
     })
 }
 
@@ -79,14 +64,14 @@ where
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     block_on_in(netns, || async move {
-        let channel = Channel::from_shared(format!("http://{RUNTIME_ADDR}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(5))
-            .connect()
+        let timeouts = quilt_proto::connect::Timeouts {
+            connect: Duration::from_secs(1),
+            call: Duration::from_secs(5),
+        };
+        let client = quilt_proto::connect::connect(RUNTIME_ADDR, timeouts)
             .await
-            .map_err(|e| format!("connect to quilt-runtime at {RUNTIME_ADDR}: {e}"))?;
-        f(QuiltRuntimeClient::new(channel))
+            .map_err(|e| e.to_string())?;
+        f(client)
             .await
             .map_err(|s| format!("quilt-runtime: {}", s.message()))
     })

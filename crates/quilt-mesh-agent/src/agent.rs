@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use ipnet::Ipv4Net;
+use quilt_api::types::{EventType, NodeInfo, RegisterRequest, WatchEvent};
 use quilt_kernel::overlay::{Overlay, VxlanSpec};
-use quilt_mesh_control::api::types::{EventType, NodeInfo, RegisterRequest, WatchEvent};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::Config;
-use crate::control::{ControlError, ControlPlane};
+use crate::control::{self, ControlClient, ControlError};
 use crate::device::{self, DeviceChange};
 use crate::metrics::Metrics;
 use crate::peers::{self, Peer};
@@ -88,7 +88,7 @@ pub async fn run<O: Overlay>(
         "quilt-mesh-agent starting"
     );
     let mut agent = Agent {
-        control: ControlPlane::new(config.control_planes.clone(), config.join_token.clone()),
+        control: control::client(&config)?,
         runtime: Runtime::new(&config.runtime_addr)?,
         spec_template: VxlanSpec {
             name: config.vxlan_interface.clone(),
@@ -142,7 +142,7 @@ enum SessionEnd {
 struct Agent<O> {
     config: Config,
     kernel: O,
-    control: ControlPlane,
+    control: ControlClient,
     runtime: Runtime,
     metrics: Arc<Metrics>,
     state: AgentState,
@@ -199,15 +199,16 @@ impl<O: Overlay> Agent<O> {
         loop {
             match self.control.register(&request).await {
                 Ok(answer) => {
+                    let node = answer.node;
                     if let Some(old) = self.state.subnet
-                        && old != answer.subnet
+                        && old != node.subnet
                     {
-                        warn!(%old, new = %answer.subnet, "the control plane leased this node another subnet");
+                        warn!(%old, new = %node.subnet, "the control plane leased this node another subnet");
                     }
-                    info!(node_id = %answer.node_id, subnet = %answer.subnet, renewed = !answer.created, "registered with the control plane");
-                    self.state.node_id = Some(answer.node_id);
+                    info!(node_id = %node.node_id, subnet = %node.subnet, renewed = !answer.created, "registered with the control plane");
+                    self.state.node_id = Some(node.node_id);
                     self.state.node_token = Some(answer.node_token);
-                    self.state.subnet = Some(answer.subnet);
+                    self.state.subnet = Some(node.subnet);
                     state::save(&self.config.state_dir, &self.state)?;
                     return Ok(true);
                 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use quilt_api::types::{NodeInfo, Status};
 use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour};
-use quilt_mesh_control::api::types::{NodeInfo, Status};
 
 /// A node this node must reach over the overlay.
 #[derive(Debug, Clone, PartialEq, Eq)]

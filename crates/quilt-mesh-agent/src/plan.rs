@@ -82,7 +82,7 @@ pub fn stale_routes(managed: &[Ipv4Net], desired: &BTreeMap<String, Peer>) -> Ve
 
 #[cfg(test)]
 mod tests {
-    use quilt_mesh_control::api::types::Status;
+    use quilt_api::types::Status;
 
     use super::*;
     use crate::peers::{desired, tests::node};

@@ -1,12 +1,11 @@
 //! The runtime's gRPC API as the agent uses it. The channel connects lazily, so a
 //! runtime that is restarting is simply retried.
 
-use std::time::Duration;
-
 use ipnet::Ipv4Net;
 use quilt_proto as pb;
+use quilt_proto::connect::{ConnectError, Timeouts, connect_lazy};
 use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Why a runtime call failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,14 +24,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(address: &str) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(address.to_string())
-            .map_err(|e| anyhow::anyhow!("runtime address {address:?} is not a URL: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10));
+    pub fn new(address: &str) -> Result<Self, ConnectError> {
         Ok(Self {
             address: address.to_string(),
-            client: QuiltRuntimeClient::new(endpoint.connect_lazy()),
+            client: connect_lazy(address, Timeouts::default())?,
         })
     }
 

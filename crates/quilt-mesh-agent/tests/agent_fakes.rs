@@ -6,11 +6,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use quilt_api::ControlClient;
+use quilt_api::types::RegisterRequest;
 use quilt_kernel::fake::FakeKernel;
 use quilt_kernel::fake_overlay::FakeOverlay;
 use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour, Overlay};
 use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
-use serde_json::json;
 use tokio::sync::oneshot;
 
 struct Cluster {
@@ -111,21 +112,28 @@ fn agent_config(cluster: &Cluster, hostname: &str, extra: &[&str]) -> quilt_mesh
     quilt_mesh_agent::Config::parse_from(args)
 }
 
-async fn register_peer(control: &str, n: u8) -> String {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{control}/api/nodes/register"))
-        .json(&json!({
-            "hostname": format!("peer{n}"),
-            "host_ip": format!("192.168.77.{}", 20 + n),
-            "vtep_mac": format!("02:00:00:00:00:{n:02x}"),
-        }))
-        .send()
-        .await
+fn control_client(control: &str) -> ControlClient {
+    ControlClient::builder([control])
+        .no_proxy()
+        .build()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["node_id"].as_str().unwrap().to_string()
+}
+
+async fn register_peer(control: &str, n: u8) -> String {
+    let request = RegisterRequest {
+        hostname: format!("peer{n}"),
+        host_ip: format!("192.168.77.{}", 20 + n),
+        cpu_cores: None,
+        ram_mb: None,
+        vtep_mac: Some(format!("02:00:00:00:00:{n:02x}")),
+    };
+    let answer = control_client(control).register(&request).await.unwrap();
+    answer.node.node_id
+}
+
+async fn hostnames(control: &str) -> Vec<String> {
+    let list = control_client(control).list().await.unwrap();
+    list.nodes.into_iter().map(|n| n.hostname).collect()
 }
 
 async fn routes(runtime: SocketAddr) -> Vec<(String, String)> {
@@ -230,12 +238,11 @@ async fn the_agent_follows_its_peers_and_repairs_its_device() {
     .await;
 
     // A peer that leaves loses its route, neighbour and FDB entry.
-    let deleted = reqwest::Client::new()
-        .delete(format!("{}/api/nodes/{second}", cluster.control))
-        .send()
+    let deleted = control_client(&cluster.control)
+        .delete_node(&second)
         .await
         .unwrap();
-    assert!(deleted.status().is_success());
+    assert_eq!(deleted.node_id, second);
     eventually(
         Duration::from_secs(3),
         "the gone peer removed",
@@ -331,19 +338,11 @@ async fn leave_on_exit_removes_what_the_agent_made_and_deregisters() {
         routes(cluster.runtime).await.is_empty(),
         "the routes went with the agent"
     );
-    let nodes: serde_json::Value = reqwest::get(format!("{}/api/nodes", cluster.control))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let hostnames: Vec<&str> = nodes["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["hostname"].as_str().unwrap())
-        .collect();
-    assert_eq!(hostnames, vec!["peer1"], "the agent deregistered");
+    assert_eq!(
+        hostnames(&cluster.control).await,
+        vec!["peer1"],
+        "the agent deregistered"
+    );
     drop(cluster.stops);
 }
 
@@ -362,17 +361,10 @@ async fn a_foreign_link_is_left_alone_and_one_refused_route_holds_up_no_other_pe
     // Registration comes just before the device; once it is done, give the agent more
     // than one retry at the device, then check it changed nothing at all.
     eventually(Duration::from_secs(5), "the agent registered", async || {
-        let nodes: serde_json::Value = reqwest::get(format!("{}/api/nodes", cluster.control))
+        hostnames(&cluster.control)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        nodes["nodes"]
-            .as_array()
-            .unwrap()
             .iter()
-            .any(|n| n["hostname"] == "careful")
+            .any(|h| h == "careful")
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1300)).await;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::body::Bytes;
 use tokio::sync::broadcast;
 
-use crate::api::types::WatchEvent;
+use crate::api::types::watch_event;
 use crate::store::{Change, Revision};
 
 /// One published change, rendered once as its NDJSON line for every watcher.
@@ -95,7 +95,7 @@ impl Hub {
                 );
                 continue;
             }
-            let mut line = serde_json::to_vec(&WatchEvent::from(&change)).unwrap_or_default();
+            let mut line = serde_json::to_vec(&watch_event(&change)).unwrap_or_default();
             line.push(b'\n');
             let event = Arc::new(Event {
                 revision: change.revision,

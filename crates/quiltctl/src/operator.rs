@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
+use quilt_api::types::Status;
+use quilt_api::{ControlClient, Timeouts};
 use quilt_common::ClusterNetwork;
-use quilt_mesh_control::api::types::{ErrorBody, Health, NodeInfo, NodeList, Status};
-use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use serde::Serialize;
 
 use crate::cli::{Command, NodeCommand, StatusArgs};
@@ -22,7 +22,7 @@ pub struct Global {
 }
 
 pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
-    let cp = ControlPlane::new(global)?;
+    let cp = control_client(global)?;
     match command {
         Command::Nodes => nodes(&cp, global.json).await,
         Command::Node {
@@ -36,101 +36,23 @@ pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> 
     }
 }
 
-/// The control plane, over one or more URLs tried in order.
-pub struct ControlPlane {
-    urls: Vec<String>,
-    token: Option<String>,
-    http: reqwest::Client,
-}
-
-impl ControlPlane {
-    pub fn new(global: &Global) -> anyhow::Result<Self> {
-        let urls: Vec<String> = global
-            .control_planes
-            .iter()
-            .map(|u| u.trim().trim_end_matches('/').to_string())
-            .filter(|u| !u.is_empty())
-            .collect();
-        if urls.is_empty() {
-            bail!("no control plane url given (--control-plane or QUILT_CONTROL_PLANE)");
-        }
-        for u in &urls {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                bail!("control plane url {u:?} is not an http:// or https:// url");
-            }
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .context("cannot build the http client")?;
-        Ok(Self {
-            urls,
-            token: global.join_token.clone(),
-            http,
+/// A client of the control planes the flags name, with the operator's timeouts.
+pub fn control_client(global: &Global) -> anyhow::Result<ControlClient> {
+    Ok(ControlClient::builder(global.control_planes.clone())
+        .join_token(global.join_token.clone())
+        .timeouts(Timeouts {
+            connect: Duration::from_secs(3),
+            request: Duration::from_secs(10),
         })
-    }
-
-    /// Sends the request to the first control plane that answers; HTTP errors become
-    /// errors carrying the server's message.
-    async fn send(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::Response> {
-        let mut failures = Vec::new();
-        for base in &self.urls {
-            let url = format!("{base}{path}");
-            let mut request = self.http.request(method.clone(), &url);
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
-            }
-            match request.send().await {
-                Ok(r) if r.status().is_success() => return Ok(r),
-                Ok(r) => {
-                    let status = r.status();
-                    let message = r
-                        .json::<ErrorBody>()
-                        .await
-                        .map(|b| b.error)
-                        .unwrap_or_else(|_| "no error message".to_string());
-                    bail!("{method} {url}: {status}: {message}");
-                }
-                Err(e) => failures.push(format!("{url}: {}", error_chain(&e))),
-            }
-        }
-        Err(anyhow!(
-            "no control plane answered: {}",
-            failures.join("; ")
-        ))
-    }
-
-    pub async fn health(&self) -> anyhow::Result<Health> {
-        let r = self.send(reqwest::Method::GET, "/health").await?;
-        r.json().await.context("cannot parse the /health answer")
-    }
-
-    pub async fn nodes(&self) -> anyhow::Result<NodeList> {
-        let r = self.send(reqwest::Method::GET, "/api/nodes").await?;
-        r.json().await.context("cannot parse the /api/nodes answer")
-    }
-
-    pub async fn delete(&self, id: &str) -> anyhow::Result<NodeInfo> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            bail!("node id {id:?} is not a node id (like node-3)");
-        }
-        let r = self
-            .send(reqwest::Method::DELETE, &format!("/api/nodes/{id}"))
-            .await?;
-        r.json().await.context("cannot parse the DELETE answer")
-    }
+        .build()?)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
+/// Refuses, before asking anyone, a node id that is not of the form `node-<n>`.
+fn check_node_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        bail!("node id {id:?} is not a node id (like node-3)");
     }
-    s
+    Ok(())
 }
 
 fn now_unix() -> u64 {
@@ -140,20 +62,13 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-fn status_word(s: Status) -> &'static str {
-    match s {
-        Status::Up => "up",
-        Status::Down => "down",
-    }
-}
-
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
-async fn nodes(cp: &ControlPlane, json: bool) -> anyhow::Result<ExitCode> {
-    let list = cp.nodes().await?;
+async fn nodes(cp: &ControlClient, json: bool) -> anyhow::Result<ExitCode> {
+    let list = cp.list().await?;
     if json {
         print_json(&list)?;
         return Ok(ExitCode::SUCCESS);
@@ -168,7 +83,7 @@ async fn nodes(cp: &ControlPlane, json: bool) -> anyhow::Result<ExitCode> {
                 n.hostname.clone(),
                 n.host_ip.to_string(),
                 n.subnet.to_string(),
-                status_word(n.status).to_string(),
+                n.status.as_str().to_string(),
                 format!("{} ago", table::age(now.saturating_sub(n.last_heartbeat))),
             ]
         })
@@ -193,8 +108,9 @@ async fn nodes(cp: &ControlPlane, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn delete_node(cp: &ControlPlane, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let node = cp.delete(id).await?;
+async fn delete_node(cp: &ControlClient, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    check_node_id(id)?;
+    let node = cp.delete_node(id).await?;
     if json {
         print_json(&node)?;
     } else {
@@ -233,16 +149,16 @@ pub struct Leases {
     pub free: u64,
 }
 
-async fn status(cp: &ControlPlane, args: &StatusArgs, json: bool) -> anyhow::Result<ExitCode> {
+async fn status(cp: &ControlClient, args: &StatusArgs, json: bool) -> anyhow::Result<ExitCode> {
     let plan =
         ClusterNetwork::new(args.cluster_cidr, args.node_prefix_len).map_err(|e| anyhow!("{e}"))?;
     let health = cp.health().await?;
-    let list = cp.nodes().await?;
+    let list = cp.list().await?;
     let up = list.nodes.iter().filter(|n| n.status == Status::Up).count();
     let capacity = plan.subnet_count().saturating_sub(1);
     let used = list.nodes.len() as u64;
     let report = StatusReport {
-        control_plane: cp.urls.join(","),
+        control_plane: cp.urls().join(","),
         health: health.status,
         nodes: Counts {
             total: list.nodes.len(),
@@ -297,20 +213,12 @@ pub struct RouteRow {
 }
 
 async fn routes(runtime: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let addr = if runtime.contains("://") {
-        runtime.to_string()
-    } else {
-        format!("http://{runtime}")
+    let addr = quilt_proto::connect::url_of(runtime);
+    let timeouts = quilt_proto::connect::Timeouts {
+        connect: Duration::from_secs(3),
+        call: Duration::from_secs(10),
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
-        .with_context(|| format!("runtime address {runtime:?} is not a url"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| anyhow!("cannot reach quilt-runtime at {addr}: {}", error_chain(&e)))?;
-    let mut client = QuiltRuntimeClient::new(channel);
+    let mut client = quilt_proto::connect::connect(runtime, timeouts).await?;
     let listed = client
         .list_routes(quilt_proto::ListRoutesRequest {})
         .await

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use quilt_api::ControlClient;
+use quilt_api::types::{NodeInfo, NodeList, RegisterRequest};
 use quilt_kernel::netns::{self, OwnedNetns};
-use quilt_mesh_control::api::types::{NodeInfo, NodeList};
 
 const QUILTCTL: &str = env!("CARGO_BIN_EXE_quiltctl");
 const TOKEN: &str = "lab-join-token-0123456789";
@@ -144,24 +145,27 @@ impl Site {
 
     /// Registers a node the way an agent does.
     fn register(&self, hostname: &str, host_ip: &str) {
-        let body = serde_json::json!({"hostname": hostname, "host_ip": host_ip, "cpu_cores": 2});
+        let request = RegisterRequest {
+            hostname: hostname.into(),
+            host_ip: host_ip.into(),
+            cpu_cores: Some(2),
+            ram_mb: None,
+            vtep_mac: None,
+        };
         netns::run_in(self.ns.name(), || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let r = reqwest::Client::builder()
+                ControlClient::builder(["http://127.0.0.1:8080"])
+                    .join_token(Some(TOKEN.into()))
                     .no_proxy()
                     .build()
                     .unwrap()
-                    .post("http://127.0.0.1:8080/api/nodes/register")
-                    .bearer_auth(TOKEN)
-                    .json(&body)
-                    .send()
+                    .register(&request)
                     .await
                     .unwrap();
-                assert!(r.status().is_success(), "register: {}", r.status());
             })
         })
         .unwrap();

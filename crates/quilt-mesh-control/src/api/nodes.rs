@@ -9,7 +9,7 @@ use axum::http::header::AUTHORIZATION;
 
 use super::AppState;
 use super::request;
-use super::types::{HeartbeatResponse, NodeInfo, NodeList, RegisterResponse};
+use super::types::{HeartbeatResponse, NodeInfo, NodeList, RegisterResponse, node_info};
 use crate::auth::bearer;
 use crate::error::ApiError;
 use crate::model::{NodeId, NodeToken};
@@ -58,19 +58,9 @@ pub async fn register(
     } else {
         tracing::info!(node = %n.id, host_ip = %n.host_ip, subnet = %n.subnet, "node registered again");
     }
-    let info = NodeInfo::from(n);
     Ok(Json(RegisterResponse {
-        node_id: info.node_id,
-        subnet: info.subnet,
+        node: node_info(n),
         node_token: n.token.as_str().to_string(),
-        hostname: info.hostname,
-        host_ip: info.host_ip,
-        cpu_cores: info.cpu_cores,
-        ram_mb: info.ram_mb,
-        status: info.status,
-        registered_at: info.registered_at,
-        last_heartbeat: info.last_heartbeat,
-        vtep_mac: info.vtep_mac,
         cluster_cidr: state.cluster_cidr,
         heartbeat_timeout_ms: u64::try_from(state.heartbeat_timeout.as_millis())
             .unwrap_or(u64::MAX),
@@ -91,7 +81,7 @@ pub async fn heartbeat(
         .heartbeat(id, move |node| policy.heartbeat(node, presented.as_deref()))
         .await?;
     state.metrics.heartbeats.inc();
-    let info = NodeInfo::from(&node);
+    let info = node_info(&node);
     Ok(Json(HeartbeatResponse {
         node_id: info.node_id,
         status: info.status,
@@ -102,7 +92,7 @@ pub async fn heartbeat(
 pub async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {
     let (nodes, revision) = state.registry.list().await?;
     Ok(Json(NodeList {
-        nodes: nodes.iter().map(NodeInfo::from).collect(),
+        nodes: nodes.iter().map(node_info).collect(),
         revision,
     }))
 }
@@ -113,7 +103,7 @@ pub async fn get(
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id = node_id(&raw)?;
     match state.registry.get(id).await? {
-        Some(node) => Ok(Json(NodeInfo::from(&node))),
+        Some(node) => Ok(Json(node_info(&node))),
         None => Err(RegistryError::Store(StoreError::NotFound(id)).into()),
     }
 }
@@ -131,5 +121,5 @@ pub async fn delete(
         .delete(id, move |node| policy.delete(node, presented.as_deref()))
         .await?;
     tracing::info!(node = %node.id, host_ip = %node.host_ip, subnet = %node.subnet, "node left; subnet is free");
-    Ok(Json(NodeInfo::from(&node)))
+    Ok(Json(node_info(&node)))
 }

@@ -1,19 +1,20 @@
-//! Request bodies to typed values: JSON syntax errors are 400, fields that are missing,
-//! unknown, of the wrong type or invalid are 422 with the field's name in the message.
+//! Request bodies to the published types, then to validated values: JSON syntax errors
+//! are 400; fields that are missing, unknown, of the wrong type or invalid are 422 with the
+//! field's name in the message.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use quilt_common::cluster::excerpt;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::types::RegisterRequest;
 
 use crate::error::ApiError;
 use crate::model::{FieldError, NewNode, parse_host_ip, parse_hostname, parse_mac};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-const REGISTER_FIELDS: &[&str] = &["hostname", "host_ip", "cpu_cores", "ram_mb", "vtep_mac"];
 
 /// Maps a failure to read the body (over the limit, or cut off) to an error.
 pub fn body(raw: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -29,31 +30,14 @@ pub fn body(raw: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-/// Parses a JSON object, refusing fields outside `known`.
-fn object(body: &[u8], known: &[&str]) -> Result<Map<String, Value>, ApiError> {
+/// Parses a JSON body: syntax errors and an empty body are 400.
+fn json(body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::MalformedJson(
             "request body is empty; send a json object".into(),
         ));
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let Value::Object(map) = value else {
-        return Err(FieldError(format!(
-            "request body must be a json object, not {}",
-            kind(&value)
-        ))
-        .into());
-    };
-    if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(FieldError(format!(
-            "unknown field {:?}; known fields are {}",
-            excerpt(unknown),
-            known.join(", ")
-        ))
-        .into());
-    }
-    Ok(map)
+    serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -71,64 +55,76 @@ fn shown(v: &Value) -> String {
     excerpt(&v.to_string())
 }
 
-fn required_str<'a>(map: &'a Map<String, Value>, field: &str) -> Result<&'a str, FieldError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Err(FieldError(format!("{field} is missing"))),
-        Some(Value::String(s)) => Ok(s),
-        Some(v) => Err(FieldError(format!(
-            "{field} {} is {}, not a string",
-            shown(v),
-            kind(v)
-        ))),
+/// Says, naming the field, why `value` is not a [`RegisterRequest`] that serde refused
+/// with `refusal`; the field rules are the type's, read from its documented shape.
+fn explain_register(value: &Value, refusal: serde_json::Error) -> FieldError {
+    let Value::Object(map) = value else {
+        return FieldError(format!(
+            "request body must be a json object, not {}",
+            kind(value)
+        ));
+    };
+    let known = RegisterRequest::FIELDS;
+    if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
+        return FieldError(format!(
+            "unknown field {:?}; known fields are {}",
+            excerpt(unknown),
+            known.join(", ")
+        ));
     }
+    let uint_max = |field: &str| match field {
+        "cpu_cores" => Some(u64::from(u32::MAX)),
+        "ram_mb" => Some(i64::MAX as u64),
+        _ => None,
+    };
+    for field in known {
+        let required = matches!(*field, "hostname" | "host_ip");
+        match (map.get(*field), uint_max(field)) {
+            (None | Some(Value::Null), _) if required => {
+                return FieldError(format!("{field} is missing"));
+            }
+            (None | Some(Value::Null), _) => {}
+            (Some(v), Some(max)) if v.as_u64().is_none_or(|n| n > max) => {
+                return FieldError(format!(
+                    "{field} {} is not a whole number from 0 to {max}",
+                    shown(v)
+                ));
+            }
+            (Some(v), None) if !v.is_string() => {
+                return FieldError(format!("{field} {} is {}, not a string", shown(v), kind(v)));
+            }
+            _ => {}
+        }
+    }
+    FieldError(format!(
+        "registration refused: {}",
+        excerpt(&refusal.to_string())
+    ))
 }
 
-fn optional_str<'a>(
-    map: &'a Map<String, Value>,
-    field: &str,
-) -> Result<Option<&'a str>, FieldError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(FieldError(format!(
-            "{field} {} is {}, not a string",
-            shown(v),
-            kind(v)
-        ))),
-    }
-}
-
-fn optional_uint(
-    map: &Map<String, Value>,
-    field: &str,
-    max: u64,
-) -> Result<Option<u64>, FieldError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if n <= max => Ok(Some(n)),
-            _ => Err(FieldError(format!(
-                "{field} {} is not a whole number from 0 to {max}",
-                shown(v)
-            ))),
-        },
-    }
-}
-
-/// `POST /api/nodes/register` body to a validated registration.
+/// `POST /api/nodes/register` body to a validated registration: the body is read into
+/// the published [`RegisterRequest`], then each field is checked.
 pub fn register(body: &[u8]) -> Result<NewNode, ApiError> {
-    let map = object(body, REGISTER_FIELDS)?;
-    let hostname = parse_hostname(required_str(&map, "hostname")?)?;
-    let host_ip = parse_host_ip(required_str(&map, "host_ip")?)?;
-    let cpu_cores = optional_uint(&map, "cpu_cores", u64::from(u32::MAX))?.unwrap_or(0);
-    let ram_mb = optional_uint(&map, "ram_mb", i64::MAX as u64)?.unwrap_or(0);
-    let vtep_mac = optional_str(&map, "vtep_mac")?.map(parse_mac).transpose()?;
+    let value = json(body)?;
+    let request: RegisterRequest = match serde_json::from_value(value.clone()) {
+        Ok(request) => request,
+        Err(refusal) => return Err(explain_register(&value, refusal).into()),
+    };
+    let ram_limit = i64::MAX as u64;
+    if let Some(ram_mb) = request.ram_mb
+        && ram_mb > ram_limit
+    {
+        return Err(FieldError(format!(
+            "ram_mb {ram_mb} is not a whole number from 0 to {ram_limit}"
+        ))
+        .into());
+    }
     Ok(NewNode {
-        hostname,
-        host_ip,
-        cpu_cores: u32::try_from(cpu_cores).unwrap_or(u32::MAX),
-        ram_mb,
-        vtep_mac,
+        hostname: parse_hostname(&request.hostname)?,
+        host_ip: parse_host_ip(&request.host_ip)?,
+        cpu_cores: request.cpu_cores.unwrap_or(0),
+        ram_mb: request.ram_mb.unwrap_or(0),
+        vtep_mac: request.vtep_mac.as_deref().map(parse_mac).transpose()?,
     })
 }
 

@@ -22,7 +22,7 @@ pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 /// A position in the history of changes: it grows by one for every [`Change`].
-pub type Revision = u64;
+pub use quilt_api::types::Revision;
 
 /// What happened to a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,396 @@
+//! [`ControlClient`]: the control plane's HTTP API as every Quilt Mesh program calls it.
+//!
+//! Several URLs may be given (replicas); each call tries them in order, starting with the
+//! one that answered last, and moves on only when one does not answer at all. An answer
+//! that is an error is final and comes back typed: [`ControlError`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::lines::lines;
+use crate::types::{
+    ErrorBody, Health, NodeInfo, NodeList, RegisterRequest, RegisterResponse, Revision, WatchEvent,
+};
+
+/// How long calls may take. The watch stream has no overall limit: it lasts until the
+/// server or the caller ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To open a TCP connection to one URL before trying the next.
+    pub connect: Duration,
+    /// For a whole unary call (list, register, heartbeat, leave, ...).
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a control-plane call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no control plane url given")]
+    NoUrl,
+    #[error("control plane url {0:?} is not an http:// or https:// url")]
+    BadUrl(String),
+    #[error("cannot build the http client: {0}")]
+    Client(String),
+    #[error("no control plane answered ({0})")]
+    Unreachable(String),
+    #[error("control plane {url} refused {what}: {status} {message}")]
+    Refused {
+        what: &'static str,
+        url: String,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("node {0} is not registered (any more)")]
+    UnknownNode(String),
+    #[error(
+        "the control plane no longer accepts this node's token for {0} (a newer registration rotated it)"
+    )]
+    StaleToken(String),
+    #[error("watch history no longer holds revision {0}; list again")]
+    Gone(Revision),
+    #[error("control plane answered {what} with a body that does not parse: {message}")]
+    BadAnswer { what: &'static str, message: String },
+}
+
+impl ControlError {
+    /// The HTTP status of a refusal, if this is one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ControlError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one or more control-plane replicas.
+pub struct ControlClient {
+    urls: Vec<String>,
+    preferred: AtomicUsize,
+    http: reqwest::Client,
+    join_token: Option<String>,
+    timeouts: Timeouts,
+}
+
+/// Options for [`ControlClient`], from [`ControlClient::builder`].
+pub struct ControlClientBuilder {
+    urls: Vec<String>,
+    join_token: Option<String>,
+    timeouts: Timeouts,
+    system_proxy: bool,
+}
+
+impl ControlClientBuilder {
+    /// Sent as `Authorization: Bearer` where the join token is what the server asks for:
+    /// registering, and an operator deleting a node.
+    pub fn join_token(mut self, token: Option<String>) -> Self {
+        self.join_token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Ignore `HTTP_PROXY` and the like: for callers that reach the control plane over
+    /// a network no proxy serves (the lab's namespaces).
+    pub fn no_proxy(mut self) -> Self {
+        self.system_proxy = false;
+        self
+    }
+
+    /// Checks the URLs (at least one, each http:// or https://) and builds the client.
+    pub fn build(self) -> Result<ControlClient, ControlError> {
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(ControlError::NoUrl);
+        }
+        if let Some(bad) = urls
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(ControlError::BadUrl(bad.clone()));
+        }
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(self.timeouts.connect)
+            .pool_idle_timeout(Duration::from_secs(30));
+        if !self.system_proxy {
+            http = http.no_proxy();
+        }
+        let http = http
+            .build()
+            .map_err(|e| ControlError::Client(error_chain(&e)))?;
+        Ok(ControlClient {
+            urls,
+            preferred: AtomicUsize::new(0),
+            http,
+            join_token: self.join_token,
+            timeouts: self.timeouts,
+        })
+    }
+}
+
+impl ControlClient {
+    /// A client of the replicas at `urls` (`http://HOST:PORT`, tried in order).
+    pub fn builder<I, S>(urls: I) -> ControlClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ControlClientBuilder {
+            urls: urls.into_iter().map(Into::into).collect(),
+            join_token: None,
+            timeouts: Timeouts::default(),
+            system_proxy: true,
+        }
+    }
+
+    /// The URLs this client tries, as given (trimmed).
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Sends the request `build` makes for each URL in turn until one answers at all;
+    /// answers with that URL and the response.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<(String, Response), ControlError> {
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for offset in 0..self.urls.len() {
+            let index = (start + offset) % self.urls.len();
+            let url = format!("{}{path}", self.urls[index]);
+            match build(self.http.request(method.clone(), &url)).send().await {
+                Ok(response) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok((url, response));
+                }
+                Err(e) => failures.push(format!("{url}: {}", error_chain(&e))),
+            }
+        }
+        Err(ControlError::Unreachable(failures.join("; ")))
+    }
+
+    /// A unary call: bounded by the request timeout.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<(String, Response), ControlError> {
+        let timeout = self.timeouts.request;
+        self.send(method, path, |builder| {
+            let builder = builder.timeout(timeout);
+            match bearer {
+                Some(token) => builder.bearer_auth(token),
+                None => builder,
+            }
+        })
+        .await
+    }
+
+    async fn refusal(what: &'static str, url: String, response: Response) -> ControlError {
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        let message = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => b.error,
+            Err(_) if body.is_empty() => "no error message".to_string(),
+            Err(_) => excerpt(&String::from_utf8_lossy(&body)),
+        };
+        ControlError::Refused {
+            what,
+            url,
+            status,
+            message,
+        }
+    }
+
+    async fn parse<T: DeserializeOwned>(
+        what: &'static str,
+        (url, response): (String, Response),
+    ) -> Result<T, ControlError> {
+        if !response.status().is_success() {
+            return Err(Self::refusal(what, url, response).await);
+        }
+        response.json().await.map_err(|e| ControlError::BadAnswer {
+            what,
+            message: error_chain(&e),
+        })
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<Health, ControlError> {
+        let answer = self.call(Method::GET, "/health", None).await?;
+        Self::parse("the health check", answer).await
+    }
+
+    /// Registers (or renews the registration of) a node, with the join token if given.
+    pub async fn register(
+        &self,
+        request: &RegisterRequest,
+    ) -> Result<RegisterResponse, ControlError> {
+        let timeout = self.timeouts.request;
+        let answer = self
+            .send(Method::POST, "/api/nodes/register", |builder| {
+                let builder = builder.timeout(timeout).json(request);
+                match &self.join_token {
+                    Some(token) => builder.bearer_auth(token),
+                    None => builder,
+                }
+            })
+            .await?;
+        Self::parse("the registration", answer).await
+    }
+
+    /// Every node, and the revision to watch from.
+    pub async fn list(&self) -> Result<NodeList, ControlError> {
+        let answer = self.call(Method::GET, "/api/nodes", None).await?;
+        Self::parse("the node list", answer).await
+    }
+
+    /// Tells the control plane node `node_id` is alive, with its own token. A 404 is
+    /// [`ControlError::UnknownNode`]; a refused token (401/403) is
+    /// [`ControlError::StaleToken`]: register again.
+    pub async fn heartbeat(&self, node_id: &str, token: &str) -> Result<(), ControlError> {
+        let path = format!("/api/nodes/{node_id}/heartbeat");
+        let (url, response) = self.call(Method::POST, &path, Some(token)).await?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(ControlError::UnknownNode(node_id.to_string())),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(ControlError::StaleToken(node_id.to_string()))
+            }
+            _ => Err(Self::refusal("the heartbeat", url, response).await),
+        }
+    }
+
+    /// Deregisters node `node_id` with its own token; a node already gone is fine.
+    pub async fn leave(&self, node_id: &str, token: &str) -> Result<(), ControlError> {
+        let path = format!("/api/nodes/{node_id}");
+        let (url, response) = self.call(Method::DELETE, &path, Some(token)).await?;
+        match response.status() {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            _ => Err(Self::refusal("leaving", url, response).await),
+        }
+    }
+
+    /// An operator deletes node `node_id` (with the join token, if given); answers the
+    /// node as it was.
+    pub async fn delete_node(&self, node_id: &str) -> Result<NodeInfo, ControlError> {
+        let path = format!("/api/nodes/{node_id}");
+        let answer = self
+            .call(Method::DELETE, &path, self.join_token.as_deref())
+            .await?;
+        Self::parse("deleting the node", answer).await
+    }
+
+    /// The stream of changes after `since`, one event per line, until the connection
+    /// ends. A revision no longer in the history is [`ControlError::Gone`].
+    pub async fn watch(
+        &self,
+        since: Revision,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, ControlError>> + use<>, ControlError> {
+        let path = format!("/api/nodes/watch?since={since}");
+        let (url, response) = self.send(Method::GET, &path, |builder| builder).await?;
+        match response.status() {
+            s if s.is_success() => {}
+            StatusCode::GONE => return Err(ControlError::Gone(since)),
+            _ => return Err(Self::refusal("the watch", url, response).await),
+        }
+        Ok(lines(response.bytes_stream()).map(|line| {
+            let line = line.map_err(|e| {
+                ControlError::Unreachable(format!("watch stream broke: {}", error_chain(&e)))
+            })?;
+            serde_json::from_slice::<WatchEvent>(&line).map_err(|e| ControlError::BadAnswer {
+                what: "a watch event",
+                message: e.to_string(),
+            })
+        }))
+    }
+}
+
+/// An error with its sources, `outer: inner: innermost`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// At most 200 characters of a body that is not the documented error shape.
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 200;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_when_the_client_is_built() {
+        assert!(matches!(
+            ControlClient::builder([" ", ""]).build(),
+            Err(ControlError::NoUrl)
+        ));
+        match ControlClient::builder(["http://a:1", "a:2"]).build() {
+            Err(ControlError::BadUrl(u)) => assert_eq!(u, "a:2"),
+            other => panic!("{:?}", other.err()),
+        }
+        let c = ControlClient::builder(["http://a:1/ ", "https://b:2"])
+            .build()
+            .unwrap();
+        assert_eq!(c.urls(), ["http://a:1", "https://b:2"]);
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_does_not_answer_is_skipped_and_named() {
+        // Port 9 (discard) on loopback: nothing listens there in a test environment.
+        let c = ControlClient::builder(["http://127.0.0.1:9", "http://127.0.0.2:9"])
+            .no_proxy()
+            .build()
+            .unwrap();
+        let e = c.list().await.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ControlError::Unreachable(_)), "{text}");
+        assert!(
+            text.contains("http://127.0.0.1:9/api/nodes") && text.contains("127.0.0.2:9"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn long_bodies_are_cut() {
+        let long = "x".repeat(1000);
+        assert_eq!(excerpt(&long).len(), 203);
+        assert_eq!(excerpt("short"), "short");
+    }
+}
