@@ -60,9 +60,12 @@ impl<K: Kernel> GrpcService<K> {
     }
 }
 
-/// An RPC answer, as the metrics count it.
+/// An RPC answer, as the metrics count it. Listings cannot be refused (one that fails
+/// answers a gRPC status instead), so by default an answer is a success.
 trait Answer {
-    fn success(&self) -> bool;
+    fn success(&self) -> bool {
+        true
+    }
 }
 
 /// Answers that say themselves whether they succeeded.
@@ -94,22 +97,9 @@ impl Answer for pb::InjectRoutesResponse {
     }
 }
 
-/// Listings cannot be refused; one that fails answers a gRPC status instead.
-macro_rules! answer_always_success {
-    ($($response:ty),* $(,)?) => {
-        $(impl Answer for $response {
-            fn success(&self) -> bool {
-                true
-            }
-        })*
-    };
-}
-
-answer_always_success!(
-    pb::ListAttachmentsResponse,
-    pb::ListRoutesResponse,
-    pb::ListAllocationsResponse,
-);
+impl Answer for pb::ListAttachmentsResponse {}
+impl Answer for pb::ListRoutesResponse {}
+impl Answer for pb::ListAllocationsResponse {}
 
 /// The one mapping from a result to the wire: `(success, error)`. Refusals and kernel
 /// failures are answers, not gRPC errors, because that is what existing clients read.

@@ -338,6 +338,15 @@ mod tests {
     #[test]
     fn owners_are_short_printable_ids() {
         assert!(rules().owner("abc123").is_ok());
+        for (field, err) in [
+            ("owner", rules().owner("a\tb").unwrap_err()),
+            ("container_id", rules().container_id("a\tb").unwrap_err()),
+        ] {
+            assert_eq!(
+                err.to_string(),
+                format!("{field} \"a\\tb\" is not allowed to contain spaces or control characters")
+            );
+        }
         assert!(rules().owner("").is_err());
         assert!(rules().owner("a b").is_err());
         assert!(

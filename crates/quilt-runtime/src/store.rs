@@ -324,4 +324,22 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_state_dir_that_cannot_be_made_is_named() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let dir = file.path().join("state");
+        let Err(err) = Store::open(&dir) else {
+            panic!("a folder under a regular file cannot be made");
+        };
+        assert!(matches!(err, StoreError::CreateDir { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot create state dir {}", dir.display())
+        );
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the io error is kept"
+        );
+    }
 }
