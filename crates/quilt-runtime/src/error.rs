@@ -1,10 +1,13 @@
 //! What can go wrong in the runtime, each variant naming the value that failed.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use quilt_common::ClusterError;
 use quilt_kernel::KernelError;
+
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -61,8 +64,16 @@ pub enum RuntimeError {
     },
     #[error("kernel: {0}")]
     Kernel(#[from] KernelError),
-    #[error("the change was undone because the state store failed: {0}")]
-    NotRecorded(String),
+    /// A kernel change was made, the store could not record it, and it was undone. The
+    /// store's error is shared because one failed transaction answers a whole batch.
+    #[error("the change was undone because the state store failed: {source}")]
+    NotRecorded {
+        #[source]
+        source: Arc<StoreError>,
+    },
     #[error("state store: {0}")]
-    Store(#[from] rusqlite::Error),
+    Store(#[from] StoreError),
+    /// A broken invariant of the runtime itself, or a task of it that panicked.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }

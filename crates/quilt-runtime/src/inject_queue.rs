@@ -9,8 +9,8 @@ use quilt_kernel::Kernel;
 use tokio::sync::oneshot;
 
 use crate::RuntimeError;
-use crate::request::RouteRequest;
-use crate::runtime::{RouteChange, Runtime};
+use crate::core::Runtime;
+use crate::model::{ManagedRoute, RouteChange};
 
 /// Most calls one batch takes.
 const MAX_BATCH: usize = 512;
@@ -20,7 +20,7 @@ type Reply = oneshot::Sender<Result<RouteChange, RuntimeError>>;
 /// Shared by every handler (cheap to clone).
 pub struct InjectQueue<K> {
     runtime: Arc<Runtime<K>>,
-    waiting: Arc<Mutex<Vec<(RouteRequest, Reply)>>>,
+    waiting: Arc<Mutex<Vec<(ManagedRoute, Reply)>>>,
     applying: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -45,7 +45,7 @@ impl<K: Kernel> InjectQueue<K> {
 
     /// Applies one route, alone or in a batch with the calls waiting beside it, and
     /// answers its own result.
-    pub async fn inject(&self, route: RouteRequest) -> Result<RouteChange, RuntimeError> {
+    pub async fn inject(&self, route: ManagedRoute) -> Result<RouteChange, RuntimeError> {
         let (reply, mut answer) = oneshot::channel();
         self.waiting
             .lock()
@@ -65,7 +65,7 @@ impl<K: Kernel> InjectQueue<K> {
         let applied = tokio::spawn(async move {
             let _turn = turn;
             loop {
-                let batch: Vec<(RouteRequest, Reply)> = {
+                let batch: Vec<(ManagedRoute, Reply)> = {
                     let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
                     let take = waiting.len().min(MAX_BATCH);
                     waiting.drain(..take).collect()
@@ -81,12 +81,10 @@ impl<K: Kernel> InjectQueue<K> {
             }
         });
         if applied.await.is_err() {
-            return Err(RuntimeError::NotRecorded(
-                "applying the batch failed".into(),
-            ));
+            return Err(RuntimeError::Internal("applying the batch failed"));
         }
         answer
             .try_recv()
-            .unwrap_or_else(|_| Err(RuntimeError::NotRecorded("no result for this route".into())))
+            .unwrap_or(Err(RuntimeError::Internal("no result for this route")))
     }
 }

@@ -3,33 +3,34 @@
 //!
 //! The rooms:
 //! - [`config`]: flags and their defaults.
-//! - [`request`]: parsing RPC input into typed, validated values (the edge).
+//! - [`model`]: the domain types: desired state, managed routes, attachments, leases.
+//! - [`request`]: parsing RPC input into model values, checked (the edge).
 //! - [`store`]: desired state on disk (SQLite), so restarts lose nothing.
 //! - [`ipam`]: which container address comes next.
 //! - [`reconcile`]: the pure planner, desired + observed routes -> operations.
-//! - [`attach`]: containers on the node subnet: bridge `quilt0`, veth pairs, attachments.
-//! - [`runtime`]: the core, generic over the kernel, applying all of the above.
+//! - [`core`](mod@crate::core): [`Runtime`], generic over the kernel, applying all of the
+//!   above: routes, addresses, containers (bridge `quilt0`, veth pairs) and reconcile.
 //! - [`grpc`]: the `quilt.QuiltRuntime` service and its error mapping.
 //! - [`inject_queue`]: concurrent InjectRoute calls coalesced into batches.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`server`]: wiring: gRPC with health and reflection, reconcile loop, shutdown.
 
-pub mod attach;
 pub mod config;
+pub mod core;
 pub mod error;
 pub mod grpc;
 pub mod inject_queue;
 pub mod ipam;
 pub mod metrics;
+pub mod model;
 pub mod reconcile;
 pub mod request;
-pub mod runtime;
 pub mod server;
 pub mod store;
 
+pub use crate::core::Runtime;
 pub use config::Config;
 pub use error::RuntimeError;
-pub use runtime::Runtime;
 pub use server::run;
 
 /// The route protocol number on every route quilt-runtime makes (`ip route` shows

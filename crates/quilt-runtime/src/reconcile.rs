@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::Ipv4Net;
 use quilt_kernel::Route;
 
-use crate::request::RouteRequest;
+use crate::model::ManagedRoute;
 
 /// One change the kernel needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub enum RouteOp {
 /// `observed` are the kernel's routes carrying our protocol; `present_interfaces` the
 /// interfaces that exist now (a desired route over a missing interface waits for it).
 pub fn plan(
-    desired: &BTreeMap<Ipv4Net, RouteRequest>,
+    desired: &BTreeMap<Ipv4Net, ManagedRoute>,
     observed: &[Route],
     present_interfaces: &BTreeSet<String>,
     protocol: u8,
@@ -61,11 +61,11 @@ mod tests {
 
     const P: u8 = 158;
 
-    fn want(dest: &str, gw: Option<[u8; 4]>) -> (Ipv4Net, RouteRequest) {
+    fn want(dest: &str, gw: Option<[u8; 4]>) -> (Ipv4Net, ManagedRoute) {
         let destination: Ipv4Net = dest.parse().unwrap();
         (
             destination,
-            RouteRequest {
+            ManagedRoute {
                 destination,
                 interface: "vxlan100".into(),
                 gateway: gw.map(Ipv4Addr::from),

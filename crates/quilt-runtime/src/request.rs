@@ -1,13 +1,12 @@
-//! Parsing RPC input at the edge: strings from the wire become typed, checked values,
-//! so the core never re-validates. Every error names the field and the value.
-
-use std::net::Ipv4Addr;
+//! Parsing RPC input at the edge: strings from the wire become checked [`crate::model`]
+//! values, so the core never re-validates. Every error names the field and the value.
 
 use ipnet::Ipv4Net;
 use quilt_common::ClusterNetwork;
 use quilt_common::cluster::{self, ClusterError, MAX_INPUT_LEN, excerpt};
 
 use crate::RuntimeError;
+use crate::model::{AttachRequest, ManagedRoute};
 
 /// Longest container id / owner accepted for an address allocation.
 pub const MAX_OWNER_LEN: usize = 256;
@@ -17,24 +16,6 @@ pub const MAX_IFNAME_LEN: usize = 15;
 
 /// Longest network namespace path accepted.
 pub const MAX_NETNS_PATH_LEN: usize = 4096;
-
-/// A checked AttachContainer request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttachRequest {
-    pub container_id: String,
-    pub ifname: String,
-    pub netns: std::path::PathBuf,
-    /// The MTU asked for; `None` means the overlay MTU.
-    pub mtu: Option<u32>,
-}
-
-/// A checked InjectRoute request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteRequest {
-    pub destination: Ipv4Net,
-    pub interface: String,
-    pub gateway: Option<Ipv4Addr>,
-}
 
 /// The rules RPC input must follow: the cluster's address plan and the interfaces
 /// routes may use.
@@ -57,7 +38,7 @@ impl Rules {
         destination: &str,
         via_interface: &str,
         gateway: &str,
-    ) -> Result<RouteRequest, RuntimeError> {
+    ) -> Result<ManagedRoute, RuntimeError> {
         let destination = self.destination(destination)?;
         let interface = self.interface(via_interface)?;
         let gateway = if gateway.is_empty() {
@@ -72,7 +53,7 @@ impl Rules {
             }
             Some(gateway)
         };
-        Ok(RouteRequest {
+        Ok(ManagedRoute {
             destination,
             interface,
             gateway,
@@ -97,19 +78,9 @@ impl Rules {
 
     /// The owner of a container address (a container id).
     pub fn owner(&self, raw: &str) -> Result<String, RuntimeError> {
-        check_text("owner", raw, MAX_OWNER_LEN)?;
-        if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(RuntimeError::BadField {
-                field: "owner",
-                value: excerpt(raw),
-                reason: "not allowed to contain spaces or control characters".into(),
-            });
-        }
-        Ok(raw.to_string())
+        printable_id("owner", raw)
     }
-}
 
-impl Rules {
     /// An AttachContainer request. Whether the path is a network namespace is checked
     /// by the kernel layer when the veth is made.
     pub fn attach(
@@ -150,15 +121,7 @@ impl Rules {
 
     /// A container id: what an owner may be.
     pub fn container_id(&self, raw: &str) -> Result<String, RuntimeError> {
-        check_text("container_id", raw, MAX_OWNER_LEN)?;
-        if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(RuntimeError::BadField {
-                field: "container_id",
-                value: excerpt(raw),
-                reason: "not allowed to contain spaces or control characters".into(),
-            });
-        }
-        Ok(raw.to_string())
+        printable_id("container_id", raw)
     }
 
     /// An interface name the kernel accepts: 1 to 15 bytes, not `.` or `..`, without
@@ -192,6 +155,20 @@ impl Rules {
     }
 }
 
+/// An id (an owner or a container id): 1 to [`MAX_OWNER_LEN`] bytes without spaces or
+/// control characters.
+fn printable_id(field: &'static str, raw: &str) -> Result<String, RuntimeError> {
+    check_text(field, raw, MAX_OWNER_LEN)?;
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(RuntimeError::BadField {
+            field,
+            value: excerpt(raw),
+            reason: "not allowed to contain spaces or control characters".into(),
+        });
+    }
+    Ok(raw.to_string())
+}
+
 fn check_text(field: &'static str, raw: &str, max: usize) -> Result<(), RuntimeError> {
     if raw.is_empty() {
         return Err(ClusterError::Empty { what: field }.into());
@@ -208,6 +185,8 @@ fn check_text(field: &'static str, raw: &str, max: usize) -> Result<(), RuntimeE
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn rules() -> Rules {
@@ -359,6 +338,15 @@ mod tests {
     #[test]
     fn owners_are_short_printable_ids() {
         assert!(rules().owner("abc123").is_ok());
+        for (field, err) in [
+            ("owner", rules().owner("a\tb").unwrap_err()),
+            ("container_id", rules().container_id("a\tb").unwrap_err()),
+        ] {
+            assert_eq!(
+                err.to_string(),
+                format!("{field} \"a\\tb\" is not allowed to contain spaces or control characters")
+            );
+        }
         assert!(rules().owner("").is_err());
         assert!(rules().owner("a b").is_err());
         assert!(

@@ -13,15 +13,15 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::Config;
-use crate::attach::ContainerSettings;
+use crate::core::Runtime;
 use crate::grpc::GrpcService;
 use crate::inject_queue::InjectQueue;
 use crate::metrics::Metrics;
+use crate::model::{self, ContainerSettings};
 use crate::request::Rules;
-use crate::runtime::Runtime;
 use crate::store::Store;
 
 /// The gRPC service name health checks ask about.
@@ -42,11 +42,15 @@ pub async fn run<K: Kernel>(
         cluster,
         overlay_interfaces: config.overlay_interfaces.clone(),
     };
-    let store = Store::open(&config.state_dir)
+    // Opening may create the folder and migrate the schema: blocking work, off the runtime.
+    let state_dir = config.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
+        .await
+        .context("opening the state store panicked")?
         .with_context(|| format!("cannot open state in {}", config.state_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
     let containers = ContainerSettings {
-        bridge: crate::attach::BRIDGE.to_string(),
+        bridge: model::BRIDGE.to_string(),
         overlay_interface: config.overlay_interfaces.first().cloned(),
         default_mtu: config.container_mtu,
     };
@@ -118,8 +122,16 @@ pub async fn run<K: Kernel>(
 
     shutdown_task.abort();
     reconcile_task.abort();
+    match reconcile_task.await {
+        Err(e) if e.is_panic() => error!(error = %e, "the reconcile loop panicked"),
+        _ => {}
+    }
     if let Some(task) = metrics_task {
-        let _ = task.await;
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "the metrics endpoint failed"),
+            Err(e) => error!(error = %e, "the metrics endpoint panicked"),
+        }
     }
     served.context("gRPC server failed")?;
     info!("quilt-runtime stopped; kernel routes left in place");

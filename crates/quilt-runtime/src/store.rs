@@ -5,23 +5,38 @@
 //! before the call returns, so a crash of the process (kill -9) loses nothing that was
 //! acknowledged. A power loss may drop the last transactions, but it also drops every
 //! kernel route and container; the agent re-drives routes from the control plane.
+//!
+//! Blocking: every call here is synchronous and may wait on the disk (a WAL checkpoint
+//! fsyncs). Async code does not call it directly: the core goes through its one store
+//! helper (see [`crate::core`]), and the server opens the store on a blocking thread.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::attach::AttachmentRecord;
-use crate::request::RouteRequest;
+use crate::model::{Attachment, DesiredState, ManagedRoute};
+
+/// What can go wrong with the state database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state dir {}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        io: std::io::Error,
+    },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE routes (destination TEXT PRIMARY KEY, interface TEXT NOT NULL, gateway TEXT);
      CREATE TABLE allocations (owner TEXT PRIMARY KEY, address TEXT NOT NULL UNIQUE);",
-    // Container attachments; each holds the allocation of its owner (see crate::attach).
+    // Container attachments; each holds the allocation of its owner (see crate::model::owner).
     "CREATE TABLE attachments (
         container_id TEXT NOT NULL,
         ifname TEXT NOT NULL,
@@ -36,16 +51,6 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
-/// Everything the runtime wants to be true, as loaded from disk.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DesiredState {
-    pub subnet: Option<Ipv4Net>,
-    pub routes: BTreeMap<Ipv4Net, RouteRequest>,
-    pub allocations: BTreeMap<String, Ipv4Addr>,
-    /// Container attachments by (container id, ifname).
-    pub attachments: BTreeMap<(String, String), AttachmentRecord>,
-}
-
 /// The open state database.
 pub struct Store {
     conn: Connection,
@@ -53,12 +58,10 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) `runtime.db` in `dir` and brings its schema up to date.
-    pub fn open(dir: &Path) -> Result<Self, rusqlite::Error> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!("cannot create state dir {}: {e}", dir.display())),
-            )
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|io| StoreError::CreateDir {
+            dir: dir.to_path_buf(),
+            io,
         })?;
         let conn = Connection::open(dir.join("runtime.db"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -68,7 +71,7 @@ impl Store {
         Ok(store)
     }
 
-    fn migrate(&mut self) -> Result<(), rusqlite::Error> {
+    fn migrate(&mut self) -> Result<(), StoreError> {
         let applied: i64 = self
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -86,7 +89,7 @@ impl Store {
     }
 
     /// Reads the whole desired state. Rows that no longer parse are skipped with a warning.
-    pub fn load(&self) -> Result<DesiredState, rusqlite::Error> {
+    pub fn load(&self) -> Result<DesiredState, StoreError> {
         let mut state = DesiredState {
             subnet: self
                 .conn
@@ -114,7 +117,7 @@ impl Store {
                     let gateway = gateway.and_then(|g| g.parse().ok());
                     state.routes.insert(
                         destination,
-                        RouteRequest {
+                        ManagedRoute {
                             destination,
                             interface,
                             gateway,
@@ -176,7 +179,7 @@ impl Store {
                 (Ok(address), Ok(gateway)) => {
                     state.attachments.insert(
                         (container_id.clone(), ifname.clone()),
-                        AttachmentRecord {
+                        Attachment {
                             container_id,
                             ifname,
                             netns: netns.into(),
@@ -197,7 +200,7 @@ impl Store {
         Ok(state)
     }
 
-    pub fn set_subnet(&self, subnet: Ipv4Net) -> Result<(), rusqlite::Error> {
+    pub fn set_subnet(&self, subnet: Ipv4Net) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO settings (key, value) VALUES ('subnet', ?1)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -207,7 +210,7 @@ impl Store {
     }
 
     /// Records `routes` as desired, in one transaction.
-    pub fn put_routes(&mut self, routes: &[&RouteRequest]) -> Result<(), rusqlite::Error> {
+    pub fn put_routes(&mut self, routes: &[&ManagedRoute]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
@@ -222,10 +225,10 @@ impl Store {
                 ])?;
             }
         }
-        tx.commit()
+        Ok(tx.commit()?)
     }
 
-    pub fn delete_route(&self, destination: Ipv4Net) -> Result<(), rusqlite::Error> {
+    pub fn delete_route(&self, destination: Ipv4Net) -> Result<(), StoreError> {
         self.conn.execute(
             "DELETE FROM routes WHERE destination = ?1",
             params![destination.to_string()],
@@ -233,7 +236,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn put_allocation(&self, owner: &str, address: Ipv4Addr) -> Result<(), rusqlite::Error> {
+    pub fn put_allocation(&self, owner: &str, address: Ipv4Addr) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO allocations (owner, address) VALUES (?1, ?2)",
             params![owner, address.to_string()],
@@ -241,14 +244,14 @@ impl Store {
         Ok(())
     }
 
-    pub fn delete_allocation(&self, owner: &str) -> Result<(), rusqlite::Error> {
+    pub fn delete_allocation(&self, owner: &str) -> Result<(), StoreError> {
         self.conn
             .execute("DELETE FROM allocations WHERE owner = ?1", params![owner])?;
         Ok(())
     }
 
     /// Records an attachment (replacing one for the same container and ifname).
-    pub fn put_attachment(&self, a: &AttachmentRecord) -> Result<(), rusqlite::Error> {
+    pub fn put_attachment(&self, a: &Attachment) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT OR REPLACE INTO attachments
                 (container_id, ifname, netns, host_ifname, address, gateway, mac, host_mac, mtu)
@@ -274,14 +277,14 @@ impl Store {
         container_id: &str,
         ifname: &str,
         owner: &str,
-    ) -> Result<(), rusqlite::Error> {
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "DELETE FROM attachments WHERE container_id = ?1 AND ifname = ?2",
             params![container_id, ifname],
         )?;
         tx.execute("DELETE FROM allocations WHERE owner = ?1", params![owner])?;
-        tx.commit()
+        Ok(tx.commit()?)
     }
 }
 
@@ -293,7 +296,7 @@ mod tests {
     fn state_survives_reopening() {
         let dir = std::env::temp_dir().join(format!("quilt-store-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let route = RouteRequest {
+        let route = ManagedRoute {
             destination: "10.42.2.0/24".parse().unwrap(),
             interface: "vxlan100".into(),
             gateway: Some(Ipv4Addr::new(10, 42, 2, 0)),
@@ -320,5 +323,23 @@ mod tests {
             Some(&Ipv4Addr::new(10, 42, 1, 2))
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_dir_that_cannot_be_made_is_named() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let dir = file.path().join("state");
+        let Err(err) = Store::open(&dir) else {
+            panic!("a folder under a regular file cannot be made");
+        };
+        assert!(matches!(err, StoreError::CreateDir { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot create state dir {}", dir.display())
+        );
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the io error is kept"
+        );
     }
 }

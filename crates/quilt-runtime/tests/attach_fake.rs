@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use quilt_kernel::Kernel;
 use quilt_kernel::fake::FakeKernel;
-use quilt_runtime::attach::{self, ContainerSettings};
 use quilt_runtime::metrics::Metrics;
-use quilt_runtime::request::AttachRequest;
+use quilt_runtime::model::{self, AttachRequest, ContainerSettings};
 use quilt_runtime::store::Store;
 use quilt_runtime::{Runtime, RuntimeError};
 
@@ -60,7 +59,7 @@ async fn attach_is_idempotent_and_detach_twice_succeeds() {
     let b = rt.attach(&request("b", "/ns/b")).await.unwrap();
     assert_ne!(a.address, b.address);
     assert_eq!(a.mtu, 1400);
-    assert_eq!(a.host_ifname, attach::host_ifname("a", "eth0"));
+    assert_eq!(a.host_ifname, model::host_ifname("a", "eth0"));
     assert!(a.host_ifname.len() <= 15);
     assert_eq!(
         rt.kernel().bridge_of(&a.host_ifname).as_deref(),
@@ -113,7 +112,7 @@ async fn a_failure_midway_rolls_everything_back() {
         assert!(desired.attachments.is_empty());
         assert!(
             rt.kernel()
-                .link(&attach::host_ifname("a", "eth0"))
+                .link(&model::host_ifname("a", "eth0"))
                 .await
                 .unwrap()
                 .is_none(),
@@ -159,9 +158,7 @@ async fn attachments_survive_a_restart_and_orphans_are_swept() {
             .await
             .unwrap();
         // What a crash between the allocation and the record leaves behind.
-        rt.allocate(&attach::owner("crashed", "eth0"))
-            .await
-            .unwrap();
+        rt.allocate(&model::owner("crashed", "eth0")).await.unwrap();
         rt.attach(&request("a", "/ns/a")).await.unwrap()
     };
     let kernel = kernel_with(&["/ns/a"]);
@@ -180,11 +177,7 @@ async fn attachments_survive_a_restart_and_orphans_are_swept() {
         1,
         "the orphan's address is freed"
     );
-    assert!(
-        desired
-            .allocations
-            .contains_key(&attach::owner("a", "eth0"))
-    );
+    assert!(desired.allocations.contains_key(&model::owner("a", "eth0")));
     // The fresh kernel lost the veth: attaching again re-creates it with the same address.
     let again = rt.attach(&request("a", "/ns/a")).await.unwrap();
     assert_eq!(again.address, a.address);

@@ -8,8 +8,7 @@ use quilt_kernel::Kernel;
 use quilt_kernel::Route;
 use quilt_kernel::fake::FakeKernel;
 use quilt_runtime::metrics::Metrics;
-use quilt_runtime::request::RouteRequest;
-use quilt_runtime::runtime::RouteChange;
+use quilt_runtime::model::{ManagedRoute, RouteChange};
 use quilt_runtime::store::Store;
 use quilt_runtime::{ROUTE_PROTOCOL, Runtime, RuntimeError};
 
@@ -24,8 +23,8 @@ fn runtime(dir: &tempfile::TempDir) -> Runtime<FakeKernel> {
     .unwrap()
 }
 
-fn peer(n: u8) -> RouteRequest {
-    RouteRequest {
+fn peer(n: u8) -> ManagedRoute {
+    ManagedRoute {
         destination: format!("10.42.{n}.0/24").parse().unwrap(),
         interface: "vxlan100".into(),
         gateway: Some(Ipv4Addr::new(10, 42, n, 0)),
@@ -71,12 +70,12 @@ async fn refusals_leave_the_kernel_alone() {
         protocol: 4,
         ..ours(9)
     });
-    let own = RouteRequest {
+    let own = ManagedRoute {
         destination: "10.42.1.0/24".parse().unwrap(),
         interface: "vxlan100".into(),
         gateway: None,
     };
-    let missing = RouteRequest {
+    let missing = ManagedRoute {
         interface: "vxlan200".into(),
         ..peer(3)
     };

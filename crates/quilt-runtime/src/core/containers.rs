@@ -9,83 +9,18 @@
 //! allocation without a record; reconcile frees it (and any veth of that name).
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use quilt_kernel::{ContainerInterface, Kernel, KernelError, VethSpec};
 use tracing::{debug, info, warn};
 
-use crate::request::AttachRequest;
-use crate::runtime::{Inner, ReconcileReport, Runtime};
+use super::{Inner, Runtime};
+use crate::model::{
+    AttachRequest, Attachment, OWNER_PREFIX, ReconcileReport, format_mac, host_ifname, owner,
+};
 use crate::{RuntimeError, ipam};
-
-/// The bridge containers are attached to.
-pub const BRIDGE: &str = "quilt0";
-
-/// Prefix of every allocation owner that belongs to an attachment.
-pub const OWNER_PREFIX: &str = "attach:";
-
-/// Where containers are attached and with which MTU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerSettings {
-    pub bridge: String,
-    /// The overlay interface whose MTU containers get, when it exists.
-    pub overlay_interface: Option<String>,
-    /// The MTU when the overlay interface does not exist (`--container-mtu`).
-    pub default_mtu: u32,
-}
-
-impl Default for ContainerSettings {
-    fn default() -> Self {
-        Self {
-            bridge: BRIDGE.to_string(),
-            overlay_interface: Some("vxlan100".to_string()),
-            default_mtu: 1450,
-        }
-    }
-}
-
-/// One attached container interface, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttachmentRecord {
-    pub container_id: String,
-    pub ifname: String,
-    pub netns: PathBuf,
-    pub host_ifname: String,
-    pub address: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub mac: String,
-    pub host_mac: String,
-    pub mtu: u32,
-}
-
-/// The allocation owner of a container interface. An ifname never holds `/`, so the
-/// owner names exactly one (container id, ifname).
-pub fn owner(container_id: &str, ifname: &str) -> String {
-    format!("{OWNER_PREFIX}{container_id}/{ifname}")
-}
-
-/// The host side name of a container interface's veth: `qv` and 12 hex digits of a
-/// stable hash (FNV-1a 64) of the container id and ifname; 14 bytes, under the kernel's 15.
-pub fn host_ifname(container_id: &str, ifname: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in container_id.bytes().chain([0]).chain(ifname.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("qv{:012x}", hash & 0xffff_ffff_ffff)
-}
-
-/// `aa:bb:cc:dd:ee:ff`, or empty when unknown.
-pub fn format_mac(mac: Option<[u8; 6]>) -> String {
-    mac.map(|m| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    })
-    .unwrap_or_default()
-}
 
 impl<K: Kernel> Runtime<K> {
     /// The MTU containers get: the overlay interface's when it exists, else the default.
@@ -100,7 +35,7 @@ impl<K: Kernel> Runtime<K> {
 
     /// Makes the bridge hold `subnet`'s gateway with the overlay MTU; answers whether
     /// anything changed.
-    pub(crate) async fn ensure_bridge(&self, subnet: Ipv4Net) -> Result<bool, RuntimeError> {
+    pub(super) async fn ensure_bridge(&self, subnet: Ipv4Net) -> Result<bool, RuntimeError> {
         let mtu = self.overlay_mtu().await?;
         let address = Ipv4Net::new(ipam::gateway(subnet), subnet.prefix_len()).unwrap_or(subnet);
         let changed = self
@@ -115,7 +50,7 @@ impl<K: Kernel> Runtime<K> {
 
     /// Attaches a container interface (see the module doc). The same container and
     /// ifname again answer the recorded attachment.
-    pub async fn attach(&self, request: &AttachRequest) -> Result<AttachmentRecord, RuntimeError> {
+    pub async fn attach(&self, request: &AttachRequest) -> Result<Attachment, RuntimeError> {
         let mut inner = self.inner.lock().await;
         let key = (request.container_id.clone(), request.ifname.clone());
         if let Some(existing) = inner.desired.attachments.get(&key).cloned() {
@@ -146,7 +81,7 @@ impl<K: Kernel> Runtime<K> {
             .attach_kernel(request, lease.address, lease.gateway, mtu)
             .await
         {
-            Ok(record) => match inner.store.put_attachment(&record) {
+            Ok(record) => match inner.with_store(|s| s.put_attachment(&record)) {
                 Ok(()) => {
                     inner.desired.attachments.insert(key, record.clone());
                     info!(
@@ -162,7 +97,9 @@ impl<K: Kernel> Runtime<K> {
                 Err(e) => {
                     self.undo_attach(&mut inner, &record.host_ifname, &owner, fresh)
                         .await;
-                    Err(RuntimeError::NotRecorded(e.to_string()))
+                    Err(RuntimeError::NotRecorded {
+                        source: Arc::new(e),
+                    })
                 }
             },
             Err(e) => {
@@ -181,7 +118,7 @@ impl<K: Kernel> Runtime<K> {
         address: Ipv4Net,
         gateway: Ipv4Addr,
         mtu: u32,
-    ) -> Result<AttachmentRecord, RuntimeError> {
+    ) -> Result<Attachment, RuntimeError> {
         let host = host_ifname(&request.container_id, &request.ifname);
         if self.kernel.delete_link(&host).await? {
             // Left by a crash between veth and record: the name is derived from this very
@@ -215,7 +152,7 @@ impl<K: Kernel> Runtime<K> {
         }
         .await;
         match configured {
-            Ok((link, host_link)) => Ok(AttachmentRecord {
+            Ok((link, host_link)) => Ok(Attachment {
                 container_id: request.container_id.clone(),
                 ifname: request.ifname.clone(),
                 netns: request.netns.clone(),
@@ -258,9 +195,7 @@ impl<K: Kernel> Runtime<K> {
         let deleted = self.kernel.delete_link(&host).await?;
         let held = inner.desired.allocations.contains_key(&owner);
         if record.is_some() || held {
-            inner
-                .store
-                .delete_attachment(container_id, ifname, &owner)?;
+            inner.with_store(|s| s.delete_attachment(container_id, ifname, &owner))?;
             inner.desired.attachments.remove(&key);
             inner.desired.allocations.remove(&owner);
             self.metrics
@@ -277,7 +212,7 @@ impl<K: Kernel> Runtime<K> {
     }
 
     /// Every attachment.
-    pub async fn attachments(&self) -> Vec<AttachmentRecord> {
+    pub async fn attachments(&self) -> Vec<Attachment> {
         self.inner
             .lock()
             .await
@@ -294,8 +229,8 @@ impl<K: Kernel> Runtime<K> {
         &self,
         container_id: &str,
         ifname: &str,
-        netns: Option<&std::path::Path>,
-    ) -> Result<AttachmentRecord, RuntimeError> {
+        netns: Option<&Path>,
+    ) -> Result<Attachment, RuntimeError> {
         let inner = self.inner.lock().await;
         let key = (container_id.to_string(), ifname.to_string());
         let record = inner
@@ -372,7 +307,7 @@ impl<K: Kernel> Runtime<K> {
     /// The container part of a reconcile pass: the bridge exists as wanted (its ports
     /// re-added when it was recreated), and allocations an unfinished attach left
     /// without a record are freed with their veth.
-    pub(crate) async fn reconcile_containers(&self, inner: &mut Inner) -> ReconcileReport {
+    pub(super) async fn reconcile_containers(&self, inner: &mut Inner) -> ReconcileReport {
         let mut report = ReconcileReport::default();
         let Some(subnet) = inner.desired.subnet else {
             return report;
@@ -405,13 +340,13 @@ impl<K: Kernel> Runtime<K> {
             .desired
             .allocations
             .keys()
-            .filter(|owner| owner.starts_with(OWNER_PREFIX))
-            .filter(|owner| {
+            .filter(|held_by| held_by.starts_with(OWNER_PREFIX))
+            .filter(|held_by| {
                 !inner
                     .desired
                     .attachments
                     .values()
-                    .any(|r| &self::owner(&r.container_id, &r.ifname) == *owner)
+                    .any(|r| &owner(&r.container_id, &r.ifname) == *held_by)
             })
             .cloned()
             .collect();

@@ -1,94 +1,18 @@
-//! The runtime's core: desired state, the kernel and the store kept in step. Generic
-//! over [`Kernel`], so its logic is tested against the fake without root.
+//! Node subnet and routes: ConfigureNodeSubnet, InjectRoute(s), RemoveRoute and
+//! ListRoutes. A route is in the kernel only while it is recorded as desired.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use quilt_kernel::{Kernel, KernelError, Route};
-use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::attach::ContainerSettings;
-use crate::metrics::Metrics;
-use crate::reconcile::{self, RouteOp};
-use crate::request::RouteRequest;
-use crate::store::{DesiredState, Store};
-use crate::{ROUTE_PROTOCOL, RuntimeError, ipam};
-
-/// What one InjectRoute did to the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteChange {
-    Added,
-    Replaced,
-    Unchanged,
-}
-
-/// A managed route and whether the kernel holds it as desired.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteStatus {
-    pub route: RouteRequest,
-    pub in_kernel: bool,
-}
-
-/// A container address: the address with the subnet's prefix, and the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lease {
-    pub address: Ipv4Net,
-    pub gateway: Ipv4Addr,
-}
-
-/// What a reconcile pass found and did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ReconcileReport {
-    pub repairs: usize,
-    pub failures: usize,
-}
-
-pub(crate) struct Inner {
-    pub(crate) store: Store,
-    pub(crate) desired: DesiredState,
-}
-
-/// The core. Changes are serialised by one lock, so the store, the kernel and the
-/// in-memory desired state never disagree about what was acknowledged.
-pub struct Runtime<K> {
-    pub(crate) kernel: K,
-    pub(crate) inner: Mutex<Inner>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) containers: ContainerSettings,
-}
+use super::Runtime;
+use crate::model::{ManagedRoute, RouteChange, RouteStatus};
+use crate::{ROUTE_PROTOCOL, RuntimeError};
 
 impl<K: Kernel> Runtime<K> {
-    /// Loads desired state from `store`.
-    pub fn new(kernel: K, store: Store, metrics: Arc<Metrics>) -> Result<Self, RuntimeError> {
-        let desired = store.load()?;
-        metrics.managed_routes.set(desired.routes.len() as i64);
-        metrics.allocated_ips.set(desired.allocations.len() as i64);
-        Ok(Self {
-            kernel,
-            inner: Mutex::new(Inner { store, desired }),
-            metrics,
-            containers: ContainerSettings::default(),
-        })
-    }
-
-    /// Sets the bridge, overlay interface and default MTU container attachment uses.
-    pub fn with_container_settings(mut self, settings: ContainerSettings) -> Self {
-        self.containers = settings;
-        self
-    }
-
-    pub fn kernel(&self) -> &K {
-        &self.kernel
-    }
-
-    /// A copy of the desired state.
-    pub async fn desired(&self) -> DesiredState {
-        self.inner.lock().await.desired.clone()
-    }
-
     /// Sets the node subnet. The same subnet again changes nothing; another one is
     /// refused while container addresses are allocated from the current one.
     pub async fn configure_subnet(&self, subnet: Ipv4Net) -> Result<(), RuntimeError> {
@@ -111,14 +35,14 @@ impl<K: Kernel> Runtime<K> {
             // The node's own subnet is local now; a route sending it over the overlay
             // would black-hole local containers.
             self.kernel.delete_route(subnet, ROUTE_PROTOCOL).await?;
-            inner.store.delete_route(subnet)?;
+            inner.with_store(|s| s.delete_route(subnet))?;
             inner.desired.routes.remove(&subnet);
             self.metrics
                 .managed_routes
                 .set(inner.desired.routes.len() as i64);
             info!(destination = %subnet, "route removed: the destination became this node's own subnet");
         }
-        inner.store.set_subnet(subnet)?;
+        inner.with_store(|s| s.set_subnet(subnet))?;
         inner.desired.subnet = Some(subnet);
         if let Err(e) = self.ensure_bridge(subnet).await {
             // The subnet is recorded; the reconcile loop retries the bridge.
@@ -135,7 +59,7 @@ impl<K: Kernel> Runtime<K> {
     /// transaction, before answering. Results come in request order.
     pub async fn inject_routes(
         &self,
-        requests: &[RouteRequest],
+        requests: &[ManagedRoute],
     ) -> Vec<Result<RouteChange, RuntimeError>> {
         let mut inner = self.inner.lock().await;
         let own_subnet = inner.desired.subnet;
@@ -153,7 +77,7 @@ impl<K: Kernel> Runtime<K> {
                 }
                 results
             };
-        let to_persist: Vec<&RouteRequest> = requests
+        let to_persist: Vec<&ManagedRoute> = requests
             .iter()
             .zip(&results)
             .filter(|(request, result)| {
@@ -162,7 +86,7 @@ impl<K: Kernel> Runtime<K> {
             .map(|(request, _)| request)
             .collect();
         if !to_persist.is_empty()
-            && let Err(e) = inner.store.put_routes(&to_persist)
+            && let Err(e) = inner.with_store(|s| s.put_routes(&to_persist))
         {
             // Nothing may stay in the kernel that was not recorded: undo what this call
             // added, and put back what it replaced as it was recorded before.
@@ -182,10 +106,14 @@ impl<K: Kernel> Runtime<K> {
                     warn!(destination = %request.destination, error = %undo, "could not undo route after a store failure");
                 }
             }
-            let message = e.to_string();
+            let source = Arc::new(e);
             return requests
                 .iter()
-                .map(|_| Err(RuntimeError::NotRecorded(message.clone())))
+                .map(|_| {
+                    Err(RuntimeError::NotRecorded {
+                        source: source.clone(),
+                    })
+                })
                 .collect();
         }
         for (request, result) in requests.iter().zip(&results) {
@@ -205,7 +133,7 @@ impl<K: Kernel> Runtime<K> {
 
     async fn apply_checked(
         &self,
-        request: &RouteRequest,
+        request: &ManagedRoute,
         own_subnet: Option<Ipv4Net>,
     ) -> Result<RouteChange, RuntimeError> {
         if Some(request.destination) == own_subnet {
@@ -218,7 +146,7 @@ impl<K: Kernel> Runtime<K> {
     /// settles those whose destination already had a route.
     async fn apply_batch(
         &self,
-        requests: &[RouteRequest],
+        requests: &[ManagedRoute],
         own_subnet: Option<Ipv4Net>,
     ) -> Vec<Result<RouteChange, RuntimeError>> {
         let (own, candidates): (Vec<_>, Vec<_>) = requests
@@ -237,15 +165,11 @@ impl<K: Kernel> Runtime<K> {
         }
         results
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(RuntimeError::NotRecorded("no result for this route".into()))
-                })
-            })
+            .map(|r| r.unwrap_or(Err(RuntimeError::Internal("no result for this route"))))
             .collect()
     }
 
-    async fn apply_route(&self, request: &RouteRequest) -> Result<RouteChange, RuntimeError> {
+    async fn apply_route(&self, request: &ManagedRoute) -> Result<RouteChange, RuntimeError> {
         let route = kernel_route(request);
         let outcome = self.kernel.add_route(&route).await;
         self.settle(&route, outcome).await
@@ -288,14 +212,14 @@ impl<K: Kernel> Runtime<K> {
         let mut inner = self.inner.lock().await;
         let desired = inner.desired.routes.get(&destination).cloned();
         if desired.is_some() {
-            inner.store.delete_route(destination)?;
+            inner.with_store(|s| s.delete_route(destination))?;
         }
         match self.kernel.delete_route(destination, ROUTE_PROTOCOL).await {
             Ok(true) => info!(%destination, "route removed"),
             Ok(false) => {
                 if let Some(other) = self.kernel.route(destination).await? {
                     if let Some(desired) = &desired {
-                        inner.store.put_routes(&[desired])?;
+                        inner.with_store(|s| s.put_routes(&[desired]))?;
                     }
                     return Err(RuntimeError::NotOurs {
                         destination,
@@ -306,7 +230,7 @@ impl<K: Kernel> Runtime<K> {
             }
             Err(e) => {
                 if let Some(desired) = &desired {
-                    inner.store.put_routes(&[desired])?;
+                    inner.with_store(|s| s.put_routes(&[desired]))?;
                 }
                 return Err(e.into());
             }
@@ -332,115 +256,9 @@ impl<K: Kernel> Runtime<K> {
             })
             .collect())
     }
-
-    /// An address for `owner` from the node subnet; the same owner gets the same one.
-    pub async fn allocate(&self, owner: &str) -> Result<Lease, RuntimeError> {
-        let mut inner = self.inner.lock().await;
-        self.allocate_in(&mut inner, owner).map(|(lease, _)| lease)
-    }
-
-    /// [`Runtime::allocate`] under the caller's lock; also answers whether the address
-    /// was newly allocated (rather than already held by `owner`).
-    pub(crate) fn allocate_in(
-        &self,
-        inner: &mut Inner,
-        owner: &str,
-    ) -> Result<(Lease, bool), RuntimeError> {
-        let subnet = inner.desired.subnet.ok_or(RuntimeError::NoSubnet)?;
-        let lease = |address: Ipv4Addr| Lease {
-            address: Ipv4Net::new(address, subnet.prefix_len()).unwrap_or(subnet),
-            gateway: ipam::gateway(subnet),
-        };
-        if let Some(address) = inner.desired.allocations.get(owner) {
-            return Ok((lease(*address), false));
-        }
-        let used: BTreeSet<Ipv4Addr> = inner.desired.allocations.values().copied().collect();
-        let address = ipam::next_free(subnet, &used).ok_or(RuntimeError::PoolExhausted(subnet))?;
-        inner.store.put_allocation(owner, address)?;
-        inner.desired.allocations.insert(owner.to_string(), address);
-        self.metrics
-            .allocated_ips
-            .set(inner.desired.allocations.len() as i64);
-        info!(%owner, %address, "container address allocated");
-        Ok((lease(address), true))
-    }
-
-    /// Gives `owner`'s address back under the caller's lock.
-    pub(crate) fn release_in(&self, inner: &mut Inner, owner: &str) -> Result<(), RuntimeError> {
-        if let Some(address) = inner.desired.allocations.get(owner).copied() {
-            inner.store.delete_allocation(owner)?;
-            inner.desired.allocations.remove(owner);
-            self.metrics
-                .allocated_ips
-                .set(inner.desired.allocations.len() as i64);
-            info!(%owner, %address, "container address released");
-        }
-        Ok(())
-    }
-
-    /// Gives `owner`'s address back; nothing held is success.
-    pub async fn release(&self, owner: &str) -> Result<(), RuntimeError> {
-        let mut inner = self.inner.lock().await;
-        self.release_in(&mut inner, owner)
-    }
-
-    /// Compares the kernel with desired state and repairs the difference: re-adds missing
-    /// routes, fixes wrong ones, deletes ours that are no longer desired.
-    pub async fn reconcile(&self) -> Result<ReconcileReport, RuntimeError> {
-        let mut inner = self.inner.lock().await;
-        let observed = self.kernel.routes(ROUTE_PROTOCOL).await?;
-        let mut present = BTreeSet::new();
-        let interfaces: BTreeSet<&String> = inner
-            .desired
-            .routes
-            .values()
-            .map(|r| &r.interface)
-            .collect();
-        for interface in interfaces {
-            if self.kernel.link(interface).await?.is_some() {
-                present.insert(interface.clone());
-            }
-        }
-        let ops = reconcile::plan(&inner.desired.routes, &observed, &present, ROUTE_PROTOCOL);
-        let mut report = ReconcileReport::default();
-        for op in ops {
-            let outcome = match &op {
-                RouteOp::Add(route) => self.kernel.add_route(route).await,
-                RouteOp::Replace(route) => self.kernel.replace_route(route).await,
-                RouteOp::Delete(destination) => self
-                    .kernel
-                    .delete_route(*destination, ROUTE_PROTOCOL)
-                    .await
-                    .map(|_| ()),
-            };
-            match (outcome, &op) {
-                (Ok(()), RouteOp::Add(route)) => {
-                    info!(destination = %route.destination, gateway = ?route.gateway, interface = %route.interface, "repaired: missing route re-added")
-                }
-                (Ok(()), RouteOp::Replace(route)) => {
-                    info!(destination = %route.destination, gateway = ?route.gateway, interface = %route.interface, "repaired: route corrected")
-                }
-                (Ok(()), RouteOp::Delete(destination)) => {
-                    info!(%destination, "repaired: stale route removed")
-                }
-                (Err(e), _) => {
-                    warn!(operation = ?op, error = %e, "reconcile could not apply a change");
-                    report.failures += 1;
-                    continue;
-                }
-            }
-            report.repairs += 1;
-        }
-        let containers = self.reconcile_containers(&mut inner).await;
-        report.repairs += containers.repairs;
-        report.failures += containers.failures;
-        self.metrics.reconcile_runs.inc();
-        self.metrics.reconcile_repairs.inc_by(report.repairs as u64);
-        Ok(report)
-    }
 }
 
-fn kernel_route(request: &RouteRequest) -> Route {
+fn kernel_route(request: &ManagedRoute) -> Route {
     Route {
         destination: request.destination,
         interface: request.interface.clone(),
@@ -456,7 +274,7 @@ fn interface_error(e: KernelError) -> RuntimeError {
     }
 }
 
-fn log_change(request: &RouteRequest, change: RouteChange) {
+fn log_change(request: &ManagedRoute, change: RouteChange) {
     let gateway = request
         .gateway
         .map(|g| g.to_string())

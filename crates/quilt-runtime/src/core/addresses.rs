@@ -1,0 +1,66 @@
+//! Container address allocation: AllocateIp and ReleaseIp, and the same under a lock
+//! the caller already holds (for attach, detach and reconcile).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use quilt_kernel::Kernel;
+use tracing::info;
+
+use super::{Inner, Runtime};
+use crate::model::Lease;
+use crate::{RuntimeError, ipam};
+
+impl<K: Kernel> Runtime<K> {
+    /// An address for `owner` from the node subnet; the same owner gets the same one.
+    pub async fn allocate(&self, owner: &str) -> Result<Lease, RuntimeError> {
+        let mut inner = self.inner.lock().await;
+        self.allocate_in(&mut inner, owner).map(|(lease, _)| lease)
+    }
+
+    /// [`Runtime::allocate`] under the caller's lock; also answers whether the address
+    /// was newly allocated (rather than already held by `owner`).
+    pub(super) fn allocate_in(
+        &self,
+        inner: &mut Inner,
+        owner: &str,
+    ) -> Result<(Lease, bool), RuntimeError> {
+        let subnet = inner.desired.subnet.ok_or(RuntimeError::NoSubnet)?;
+        let lease = |address: Ipv4Addr| Lease {
+            address: Ipv4Net::new(address, subnet.prefix_len()).unwrap_or(subnet),
+            gateway: ipam::gateway(subnet),
+        };
+        if let Some(address) = inner.desired.allocations.get(owner) {
+            return Ok((lease(*address), false));
+        }
+        let used: BTreeSet<Ipv4Addr> = inner.desired.allocations.values().copied().collect();
+        let address = ipam::next_free(subnet, &used).ok_or(RuntimeError::PoolExhausted(subnet))?;
+        inner.with_store(|s| s.put_allocation(owner, address))?;
+        inner.desired.allocations.insert(owner.to_string(), address);
+        self.metrics
+            .allocated_ips
+            .set(inner.desired.allocations.len() as i64);
+        info!(%owner, %address, "container address allocated");
+        Ok((lease(address), true))
+    }
+
+    /// Gives `owner`'s address back under the caller's lock.
+    pub(super) fn release_in(&self, inner: &mut Inner, owner: &str) -> Result<(), RuntimeError> {
+        if let Some(address) = inner.desired.allocations.get(owner).copied() {
+            inner.with_store(|s| s.delete_allocation(owner))?;
+            inner.desired.allocations.remove(owner);
+            self.metrics
+                .allocated_ips
+                .set(inner.desired.allocations.len() as i64);
+            info!(%owner, %address, "container address released");
+        }
+        Ok(())
+    }
+
+    /// Gives `owner`'s address back; nothing held is success.
+    pub async fn release(&self, owner: &str) -> Result<(), RuntimeError> {
+        let mut inner = self.inner.lock().await;
+        self.release_in(&mut inner, owner)
+    }
+}

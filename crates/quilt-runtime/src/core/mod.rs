@@ -1,0 +1,98 @@
+//! The runtime's core: desired state, the kernel and the store kept in step. Generic
+//! over [`Kernel`], so its logic is tested against the fake without root.
+//!
+//! One struct, [`Runtime`], with one `impl` block per concern in a child module:
+//! `routes` (node subnet and routes), `addresses` (container address allocation),
+//! `containers` (bridge, veths, attachments) and `reconcile` (repairing the kernel).
+//! Their fields are private to this module, so nothing else in the crate can reach the
+//! store or the desired state behind the lock.
+//!
+//! Blocking: the store is synchronous SQLite, and it is only reached under the lock
+//! that every change holds. A store call must not stall a tokio worker while other
+//! requests wait on it, so every one goes through `Inner::with_store`: on a
+//! multi-thread runtime it runs under [`tokio::task::block_in_place`] (the worker's
+//! other tasks move to another worker while this one waits on the disk); on a
+//! current-thread runtime, where there is no other worker, it runs inline.
+
+mod addresses;
+mod containers;
+mod reconcile;
+mod routes;
+
+use std::sync::Arc;
+
+use quilt_kernel::Kernel;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Mutex;
+
+use crate::RuntimeError;
+use crate::metrics::Metrics;
+use crate::model::{ContainerSettings, DesiredState};
+use crate::store::{Store, StoreError};
+
+/// What the lock guards: the store and the desired state it holds, always in step.
+struct Inner {
+    store: Store,
+    desired: DesiredState,
+}
+
+impl Inner {
+    /// Runs one store call (see the module doc on blocking).
+    fn with_store<T>(
+        &mut self,
+        call: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        off_the_worker(|| call(&mut self.store))
+    }
+}
+
+/// Runs blocking `work` without holding up the tokio worker's other tasks: under
+/// `block_in_place` on a multi-thread runtime, inline on a current-thread one or
+/// outside any runtime.
+fn off_the_worker<T>(work: impl FnOnce() -> T) -> T {
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// The core. Changes are serialised by one lock, so the store, the kernel and the
+/// in-memory desired state never disagree about what was acknowledged.
+pub struct Runtime<K> {
+    kernel: K,
+    inner: Mutex<Inner>,
+    metrics: Arc<Metrics>,
+    containers: ContainerSettings,
+}
+
+impl<K: Kernel> Runtime<K> {
+    /// Loads desired state from `store`.
+    pub fn new(kernel: K, store: Store, metrics: Arc<Metrics>) -> Result<Self, RuntimeError> {
+        let desired = off_the_worker(|| store.load())?;
+        metrics.managed_routes.set(desired.routes.len() as i64);
+        metrics.allocated_ips.set(desired.allocations.len() as i64);
+        Ok(Self {
+            kernel,
+            inner: Mutex::new(Inner { store, desired }),
+            metrics,
+            containers: ContainerSettings::default(),
+        })
+    }
+
+    /// Sets the bridge, overlay interface and default MTU container attachment uses.
+    pub fn with_container_settings(mut self, settings: ContainerSettings) -> Self {
+        self.containers = settings;
+        self
+    }
+
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// A copy of the desired state.
+    pub async fn desired(&self) -> DesiredState {
+        self.inner.lock().await.desired.clone()
+    }
+}
