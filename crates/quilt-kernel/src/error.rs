@@ -57,6 +57,15 @@ impl KernelError {
         }
     }
 
+    /// The refusal of [`crate::Kernel::ensure_bridge`] when a link called `name` exists
+    /// and is not a bridge: one place, so the real kernel and the fake say the same.
+    pub(crate) fn not_a_bridge(name: &str) -> Self {
+        KernelError::Other {
+            operation: format!("set up bridge {name}"),
+            message: format!("{name} exists and is not a bridge; it is left alone"),
+        }
+    }
+
     pub(crate) fn from_errno(operation: impl Into<String>, errno: i32) -> Self {
         KernelError::Netlink {
             operation: operation.into(),

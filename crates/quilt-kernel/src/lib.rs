@@ -1,127 +1,34 @@
 //! The one way Quilt Mesh reaches the Linux kernel.
 //!
-//! Daemons are generic over the [`Kernel`] trait, which speaks in the mesh's own terms
-//! (a route toward a node subnet, a link by name). Two implementations:
-//! - [`netlink::NetlinkKernel`]: the real one, over rtnetlink; gateway routes are built on
-//!   kernel nexthop objects ([`nexthop`]) so that thousands of peers stay fast.
-//! - [`fake::FakeKernel`]: in memory, recording every operation, for unit tests of daemon
-//!   logic without root.
+//! Daemons are generic over two traits, each with a real implementation over netlink
+//! and an in-memory fake that records every operation (for unit tests without root):
 //!
-//! The agent's side, the VXLAN device with its neighbour and FDB entries, is the
-//! [`overlay::Overlay`] trait, implemented by `NetlinkKernel` and by
-//! [`fake_overlay::FakeOverlay`].
+//! | trait | who uses it | real | fake |
+//! |---|---|---|---|
+//! | [`Kernel`] ([`kernel`]): routes toward node subnets, the bridge `quilt0`, veth pairs, the container side of them | the runtime | [`kernel::netlink::NetlinkKernel`] | [`kernel::fake::FakeKernel`] |
+//! | [`overlay::Overlay`]: the VXLAN device, its address, neighbour and FDB entries | the agent | `NetlinkKernel` too | [`overlay::fake::FakeOverlay`] |
 //!
-//! [`netns`] runs code inside a network namespace (by name or path) on a dedicated thread.
-//!
-//! Container networking (bridge `quilt0`, veth pairs, the container side of them) goes
-//! through the same trait: [`Kernel::ensure_bridge`], [`Kernel::create_veth_into`],
-//! [`Kernel::configure_container`], [`Kernel::inspect_container`], [`Kernel::delete_link`].
+//! Beside them:
+//! - [`nexthop`]: the raw, blocking netlink socket for nexthop objects and route batches,
+//!   which rtnetlink does not cover; gateway routes point at nexthops so that thousands
+//!   of peers stay fast.
+//! - [`netns`]: running code inside a network namespace (by name or path) on a dedicated
+//!   thread, and the namespace fixtures tests and the lab build on.
+//! - [`types`] and [`error`]: the objects the traits speak of and their one error type.
 
 pub mod error;
-pub mod fake;
-pub mod fake_overlay;
-pub mod netlink;
-mod netlink_overlay;
+pub mod kernel;
 pub mod netns;
 pub mod nexthop;
 pub mod overlay;
 pub mod types;
 
-use std::future::Future;
-use std::path::Path;
-
-use ipnet::Ipv4Net;
-
 pub use error::KernelError;
-pub use types::{ContainerInterface, ContainerView, Link, Route, VethSpec};
+pub use kernel::Kernel;
+pub use types::{ContainerInterface, ContainerView, Link, LinkKind, Route, VethSpec};
 
-/// What the daemons ask of the kernel. Every method works on the IPv4 main routing table
-/// of the network namespace the implementation was opened in.
-pub trait Kernel: Send + Sync + 'static {
-    /// The link called `name`, if it exists.
-    fn link(&self, name: &str) -> impl Future<Output = Result<Option<Link>, KernelError>> + Send;
-
-    /// Every route in the main table that carries route protocol `protocol`.
-    fn routes(&self, protocol: u8) -> impl Future<Output = Result<Vec<Route>, KernelError>> + Send;
-
-    /// The route for exactly `destination` (any protocol), if there is one.
-    fn route(
-        &self,
-        destination: Ipv4Net,
-    ) -> impl Future<Output = Result<Option<Route>, KernelError>> + Send;
-
-    /// Adds `route`; fails with [`KernelError::RouteExists`] when a route for its
-    /// destination is already there, whoever made it.
-    fn add_route(&self, route: &Route) -> impl Future<Output = Result<(), KernelError>> + Send;
-
-    /// [`Kernel::add_route`] for many routes, answered in order. Implementations may send
-    /// them together; this default adds one at a time.
-    fn add_routes(
-        &self,
-        routes: &[Route],
-    ) -> impl Future<Output = Vec<Result<(), KernelError>>> + Send {
-        async move {
-            let mut results = Vec::with_capacity(routes.len());
-            for route in routes {
-                results.push(self.add_route(route).await);
-            }
-            results
-        }
-    }
-
-    /// Replaces the route for `route.destination` with `route`. Callers check first that
-    /// the route being replaced is theirs.
-    fn replace_route(&self, route: &Route) -> impl Future<Output = Result<(), KernelError>> + Send;
-
-    /// Deletes the route for `destination` only if it carries `protocol`; answers whether
-    /// a route was deleted.
-    fn delete_route(
-        &self,
-        destination: Ipv4Net,
-        protocol: u8,
-    ) -> impl Future<Output = Result<bool, KernelError>> + Send;
-
-    /// Makes `name` a bridge that is up, holds exactly `address` (IPv4), has `mtu` and
-    /// forwards IPv4; creates it when missing. Answers whether anything had to change.
-    fn ensure_bridge(
-        &self,
-        name: &str,
-        address: Ipv4Net,
-        mtu: u32,
-    ) -> impl Future<Output = Result<bool, KernelError>> + Send;
-
-    /// Makes link `port` (up) a port of bridge `bridge`.
-    fn set_bridge_port(
-        &self,
-        port: &str,
-        bridge: &str,
-    ) -> impl Future<Output = Result<(), KernelError>> + Send;
-
-    /// Creates the veth pair `veth` in one step: the host side up on its bridge, the peer
-    /// already inside the container namespace under its final name (down, unconfigured).
-    /// Fails without leaving anything behind when the namespace is not one or a name is taken.
-    fn create_veth_into(
-        &self,
-        veth: &VethSpec,
-    ) -> impl Future<Output = Result<(), KernelError>> + Send;
-
-    /// Inside the namespace at `netns`: gives `interface.ifname` its address and MTU,
-    /// brings it and `lo` up and points the default route at the gateway (replace
-    /// semantics, so a retry is harmless). Answers the configured link (with its MAC).
-    fn configure_container(
-        &self,
-        netns: &Path,
-        interface: &ContainerInterface,
-    ) -> impl Future<Output = Result<Link, KernelError>> + Send;
-
-    /// What `ifname` inside the namespace at `netns` looks like; `None` when it does not
-    /// exist. Fails when the namespace itself cannot be entered.
-    fn inspect_container(
-        &self,
-        netns: &Path,
-        ifname: &str,
-    ) -> impl Future<Output = Result<Option<ContainerView>, KernelError>> + Send;
-
-    /// Deletes link `name` (for a veth, its peer goes too); answers whether it existed.
-    fn delete_link(&self, name: &str) -> impl Future<Output = Result<bool, KernelError>> + Send;
-}
+// Kept for dependents: the paths these modules had before the crate was laid out by
+// trait (`quilt_kernel::netlink::NetlinkKernel`, `quilt_kernel::fake::FakeKernel`,
+// `quilt_kernel::fake_overlay::FakeOverlay`).
+pub use kernel::{fake, netlink};
+pub use overlay::fake as fake_overlay;

@@ -1,5 +1,6 @@
 //! Kernel nexthop objects (`ip nexthop`), which rtnetlink does not cover: a small
-//! synchronous netlink client for RTM_NEWNEXTHOP, RTM_GETNEXTHOP and RTM_DELNEXTHOP.
+//! synchronous netlink client for RTM_NEWNEXTHOP, RTM_GETNEXTHOP and RTM_DELNEXTHOP,
+//! whose socket also carries batches of route requests ([`RawBatchSocket::exchange`]).
 //!
 //! Why: routes that each carry their own `via X onlink` gateway slow down quadratically
 //! in the kernel past a few thousand (the fib info hash ignores the gateway); routes that
@@ -10,32 +11,41 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use netlink_packet_core::{
+    NLA_TYPE_MASK, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_DONE,
+    NLMSG_ERROR,
+};
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::route::RouteNextHopFlags;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use nix::errno::Errno;
 
 use crate::KernelError;
 
+// Nexthop message types and attributes (linux/rtnetlink.h, linux/nexthop.h), which
+// netlink-packet-route does not define.
 const RTM_NEWNEXTHOP: u16 = 104;
 const RTM_DELNEXTHOP: u16 = 105;
 const RTM_GETNEXTHOP: u16 = 106;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-
 const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
+/// The length of a netlink message header (`struct nlmsghdr`).
+const HEADER_LEN: usize = 16;
 
-const AF_INET: u8 = 2;
-const RTNH_F_ONLINK: u32 = 4;
-const EEXIST: i32 = 17;
-const ENOENT: i32 = 2;
-const EIO: i32 = 5;
-const EPROTO: i32 = 71;
+// Raw errno values as the socket answers them, for matching.
+const EEXIST: i32 = Errno::EEXIST as i32;
+const ENOENT: i32 = Errno::ENOENT as i32;
+const EIO: i32 = Errno::EIO as i32;
+const EPROTO: i32 = Errno::EPROTO as i32;
+
+fn af_inet() -> u8 {
+    u8::from(AddressFamily::Inet)
+}
+
+fn onlink() -> u32 {
+    u32::from(RouteNextHopFlags::Onlink.bits())
+}
 
 /// A single-path IPv4 nexthop object: `id N via GATEWAY dev OIF onlink proto P`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,14 +72,25 @@ pub enum Mode {
     Replace,
 }
 
-/// A netlink socket for nexthop requests. Requests are short and answered at once, so
-/// one mutex-guarded socket serves every caller.
-pub struct NexthopSocket {
+/// A raw NETLINK_ROUTE socket for what rtnetlink does not do: nexthop objects, and
+/// batches of route and nexthop requests sent in one write
+/// ([`RawBatchSocket::exchange`]).
+///
+/// It is blocking, on purpose: a request is answered by the kernel at once (no wait
+/// on the network), and one system call for a whole batch is what keeps route
+/// programming fast, so an async socket would add only a task hop per request. One
+/// mutex-guarded socket serves every caller. Call it from async code only for these
+/// short exchanges (as [`crate::netlink::NetlinkKernel`] does); never hold it across an
+/// `.await`, and do not use it for dumps of unbounded size.
+pub struct RawBatchSocket {
     socket: Mutex<Socket>,
     sequence: AtomicU32,
 }
 
-impl NexthopSocket {
+/// The name this socket had when it carried only nexthops; kept for dependents.
+pub type NexthopSocket = RawBatchSocket;
+
+impl RawBatchSocket {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, KernelError> {
         let mut socket =
@@ -151,7 +172,7 @@ impl NexthopSocket {
             .fetch_add(requests.len() as u32, Ordering::Relaxed);
         let mut wire = Vec::new();
         for (i, request) in requests.iter().enumerate() {
-            let total = 16 + request.body.len();
+            let total = HEADER_LEN + request.body.len();
             wire.extend_from_slice(&(total as u32).to_ne_bytes());
             wire.extend_from_slice(&request.kind.to_ne_bytes());
             wire.extend_from_slice(&(request.flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
@@ -181,14 +202,14 @@ impl NexthopSocket {
                 }
             };
             let mut offset = 0;
-            while offset + 16 <= n {
+            while offset + HEADER_LEN <= n {
                 let len = u32_at(&buf, offset) as usize;
-                if len < 16 || offset + len > n {
+                if len < HEADER_LEN || offset + len > n {
                     break; // a truncated message: the rest of this read is unusable
                 }
                 let msg_kind = u16::from_ne_bytes([buf[offset + 4], buf[offset + 5]]);
                 let index = u32_at(&buf, offset + 8).wrapping_sub(first) as usize;
-                let payload = &buf[offset + 16..offset + len];
+                let payload = &buf[offset + HEADER_LEN..offset + len];
                 offset += align4(len);
                 if index >= requests.len() || results[index].is_some() {
                     continue;
@@ -222,7 +243,7 @@ impl NexthopSocket {
     }
 }
 
-/// One netlink request for [`NexthopSocket::exchange`]: message type, flags (REQUEST
+/// One netlink request for [`RawBatchSocket::exchange`]: message type, flags (REQUEST
 /// and ACK are added) and the payload after the netlink header.
 #[derive(Debug, Clone)]
 pub struct RawRequest {
@@ -239,7 +260,7 @@ impl RawRequest {
                 Mode::Exclusive => NLM_F_EXCL,
                 Mode::Replace => NLM_F_REPLACE,
             };
-        let mut body = nhmsg(AF_INET, nh.protocol, RTNH_F_ONLINK);
+        let mut body = nhmsg(af_inet(), nh.protocol, onlink());
         put_attr(&mut body, NHA_ID, &nh.id.to_ne_bytes());
         put_attr(&mut body, NHA_OIF, &nh.oif.to_ne_bytes());
         put_attr(&mut body, NHA_GATEWAY, &nh.gateway.octets());
@@ -288,7 +309,7 @@ fn parse_nexthop(payload: &[u8]) -> Option<Nexthop> {
     let mut offset = 8;
     while offset + 4 <= payload.len() {
         let len = u16::from_ne_bytes([payload[offset], payload[offset + 1]]) as usize;
-        let kind = u16::from_ne_bytes([payload[offset + 2], payload[offset + 3]]) & 0x3fff;
+        let kind = u16::from_ne_bytes([payload[offset + 2], payload[offset + 3]]) & NLA_TYPE_MASK;
         if len < 4 || offset + len > payload.len() {
             break;
         }
@@ -317,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_nexthop_message_decodes_to_what_was_encoded() {
-        let mut body = nhmsg(AF_INET, 158, RTNH_F_ONLINK);
+        let mut body = nhmsg(af_inet(), 158, onlink());
         put_attr(&mut body, NHA_ID, &7u32.to_ne_bytes());
         put_attr(&mut body, NHA_OIF, &3u32.to_ne_bytes());
         put_attr(&mut body, NHA_GATEWAY, &[10, 42, 2, 0]);

@@ -12,6 +12,31 @@ pub struct Link {
     pub name: String,
     pub mtu: u32,
     pub mac: Option<[u8; 6]>,
+    /// What kind of link the kernel says it is; `None` for a link without a kind (a
+    /// physical device, `lo`).
+    pub kind: Option<LinkKind>,
+}
+
+/// The kind of a link (`ip -d link` shows it after the flags), so that a caller can tell
+/// its own bridge from someone else's device of the same name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkKind {
+    Bridge,
+    Veth,
+    Vxlan,
+    /// Any other kind, by the kernel's name for it (`dummy`, `macvlan`, ...).
+    Other(String),
+}
+
+impl fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkKind::Bridge => f.write_str("bridge"),
+            LinkKind::Veth => f.write_str("veth"),
+            LinkKind::Vxlan => f.write_str("vxlan"),
+            LinkKind::Other(kind) => f.write_str(kind),
+        }
+    }
 }
 
 /// An IPv4 route in the main table: `destination via gateway dev interface onlink`

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use quilt_kernel::netlink::NetlinkKernel;
 use quilt_kernel::netns::{self, OwnedNetns};
-use quilt_kernel::{ContainerInterface, Kernel, VethSpec};
+use quilt_kernel::{ContainerInterface, Kernel, LinkKind, VethSpec};
 
 /// Runs `f` with a NetlinkKernel opened inside `host`.
 fn in_host<T: Send>(host: &OwnedNetns, f: impl AsyncFnOnce(NetlinkKernel) -> T + Send) -> T {
@@ -50,7 +50,8 @@ fn bridge_veth_and_container_side() {
                 .unwrap(),
             "mtu fixed"
         );
-        assert_eq!(k.link("quilt0").await.unwrap().unwrap().mtu, 1400);
+        let bridge = k.link("quilt0").await.unwrap().unwrap();
+        assert_eq!((bridge.mtu, bridge.kind), (1400, Some(LinkKind::Bridge)));
 
         let veth = |netns: &Path| VethSpec {
             host: "qvtest".into(),
@@ -107,4 +108,38 @@ fn bridge_veth_and_container_side() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
+}
+
+#[test]
+fn a_link_of_another_kind_is_not_made_a_bridge() {
+    if !netns::privileged_or_skip("a_link_of_another_kind_is_not_made_a_bridge") {
+        return;
+    }
+    let host = OwnedNetns::create(&netns::unique_name("qkh")).unwrap();
+    // An operator's veth called quilt0 (the dummy module may be missing).
+    host.ip(&[
+        "link", "add", "quilt0", "mtu", "1500", "type", "veth", "peer", "name", "quilt0p",
+    ])
+    .unwrap();
+    in_host(&host, async move |k| {
+        let link = k.link("quilt0").await.unwrap().unwrap();
+        assert_eq!(link.kind, Some(LinkKind::Veth));
+        let err = k
+            .ensure_bridge("quilt0", "10.42.1.1/24".parse().unwrap(), 1450)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "set up bridge quilt0 failed: quilt0 exists and is not a bridge; it is left alone"
+        );
+    });
+    let shown = host
+        .ip(&["-d", "-o", "link", "show", "dev", "quilt0"])
+        .unwrap();
+    assert!(
+        shown.contains("mtu 1500") && shown.contains("veth"),
+        "{shown}"
+    );
+    let addresses = host.ip(&["-o", "addr", "show", "dev", "quilt0"]).unwrap();
+    assert!(!addresses.contains("10.42.1.1"), "{addresses}");
 }

@@ -2,6 +2,12 @@
 //! and the permanent neighbour and FDB entries that point each peer's gateway at its
 //! VTEP. A trait of its own, beside [`crate::Kernel`] (the runtime's routes and
 //! containers), so each daemon sees only what it may touch.
+//!
+//! Implemented on the real kernel by [`crate::kernel::netlink::NetlinkKernel`] (in `netlink.rs`)
+//! and in memory by [`fake::FakeOverlay`].
+
+pub mod fake;
+mod netlink;
 
 use std::fmt;
 use std::future::Future;

@@ -1,7 +1,8 @@
 //! An in-memory [`Kernel`] that records every change, for unit tests of daemon logic
 //! without root. It keeps the same rules as the real kernel where the daemons depend on
 //! them: a route needs its interface, `add` refuses an existing destination, `delete`
-//! only removes a route of the given protocol.
+//! only removes a route of the given protocol, `ensure_bridge` leaves a link of another
+//! kind alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,9 @@ use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
 
-use crate::{ContainerInterface, ContainerView, Kernel, KernelError, Link, Route, VethSpec};
+use crate::{
+    ContainerInterface, ContainerView, Kernel, KernelError, Link, LinkKind, Route, VethSpec,
+};
 
 #[derive(Default)]
 struct State {
@@ -31,7 +34,7 @@ struct State {
 }
 
 impl State {
-    fn new_link(&mut self, name: &str, mtu: u32) -> Link {
+    fn new_link(&mut self, name: &str, mtu: u32, kind: LinkKind) -> Link {
         self.next_index += 1;
         Link {
             index: self.next_index,
@@ -45,6 +48,7 @@ impl State {
                 (self.next_index >> 8) as u8,
                 self.next_index as u8,
             ]),
+            kind: Some(kind),
         }
     }
 
@@ -74,8 +78,19 @@ impl FakeKernel {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a link called `name` with `mtu` (not recorded as an operation: it is setup).
+    /// Adds a link called `name` with `mtu` and no kind, as a physical device has none
+    /// (not recorded as an operation: it is setup).
     pub fn add_link(&self, name: &str, mtu: u32) {
+        self.insert_link(name, mtu, None);
+    }
+
+    /// Adds a link called `name` of `kind` that is someone else's (an operator's dummy
+    /// or veth called `quilt0`, say), with MTU 1500; not recorded as an operation.
+    pub fn add_foreign_link(&self, name: &str, kind: LinkKind) {
+        self.insert_link(name, 1500, Some(kind));
+    }
+
+    fn insert_link(&self, name: &str, mtu: u32, kind: Option<LinkKind>) {
         let mut state = self.state();
         state.next_index += 1;
         let index = state.next_index;
@@ -86,6 +101,7 @@ impl FakeKernel {
                 name: name.to_string(),
                 mtu,
                 mac: None,
+                kind,
             },
         );
     }
@@ -272,8 +288,12 @@ impl Kernel for FakeKernel {
         state.fail("ensure_bridge")?;
         let mut changed = false;
         match state.links.get(name).cloned() {
+            // Only a bridge is ours to adjust, as on the real kernel.
+            Some(link) if link.kind != Some(LinkKind::Bridge) => {
+                return Err(KernelError::not_a_bridge(name));
+            }
             None => {
-                let link = state.new_link(name, mtu);
+                let link = state.new_link(name, mtu, LinkKind::Bridge);
                 state.links.insert(name.to_string(), link);
                 state
                     .operations
@@ -329,8 +349,8 @@ impl Kernel for FakeKernel {
         if !state.bridges.contains_key(&veth.bridge) {
             return Err(KernelError::NoSuchLink(veth.bridge.clone()));
         }
-        let host = state.new_link(&veth.host, veth.mtu);
-        let peer = state.new_link(&veth.ifname, veth.mtu);
+        let host = state.new_link(&veth.host, veth.mtu, LinkKind::Veth);
+        let peer = state.new_link(&veth.ifname, veth.mtu, LinkKind::Veth);
         state.links.insert(veth.host.clone(), host);
         state.ports.insert(veth.host.clone(), veth.bridge.clone());
         state
@@ -410,5 +430,46 @@ impl Kernel for FakeKernel {
         self.remove_link(name);
         self.state().operations.push(format!("delete link {name}"));
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDRESS: &str = "10.42.1.1/24";
+
+    #[tokio::test]
+    async fn ensure_bridge_leaves_a_link_of_another_kind_alone() {
+        let kernel = FakeKernel::new();
+        kernel.add_foreign_link("quilt0", LinkKind::Other("dummy".into()));
+        let err = kernel
+            .ensure_bridge("quilt0", ADDRESS.parse().unwrap(), 1450)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "set up bridge quilt0 failed: quilt0 exists and is not a bridge; it is left alone"
+        );
+        assert!(kernel.operations().is_empty(), "{:?}", kernel.operations());
+        assert_eq!(kernel.bridge_address("quilt0"), None);
+        let link = kernel.link("quilt0").await.unwrap().unwrap();
+        assert_eq!(
+            (link.mtu, link.kind),
+            (1500, Some(LinkKind::Other("dummy".into())))
+        );
+    }
+
+    #[tokio::test]
+    async fn ensure_bridge_makes_a_bridge_and_adjusts_it_later() {
+        let kernel = FakeKernel::new();
+        let address: Ipv4Net = ADDRESS.parse().unwrap();
+        assert!(kernel.ensure_bridge("quilt0", address, 1450).await.unwrap());
+        let link = kernel.link("quilt0").await.unwrap().unwrap();
+        assert_eq!(link.kind, Some(LinkKind::Bridge));
+        assert!(!kernel.ensure_bridge("quilt0", address, 1450).await.unwrap());
+        assert!(kernel.ensure_bridge("quilt0", address, 1400).await.unwrap());
+        assert_eq!(kernel.link("quilt0").await.unwrap().unwrap().mtu, 1400);
+        assert_eq!(kernel.bridge_address("quilt0"), Some(address));
     }
 }

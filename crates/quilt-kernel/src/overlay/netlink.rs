@@ -1,5 +1,5 @@
-//! [`Overlay`] on the real kernel: the VXLAN device, its address, neighbour and FDB
-//! entries over rtnetlink.
+//! [`Overlay`] on the real kernel ([`NetlinkKernel`]): the VXLAN device, its address,
+//! neighbour and FDB entries over rtnetlink.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,15 +13,12 @@ use netlink_packet_route::link::{
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
+use nix::errno::Errno;
 use rtnetlink::{LinkUnspec, LinkVxlan};
 
-use crate::netlink::{NetlinkKernel, errno_of};
+use crate::kernel::netlink::{NetlinkKernel, errno_of, link_from_message};
 use crate::overlay::{FdbEntry, Mac, Neighbour, Overlay, VxlanDevice, VxlanSpec};
 use crate::{Kernel, KernelError, Link};
-
-const ENODEV: i32 = 19;
-const ENOENT: i32 = 2;
-const EADDRNOTAVAIL: i32 = 99;
 
 impl NetlinkKernel {
     /// The entries of `family` (Inet: neighbours; Bridge: FDB) on link `name`.
@@ -56,7 +53,7 @@ impl NetlinkKernel {
     ) -> Result<(), KernelError> {
         match self.handle().neighbours().del(message).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if errno_of(&e) == Some(ENOENT) => Ok(()),
+            Err(e) if errno_of(&e) == Some(Errno::ENOENT as i32) => Ok(()),
             Err(e) => Err(KernelError::from_rtnetlink(operation, e)),
         }
     }
@@ -139,7 +136,7 @@ impl Overlay for NetlinkKernel {
             .execute();
         match links.try_next().await {
             Ok(message) => Ok(message.as_ref().map(vxlan_from_message)),
-            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+            Err(e) if errno_of(&e) == Some(Errno::ENODEV as i32) => Ok(None),
             Err(e) => Err(KernelError::from_rtnetlink(format!("get link {name}"), e)),
         }
     }
@@ -171,7 +168,7 @@ impl Overlay for NetlinkKernel {
         };
         match self.handle().link().del(link.index).execute().await {
             Ok(()) => Ok(true),
-            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(false),
+            Err(e) if errno_of(&e) == Some(Errno::ENODEV as i32) => Ok(false),
             Err(e) => Err(KernelError::from_rtnetlink(
                 format!("delete link {name}"),
                 e,
@@ -214,23 +211,7 @@ impl Overlay for NetlinkKernel {
             .try_next()
             .await
             .map_err(|e| KernelError::from_rtnetlink(format!("get link {index}"), e))?;
-        Ok(message.map(|m| {
-            let device = vxlan_from_message(&m);
-            let name = m
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            Link {
-                index,
-                name,
-                mtu: device.mtu,
-                mac: device.mac.map(|m| m.0),
-            }
-        }))
+        Ok(message.map(link_from_message))
     }
 
     async fn addresses(&self, name: &str) -> Result<Vec<Ipv4Net>, KernelError> {
@@ -290,7 +271,7 @@ impl Overlay for NetlinkKernel {
             }
             match self.handle().address().del(message).execute().await {
                 Ok(()) => {}
-                Err(e) if errno_of(&e) == Some(EADDRNOTAVAIL) => {}
+                Err(e) if errno_of(&e) == Some(Errno::EADDRNOTAVAIL as i32) => {}
                 Err(e) => {
                     return Err(KernelError::from_rtnetlink(
                         format!("delete address {address} from {name}"),

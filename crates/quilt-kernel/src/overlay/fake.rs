@@ -51,6 +51,7 @@ impl FakeOverlay {
                 name: name.to_string(),
                 mtu,
                 mac: None,
+                kind: None,
             },
         );
     }
