@@ -76,12 +76,14 @@ pub enum Mode {
 /// batches of route and nexthop requests sent in one write
 /// ([`RawBatchSocket::exchange`]).
 ///
-/// It is blocking, on purpose: a request is answered by the kernel at once (no wait
-/// on the network), and one system call for a whole batch is what keeps route
-/// programming fast, so an async socket would add only a task hop per request. One
-/// mutex-guarded socket serves every caller. Call it from async code only for these
-/// short exchanges (as [`crate::netlink::NetlinkKernel`] does); never hold it across an
-/// `.await`, and do not use it for dumps of unbounded size.
+/// It is blocking, on purpose: each call holds the calling thread until the kernel has
+/// answered, which for these requests it does at once (nothing waits on the network or
+/// on another process), and one system call for a whole batch is what keeps route
+/// programming fast; an async socket would add a task hop per request and win nothing.
+/// One mutex-guarded socket serves every caller. That is why it may be called straight
+/// from async code, as [`crate::netlink::NetlinkKernel`] does from its trait methods,
+/// but only for such short exchanges: nothing the kernel may make wait, and no dump
+/// of unbounded size.
 pub struct RawBatchSocket {
     socket: Mutex<Socket>,
     sequence: AtomicU32,

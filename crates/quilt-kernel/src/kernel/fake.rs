@@ -343,7 +343,7 @@ impl Kernel for FakeKernel {
         if state.links.contains_key(&veth.host) || interfaces.contains_key(&veth.ifname) {
             return Err(KernelError::from_errno(
                 format!("create veth {}", veth.host),
-                17,
+                nix::errno::Errno::EEXIST as i32,
             ));
         }
         if !state.bridges.contains_key(&veth.bridge) {
