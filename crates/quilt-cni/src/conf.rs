@@ -7,7 +7,9 @@ use crate::error::{CniError, code};
 /// The CNI versions whose results quilt-cni can write.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 
-/// Where quilt-runtime listens unless `runtime_address` says otherwise.
+/// Where quilt-runtime listens unless `runtime_address` says otherwise: the workspace's
+/// `quilt_common::defaults::RUNTIME_URL`, kept here so the plugin links no HTTP server
+/// (a test checks the two agree).
 pub const DEFAULT_RUNTIME_ADDRESS: &str = "http://127.0.0.1:50051";
 
 /// The plugin's network configuration. Keys it does not know (runtimeConfig, args,
@@ -92,4 +94,15 @@ pub fn check_version(version: &str) -> Result<(), CniError> {
 /// Whether results of `version` carry `ips[].version` (before 1.0.0).
 pub fn has_ip_version_field(version: &str) -> bool {
     version.starts_with("0.")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_runtime_address_is_the_workspace_default() {
+        assert_eq!(
+            super::DEFAULT_RUNTIME_ADDRESS,
+            quilt_common::defaults::RUNTIME_URL
+        );
+    }
 }

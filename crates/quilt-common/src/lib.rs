@@ -2,13 +2,17 @@
 //!
 //! - [`cluster`]: the cluster's address plan (cluster CIDR, node prefix length) and the
 //!   checks that a node subnet belongs to it.
+//! - [`defaults`]: the addresses, names and numbers every component defaults to.
 //! - [`duration`]: durations on the command line (`500ms`, `3s`).
+//! - [`flags`]: the daemons' flag names, for their configs and for what starts them.
 //! - [`logging`]: the one way binaries install a `tracing` subscriber.
 //! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`.
 //! - [`shutdown`]: a future that completes on SIGTERM or SIGINT.
 
 pub mod cluster;
+pub mod defaults;
 pub mod duration;
+pub mod flags;
 pub mod logging;
 pub mod metrics_endpoint;
 pub mod shutdown;

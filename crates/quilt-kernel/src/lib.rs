@@ -16,6 +16,7 @@
 //!   thread, and the namespace fixtures tests and the lab build on.
 //! - [`types`] and [`error`]: the objects the traits speak of and their one error type.
 
+pub mod blocking;
 pub mod error;
 pub mod kernel;
 pub mod netns;

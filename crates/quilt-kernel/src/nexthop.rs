@@ -165,7 +165,12 @@ impl RawBatchSocket {
     /// Sends every request in one write (the kernel handles them in order) and answers
     /// each one's replies or errno, in order. One system call for a whole batch is what
     /// lets route programming keep up with `ip -batch`.
+    /// The socket blocks: the exchange runs [`crate::blocking::off_the_worker`].
     pub fn exchange(&self, requests: &[RawRequest]) -> Vec<Result<Vec<Vec<u8>>, i32>> {
+        crate::blocking::off_the_worker(|| self.exchange_blocking(requests))
+    }
+
+    fn exchange_blocking(&self, requests: &[RawRequest]) -> Vec<Result<Vec<Vec<u8>>, i32>> {
         if requests.is_empty() {
             return Vec::new();
         }

@@ -14,7 +14,7 @@ pub const MAX_CONTAINERS_PER_NODE: u16 = 50;
 /// Port the control plane listens on, on host 1's underlay address.
 pub const CONTROL_PORT: u16 = 8080;
 /// Where each host's runtime listens, inside the host's namespace.
-pub const RUNTIME_ADDR: &str = "127.0.0.1:50051";
+pub use quilt_common::defaults::RUNTIME_ADDR;
 /// The underlay interface inside each host namespace.
 pub const UNDERLAY_IF: &str = "underlay0";
 /// The bridge playing the underlay switch, inside the switch namespace.

@@ -13,10 +13,10 @@ use ipnet::Ipv4Net;
 use crate::LabError;
 use crate::process::run_bounded;
 
-/// The route protocol number quilt-runtime marks its routes with.
-pub const ROUTE_PROTOCOL: &str = "158";
 /// The overlay device quilt-mesh-agent owns.
-pub const OVERLAY_DEVICE: &str = "vxlan100";
+pub use quilt_common::defaults::OVERLAY_DEVICE;
+/// The route protocol number quilt-runtime marks its routes with.
+pub use quilt_common::defaults::ROUTE_PROTOCOL;
 
 /// One snapshot of a host's tables, one line per entry as `ip` and `bridge` print it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ impl HostTables {
             routes: lines(
                 netns,
                 "ip",
-                &["-4", "route", "show", "proto", ROUTE_PROTOCOL],
+                &["-4", "route", "show", "proto", &ROUTE_PROTOCOL.to_string()],
             )?,
             neighbours: lines(
                 netns,

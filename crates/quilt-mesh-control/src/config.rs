@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use quilt_common::ClusterNetwork;
+use quilt_common::defaults;
+use quilt_common::flags::control as flags;
 
 /// How the control plane runs.
 #[derive(Debug, Clone, clap::Parser)]
@@ -17,22 +19,22 @@ use quilt_common::ClusterNetwork;
 pub struct Config {
     /// Address to listen on for HTTP.
     #[arg(
-        long,
+        long = flags::LISTEN,
         visible_alias = "bind",
         env = "QUILT_CONTROL_LISTEN",
-        default_value = "127.0.0.1:8080"
+        default_value = defaults::CONTROL_LISTEN
     )]
     pub listen: SocketAddr,
 
     /// SQLite database file (created if missing; `-wal` and `-shm` files live beside it).
-    #[arg(long, env = "QUILT_CONTROL_DB_PATH", default_value = "quilt-mesh.db")]
+    #[arg(long = flags::DB_PATH, env = "QUILT_CONTROL_DB_PATH", default_value = "quilt-mesh.db")]
     pub db_path: PathBuf,
 
     /// The cluster CIDR that node subnets are leased from.
     #[arg(
         long,
         env = "QUILT_CONTROL_CLUSTER_CIDR",
-        default_value = "10.42.0.0/16"
+        default_value = defaults::CLUSTER_CIDR
     )]
     pub cluster_cidr: Ipv4Net,
 
@@ -41,16 +43,16 @@ pub struct Config {
     pub node_prefix_len: u8,
 
     /// A node not heard from for this long is marked down (like `30s`, `500ms`, `2m`).
-    #[arg(long, env = "QUILT_CONTROL_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = quilt_common::duration::parse)]
+    #[arg(long = flags::HEARTBEAT_TIMEOUT, env = "QUILT_CONTROL_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = quilt_common::duration::parse)]
     pub heartbeat_timeout: Duration,
 
     /// Token that registering nodes must present as `Authorization: Bearer <token>`.
     /// Without it the control plane runs open.
-    #[arg(long, env = "QUILT_CONTROL_JOIN_TOKEN", hide_env_values = true)]
+    #[arg(long = flags::JOIN_TOKEN, env = "QUILT_CONTROL_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
 
     /// Log level or filter (`info`, `debug`, `info,quilt_mesh_control=debug`); RUST_LOG wins.
-    #[arg(long, env = "QUILT_CONTROL_LOG_LEVEL", default_value = "info")]
+    #[arg(long = flags::LOG_LEVEL, env = "QUILT_CONTROL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
     /// How many recent watch events are kept so watchers can resume from a revision.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use ipnet::Ipv4Net;
+use quilt_common::defaults;
+use quilt_common::flags::runtime as flags;
 
 /// quilt-runtime: owns this node's container addresses and the kernel routes toward
 /// other nodes' subnets, and serves them over gRPC (package quilt, service QuiltRuntime).
@@ -14,15 +16,15 @@ use ipnet::Ipv4Net;
 pub struct Config {
     /// Address the gRPC server listens on. Keep it on loopback unless protected.
     #[arg(
-        long,
+        long = flags::GRPC_ADDR,
         env = "QUILT_RUNTIME_GRPC_ADDR",
-        default_value = "127.0.0.1:50051"
+        default_value = defaults::RUNTIME_ADDR
     )]
     pub grpc_addr: SocketAddr,
 
     /// Folder for desired state (runtime.db: node subnet, routes, container addresses).
     #[arg(
-        long,
+        long = flags::STATE_DIR,
         env = "QUILT_RUNTIME_STATE_DIR",
         default_value = "/var/lib/quilt/runtime"
     )]
@@ -32,7 +34,7 @@ pub struct Config {
     #[arg(
         long,
         env = "QUILT_RUNTIME_CLUSTER_CIDR",
-        default_value = "10.42.0.0/16"
+        default_value = defaults::CLUSTER_CIDR
     )]
     pub cluster_cidr: Ipv4Net,
 
@@ -45,7 +47,7 @@ pub struct Config {
         long = "overlay-interface",
         env = "QUILT_RUNTIME_OVERLAY_INTERFACE",
         value_delimiter = ',',
-        default_value = "vxlan100"
+        default_value = defaults::OVERLAY_DEVICE
     )]
     pub overlay_interfaces: Vec<String>,
 
@@ -59,10 +61,10 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
 
     /// How often the kernel is compared with desired state and repaired.
-    #[arg(long, env = "QUILT_RUNTIME_RECONCILE_INTERVAL", default_value = "5s", value_parser = quilt_common::duration::parse)]
+    #[arg(long = flags::RECONCILE_INTERVAL, env = "QUILT_RUNTIME_RECONCILE_INTERVAL", default_value = "5s", value_parser = quilt_common::duration::parse)]
     pub reconcile_interval: Duration,
 
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
-    #[arg(long, env = "QUILT_RUNTIME_LOG_LEVEL", default_value = "info")]
+    #[arg(long = flags::LOG_LEVEL, env = "QUILT_RUNTIME_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }

@@ -35,4 +35,4 @@ pub use server::run;
 
 /// The route protocol number on every route quilt-runtime makes (`ip route` shows
 /// `proto 158`). The runtime never changes or deletes a route without it.
-pub const ROUTE_PROTOCOL: u8 = 158;
+pub use quilt_common::defaults::ROUTE_PROTOCOL;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 
 /// The bridge containers are attached to.
-pub const BRIDGE: &str = "quilt0";
+pub use quilt_common::defaults::BRIDGE;
 
 /// Prefix of every allocation owner that belongs to an attachment.
 pub const OWNER_PREFIX: &str = "attach:";
@@ -100,7 +100,7 @@ impl Default for ContainerSettings {
     fn default() -> Self {
         Self {
             bridge: BRIDGE.to_string(),
-            overlay_interface: Some("vxlan100".to_string()),
+            overlay_interface: Some(quilt_common::defaults::OVERLAY_DEVICE.to_string()),
             default_mtu: 1450,
         }
     }

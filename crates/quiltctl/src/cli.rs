@@ -18,7 +18,7 @@ pub struct Cli {
         global = true,
         env = "QUILT_CONTROL_PLANE",
         value_delimiter = ',',
-        default_value = "http://127.0.0.1:8080"
+        default_value = quilt_common::defaults::CONTROL_URL
     )]
     pub control_plane: Vec<String>,
 
@@ -58,7 +58,7 @@ pub enum Command {
         #[arg(
             long,
             env = "QUILT_RUNTIME_ADDR",
-            default_value = "http://127.0.0.1:50051"
+            default_value = quilt_common::defaults::RUNTIME_URL
         )]
         runtime: String,
     },

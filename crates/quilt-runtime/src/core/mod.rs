@@ -9,10 +9,8 @@
 //!
 //! Blocking: the store is synchronous SQLite, and it is only reached under the lock
 //! that every change holds. A store call must not stall a tokio worker while other
-//! requests wait on it, so every one goes through `Inner::with_store`: on a
-//! multi-thread runtime it runs under [`tokio::task::block_in_place`] (the worker's
-//! other tasks move to another worker while this one waits on the disk); on a
-//! current-thread runtime, where there is no other worker, it runs inline.
+//! requests wait on it, so every one goes through `Inner::with_store`, which follows the
+//! daemons' one rule for blocking work, [`quilt_kernel::blocking`].
 
 mod addresses;
 mod containers;
@@ -22,7 +20,7 @@ mod routes;
 use std::sync::Arc;
 
 use quilt_kernel::Kernel;
-use tokio::runtime::{Handle, RuntimeFlavor};
+use quilt_kernel::blocking::off_the_worker;
 use tokio::sync::Mutex;
 
 use crate::RuntimeError;
@@ -43,18 +41,6 @@ impl Inner {
         call: impl FnOnce(&mut Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         off_the_worker(|| call(&mut self.store))
-    }
-}
-
-/// Runs blocking `work` without holding up the tokio worker's other tasks: under
-/// `block_in_place` on a multi-thread runtime, inline on a current-thread one or
-/// outside any runtime.
-fn off_the_worker<T>(work: impl FnOnce() -> T) -> T {
-    match Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
     }
 }
 

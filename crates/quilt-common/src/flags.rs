@@ -1,0 +1,47 @@
+//! The daemons' command-line flag names, shared by their clap configurations and by the
+//! programs that start them (the lab), so that a renamed flag is renamed for both and a
+//! removed one breaks the build of its callers.
+
+/// `--NAME` for the flag `name`.
+pub fn arg(name: &str) -> String {
+    format!("--{name}")
+}
+
+/// quilt-mesh-control's flags.
+pub mod control {
+    pub const LISTEN: &str = "listen";
+    pub const DB_PATH: &str = "db-path";
+    pub const HEARTBEAT_TIMEOUT: &str = "heartbeat-timeout";
+    pub const JOIN_TOKEN: &str = "join-token";
+    pub const LOG_LEVEL: &str = "log-level";
+}
+
+/// quilt-runtime's flags.
+pub mod runtime {
+    pub const GRPC_ADDR: &str = "grpc-addr";
+    pub const STATE_DIR: &str = "state-dir";
+    pub const RECONCILE_INTERVAL: &str = "reconcile-interval";
+    pub const LOG_LEVEL: &str = "log-level";
+}
+
+/// quilt-mesh-agent's flags.
+pub mod agent {
+    pub const CONTROL_PLANE: &str = "control-plane";
+    pub const HOST_IP: &str = "host-ip";
+    pub const HOSTNAME: &str = "hostname";
+    pub const RUNTIME_ADDR: &str = "runtime-addr";
+    pub const UNDERLAY_INTERFACE: &str = "underlay-interface";
+    pub const STATE_DIR: &str = "state-dir";
+    pub const JOIN_TOKEN: &str = "join-token";
+    pub const HEARTBEAT_INTERVAL: &str = "heartbeat-interval";
+    pub const RESYNC_INTERVAL: &str = "resync-interval";
+    pub const LOG_LEVEL: &str = "log-level";
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arg_is_the_long_form() {
+        assert_eq!(super::arg(super::control::DB_PATH), "--db-path");
+    }
+}

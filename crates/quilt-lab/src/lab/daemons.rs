@@ -1,0 +1,197 @@
+//! Each daemon operation of a lab, written once over its [`LabState`]: start the control
+//! plane, a runtime or an agent with its flags; stop one; reap exited children.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::process::Child;
+use std::time::Duration;
+
+use quilt_common::flags::{agent, arg, control, runtime};
+
+use super::host_of;
+use super::spec::{AGENT_BIN, CONTROL_BIN, RUNTIME_BIN};
+use crate::LabError;
+use crate::layout::{CONTROL_PORT, RUNTIME_ADDR, UNDERLAY_IF};
+use crate::process::{self};
+use crate::state::LabState;
+
+/// Stops host `host`'s agent and records that it no longer runs.
+pub fn stop_agent_of(
+    state: &mut LabState,
+    host: u16,
+    children: &mut [Child],
+) -> Result<(), LabError> {
+    let h = host_of(state, host)?;
+    if let Some(pid) = h.agent_pid {
+        stop_process(pid, &h.netns, AGENT_BIN, children)?;
+    }
+    state.hosts[usize::from(host - 1)].agent_pid = None;
+    state.save()
+}
+
+/// Kills host `host`'s agent with SIGKILL (a crash: nothing runs on its way out) and
+/// records that it no longer runs.
+pub fn kill_agent_of(
+    state: &mut LabState,
+    host: u16,
+    children: &mut [Child],
+) -> Result<(), LabError> {
+    let h = host_of(state, host)?;
+    if let Some(pid) = h.agent_pid
+        && !process::kill_now(pid, &h.netns, &mut |p| reap(children, p))
+    {
+        return Err(LabError::setup(
+            format!("kill quilt-mesh-agent of h{host}"),
+            format!("pid {pid} did not exit"),
+        ));
+    }
+    state.hosts[usize::from(host - 1)].agent_pid = None;
+    state.save()
+}
+
+/// Stops host `host`'s runtime and records that it no longer runs.
+pub fn stop_runtime_of(
+    state: &mut LabState,
+    host: u16,
+    children: &mut [Child],
+) -> Result<(), LabError> {
+    let h = host_of(state, host)?;
+    if let Some(pid) = h.runtime_pid {
+        stop_process(pid, &h.netns, RUNTIME_BIN, children)?;
+    }
+    state.hosts[usize::from(host - 1)].runtime_pid = None;
+    state.save()
+}
+
+/// Stops the control plane and records that it no longer runs.
+pub fn stop_control_of(state: &mut LabState, children: &mut [Child]) -> Result<(), LabError> {
+    if let Some(pid) = state.control_pid {
+        let h1 = state.hosts[0].netns.clone();
+        stop_process(pid, &h1, CONTROL_BIN, children)?;
+    }
+    state.control_pid = None;
+    state.save()
+}
+
+/// SIGTERM to `pid` if it still runs in `netns`, SIGKILL after 5 s.
+fn stop_process(pid: u32, netns: &str, what: &str, children: &mut [Child]) -> Result<(), LabError> {
+    let left = process::stop_all(
+        &[(pid, netns.to_string())],
+        Duration::from_secs(5),
+        &mut |p| reap(children, p),
+    );
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::setup(
+            format!("stop {what} in {netns}"),
+            format!("pid {pid} did not exit"),
+        ))
+    }
+}
+
+/// Starts the control plane on host 1 (its log is appended to) and records its pid.
+pub(super) fn start_control_of(state: &mut LabState) -> Result<Child, LabError> {
+    let h1 = state.hosts[0].clone();
+    let listen = SocketAddr::from((h1.host_ip, CONTROL_PORT));
+    let dir = state.dir.join("data").join("control");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LabError::setup(format!("create {}", dir.display()), e))?;
+    let args: Vec<OsString> = vec![
+        arg(control::LISTEN).into(),
+        listen.to_string().into(),
+        arg(control::DB_PATH).into(),
+        dir.join("control.db").into(),
+        arg(control::HEARTBEAT_TIMEOUT).into(),
+        format!("{}ms", state.heartbeat_timeout_ms).into(),
+        arg(control::JOIN_TOKEN).into(),
+        state.join_token.clone().into(),
+        arg(control::LOG_LEVEL).into(),
+        state.log_level.clone().into(),
+    ];
+    let log = state.log_dir.join("control.log");
+    let child = process::spawn_daemon(
+        &h1.netns,
+        &state.binaries_dir.join(CONTROL_BIN),
+        &args,
+        &log,
+    )?;
+    state.control_pid = Some(child.id());
+    state.save()?;
+    Ok(child)
+}
+
+/// Starts host `host`'s runtime (its log is appended to) and records its pid.
+pub(super) fn start_runtime_of(state: &mut LabState, host: u16) -> Result<Child, LabError> {
+    let h = host_of(state, host)?;
+    let state_dir = state.dir.join("data").join(format!("h{host}/runtime"));
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| LabError::setup(format!("create {}", state_dir.display()), e))?;
+    let args: Vec<OsString> = vec![
+        arg(runtime::GRPC_ADDR).into(),
+        RUNTIME_ADDR.into(),
+        arg(runtime::STATE_DIR).into(),
+        state_dir.into(),
+        arg(runtime::RECONCILE_INTERVAL).into(),
+        format!("{}ms", state.reconcile_interval_ms).into(),
+        arg(runtime::LOG_LEVEL).into(),
+        state.log_level.clone().into(),
+    ];
+    let log = state.log_dir.join(format!("h{host}-runtime.log"));
+    let child =
+        process::spawn_daemon(&h.netns, &state.binaries_dir.join(RUNTIME_BIN), &args, &log)?;
+    state.hosts[usize::from(host - 1)].runtime_pid = Some(child.id());
+    state.save()?;
+    Ok(child)
+}
+
+/// Starts host `host`'s agent (its log is appended to) and records its pid.
+pub fn start_agent_of(state: &mut LabState, host: u16) -> Result<Child, LabError> {
+    let h = host_of(state, host)?;
+    if let Some(pid) = h.agent_pid
+        && process::runs_in(pid, &h.netns)
+    {
+        return Err(LabError::setup(
+            format!("start quilt-mesh-agent of h{host}"),
+            format!("it already runs (pid {pid})"),
+        ));
+    }
+    let state_dir = state.dir.join("data").join(format!("h{host}/agent"));
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| LabError::setup(format!("create {}", state_dir.display()), e))?;
+    let args: Vec<OsString> = vec![
+        arg(agent::CONTROL_PLANE).into(),
+        state.control_url.clone().into(),
+        arg(agent::HOST_IP).into(),
+        h.host_ip.to_string().into(),
+        arg(agent::HOSTNAME).into(),
+        h.hostname.clone().into(),
+        arg(agent::RUNTIME_ADDR).into(),
+        format!("http://{RUNTIME_ADDR}").into(),
+        arg(agent::UNDERLAY_INTERFACE).into(),
+        UNDERLAY_IF.into(),
+        arg(agent::STATE_DIR).into(),
+        state_dir.into(),
+        arg(agent::JOIN_TOKEN).into(),
+        state.join_token.clone().into(),
+        arg(agent::HEARTBEAT_INTERVAL).into(),
+        format!("{}ms", state.heartbeat_interval_ms).into(),
+        arg(agent::RESYNC_INTERVAL).into(),
+        format!("{}ms", state.resync_interval_ms).into(),
+        arg(agent::LOG_LEVEL).into(),
+        state.log_level.clone().into(),
+    ];
+    let log = state.log_dir.join(format!("h{host}-agent.log"));
+    let child = process::spawn_daemon(&h.netns, &state.binaries_dir.join(AGENT_BIN), &args, &log)?;
+    state.hosts[usize::from(host - 1)].agent_pid = Some(child.id());
+    state.save()?;
+    Ok(child)
+}
+
+pub(super) fn reap(children: &mut [Child], pid: u32) -> bool {
+    children
+        .iter_mut()
+        .find(|c| c.id() == pid)
+        .map(|c| matches!(c.try_wait(), Ok(Some(_))))
+        .unwrap_or(false)
+}
