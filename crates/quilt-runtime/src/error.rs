@@ -64,6 +64,8 @@ pub enum RuntimeError {
     },
     #[error("kernel: {0}")]
     Kernel(#[from] KernelError),
+    #[error("{name} exists as a {kind}, not a bridge; it is left alone")]
+    BridgeTaken { name: String, kind: String },
     /// A kernel change was made, the store could not record it, and it was undone. The
     /// store's error is shared because one failed transaction answers a whole batch.
     #[error("the change was undone because the state store failed: {source}")]

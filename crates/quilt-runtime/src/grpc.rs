@@ -121,7 +121,9 @@ pub fn error_kind(e: &RuntimeError) -> pb::ErrorKind {
         RuntimeError::PoolExhausted(_) => pb::ErrorKind::Exhausted,
         RuntimeError::NotAttached { .. } => pb::ErrorKind::NotFound,
         RuntimeError::Mismatch { .. } => pb::ErrorKind::Mismatch,
-        RuntimeError::Kernel(_) | RuntimeError::NoSuchInterface(_) => pb::ErrorKind::Kernel,
+        RuntimeError::Kernel(_)
+        | RuntimeError::NoSuchInterface(_)
+        | RuntimeError::BridgeTaken { .. } => pb::ErrorKind::Kernel,
         _ => pb::ErrorKind::Internal,
     }
 }

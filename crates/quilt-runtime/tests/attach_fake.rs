@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use quilt_kernel::Kernel;
 use quilt_kernel::fake::FakeKernel;
+use quilt_kernel::{Kernel, LinkKind};
 use quilt_runtime::metrics::Metrics;
 use quilt_runtime::model::{self, AttachRequest, ContainerSettings};
 use quilt_runtime::store::Store;
@@ -218,4 +218,31 @@ async fn mtu_above_the_overlay_is_refused() {
     );
     r.mtu = Some(1300);
     assert_eq!(rt.attach(&r).await.unwrap().mtu, 1300);
+}
+
+#[tokio::test]
+async fn a_quilt0_that_is_not_a_bridge_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = kernel_with(&["/ns/a"]);
+    kernel.add_foreign_link("quilt0", LinkKind::Other("dummy".into()));
+    let rt = runtime(dir.path(), kernel);
+    // The subnet is recorded all the same; the bridge is what is refused.
+    rt.configure_subnet("10.42.1.0/24".parse().unwrap())
+        .await
+        .unwrap();
+    let before = rt.kernel().operations();
+    let err = rt.attach(&request("a", "/ns/a")).await.unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::BridgeTaken { name, .. } if name == "quilt0"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "quilt0 exists as a dummy link, not a bridge; it is left alone"
+    );
+    assert_eq!(rt.kernel().operations(), before, "nothing was done");
+    assert_eq!(rt.kernel().bridge_address("quilt0"), None);
+    let link = rt.kernel().link("quilt0").await.unwrap().unwrap();
+    assert_eq!(link.kind, Some(LinkKind::Other("dummy".into())));
+    assert!(rt.desired().await.attachments.is_empty());
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use quilt_kernel::{ContainerInterface, Kernel, KernelError, VethSpec};
+use quilt_kernel::{ContainerInterface, Kernel, KernelError, LinkKind, VethSpec};
 use tracing::{debug, info, warn};
 
 use super::{Inner, Runtime};
@@ -34,8 +34,21 @@ impl<K: Kernel> Runtime<K> {
     }
 
     /// Makes the bridge hold `subnet`'s gateway with the overlay MTU; answers whether
-    /// anything changed.
+    /// anything changed. A link of that name that is not a bridge is somebody else's:
+    /// it is refused, and nothing is done to it.
     pub(super) async fn ensure_bridge(&self, subnet: Ipv4Net) -> Result<bool, RuntimeError> {
+        let bridge = &self.containers.bridge;
+        if let Some(link) = self.kernel.link(bridge).await?
+            && link.kind != Some(LinkKind::Bridge)
+        {
+            let kind = link
+                .kind
+                .map_or_else(|| "device".to_string(), |k| format!("{k} link"));
+            return Err(RuntimeError::BridgeTaken {
+                name: bridge.clone(),
+                kind,
+            });
+        }
         let mtu = self.overlay_mtu().await?;
         let address = Ipv4Net::new(ipam::gateway(subnet), subnet.prefix_len()).unwrap_or(subnet);
         let changed = self
