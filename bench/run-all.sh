@@ -23,7 +23,7 @@ run() { # run NAME COMMAND...: prints and keeps the output of one benchmark
   "$@" 2>&1 | tee "$work/$name.txt"
 }
 
-run runtime   "$bin/quilt-runtime-bench"
+run runtime   "$bin/quiltctl" bench runtime --bin-dir "$bin"
 run control   "$bin/examples/bench" --server-bin "$bin/quilt-mesh-control"
 run cni       cargo nextest run --release -p quilt-cni --run-ignored only --no-capture bench_attach_detach
 run convergence "$bin/quiltctl" bench convergence --bin-dir "$bin"
@@ -49,7 +49,7 @@ benchmark prints its target beside it. Run \`sudo bench/run-all.sh\` to measure 
 
 ## Route programming (quilt-runtime)
 
-Method: \`quilt-runtime-bench\` makes fresh network namespaces with a real \`vxlan100\` and
+Method: \`quiltctl bench runtime\` makes fresh network namespaces with a real \`vxlan100\` and
 programs 10,000 routes \`10.X.Y.0/24 via 10.X.Y.0 dev vxlan100 onlink\`: first with
 \`ip -batch\` (nexthop objects, then per-route onlink gateways) as the baseline, then
 through the gRPC API with \`InjectRoutes\` (batches of 500), then with single

@@ -85,6 +85,10 @@ pub enum BenchCommand {
     /// iperf3 throughput and ping round trips, container to container across hosts
     /// against host to host on the underlay, in the same run.
     Dataplane(DataplaneArgs),
+    /// Route programming through quilt-runtime's gRPC API (InjectRoutes in batches,
+    /// concurrent and sequential InjectRoute) against `ip -batch` in the same run, in
+    /// namespaces of its own; also the runtime's RSS with every route in place.
+    Runtime(RuntimeArgs),
 }
 
 /// The lab a benchmark builds.
@@ -117,6 +121,25 @@ pub struct ConvergenceArgs {
     /// Longest a run may take.
     #[arg(long, default_value = "30s", value_parser = quilt_common::duration::parse)]
     pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    /// Folder holding quilt-runtime; the folder of quiltctl itself by default.
+    #[arg(long, env = "QUILT_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// How many routes to program.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub routes: u32,
+    /// Routes per InjectRoutes call.
+    #[arg(long, default_value_t = 500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub batch: usize,
+    /// Concurrent single InjectRoute calls in the throughput run.
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub concurrency: usize,
+    /// Sequential single calls measured for latency.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub latency_calls: u32,
 }
 
 #[derive(Debug, Args)]

@@ -1,49 +1,30 @@
-//! quilt-runtime-bench: route programming through the gRPC API against `ip -batch`, in
-//! network namespaces this command makes and removes. Prints routes/s for both, their
-//! ratio, single-call InjectRoute latency p50/p99, and the runtime's RSS.
-//!
-//! Run as root: `cargo run --release -p quilt-runtime --bin quilt-runtime-bench`.
+//! `quiltctl bench runtime`: route programming through quilt-runtime's gRPC API against
+//! `ip -batch`, in network namespaces this command makes and removes. Prints routes/s for
+//! both, their ratio, single-call InjectRoute latency p50/p99, and the runtime's RSS.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::Path;
+use std::process::ExitCode;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use quilt_kernel::netns::{self, OwnedNetns};
 use quilt_proto as pb;
 use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use tonic::transport::Channel;
 
-#[derive(Parser)]
-#[command(about = "Benchmark route programming: quilt-runtime's gRPC API against ip -batch")]
-struct Args {
-    /// How many routes to program.
-    #[arg(long, default_value_t = 10_000)]
-    routes: u32,
-    /// Routes per InjectRoutes call.
-    #[arg(long, default_value_t = 500)]
-    batch: usize,
-    /// Concurrent single InjectRoute calls in the throughput run.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// Sequential single calls measured for latency.
-    #[arg(long, default_value_t = 2000)]
-    latency_calls: u32,
-}
+use crate::cli::RuntimeArgs;
 
-const GRPC_ADDR: &str = "127.0.0.1:50051";
+const GRPC_ADDR: &str = quilt_common::defaults::RUNTIME_ADDR;
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if !netns::privileged_or_skip("quilt-runtime-bench") {
-        bail!("the benchmark needs root to create network namespaces");
-    }
-    let runtime_bin = sibling_binary("quilt-runtime")?;
+/// Runs the benchmark with the runtime binary found in `bin_dir`.
+pub fn run(args: RuntimeArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
+    quilt_lab::lab::preflight(bin_dir, false)?;
+    let runtime_bin = bin_dir.join(quilt_lab::lab::RUNTIME_BIN);
     println!(
-        "quilt-runtime-bench: {} routes, batch {}, concurrency {}",
+        "quiltctl bench runtime: {} routes, batch {}, concurrency {}",
         args.routes, args.batch, args.concurrency
     );
 
@@ -173,7 +154,7 @@ fn main() -> anyhow::Result<()> {
         args.routes,
         rss_kb as f64 / 1024.0
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn rate(n: u32, d: Duration) -> f64 {
@@ -237,7 +218,7 @@ type BenchFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow:
 /// Starts quilt-runtime in a fresh namespace, runs `f` with a client from inside it, and
 /// stops it; answers `f`'s result.
 fn with_runtime<T: Send + 'static>(
-    bin: &PathBuf,
+    bin: &Path,
     f: impl FnOnce(QuiltRuntimeClient<Channel>, Channel, u32) -> BenchFuture<T> + Send,
 ) -> anyhow::Result<(T,)> {
     let ns = bench_host()?;
@@ -269,7 +250,7 @@ fn with_runtime<T: Send + 'static>(
         rt.block_on(async move {
             let mut connected = None;
             for _ in 0..200 {
-                match Channel::from_static("http://127.0.0.1:50051")
+                match Channel::from_static(quilt_common::defaults::RUNTIME_URL)
                     .connect()
                     .await
                 {
@@ -308,16 +289,4 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no VmRSS in /proc status")
-}
-
-fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().context("no parent folder")?.join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found next to the benchmark; build it first (cargo build --release -p quilt-runtime)",
-            path.display()
-        );
-    }
-    Ok(path)
 }

@@ -1,5 +1,8 @@
-//! `quiltctl bench`: builds a lab of its own, measures, prints, tears the lab down.
-//! The measuring is in `quilt_lab::bench`; the method is in docs/quiltctl.md.
+//! `quiltctl bench`, the one home of the benchmarks: each builds what it measures (a lab,
+//! or namespaces of its own), measures, prints, and tears it down. The lab measurements
+//! are in `quilt_lab::bench`; the method is in docs/quiltctl.md and docs/benchmarks.md.
+//!
+//! - `runtime`: route programming against `ip -batch`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,6 +14,8 @@ use quilt_lab::bench::{self, JoinTiming, Rtt};
 use quilt_lab::{Lab, LabSpec};
 use serde_json::json;
 
+mod runtime;
+
 use crate::cli::{BenchCommand, BenchLab, ConvergenceArgs, DataplaneArgs};
 use crate::lab::{default_bin_dir, watch_for_interrupt};
 
@@ -18,6 +23,13 @@ pub fn run(command: BenchCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Convergence(args) => convergence(args, json),
         BenchCommand::Dataplane(args) => dataplane(args, json),
+        BenchCommand::Runtime(args) => {
+            let bin_dir = match &args.bin_dir {
+                Some(d) => d.clone(),
+                None => default_bin_dir()?,
+            };
+            runtime::run(args, &bin_dir)
+        }
     }
 }
 
