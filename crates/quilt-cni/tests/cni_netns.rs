@@ -2,16 +2,14 @@
 //! configuration on stdin), against quilt-runtime running in a fresh "host" namespace;
 //! containers are namespaces of their own. Nothing touches the machine's namespace.
 
-#[path = "../../quilt-runtime/tests/common/mod.rs"]
-mod common;
-
 use std::io::Write;
 use std::process::Stdio;
 
-use common::Host;
 use nix::sys::signal::Signal;
-use quilt_kernel::netns::{self, OwnedNetns};
+use quilt_kernel::netns;
 use quilt_proto as pb;
+use quilt_testkit::netns::{OwnedNetns, privileged_or_skip, unique_name};
+use quilt_testkit::runtime::RuntimeHost;
 use serde_json::{Value, json};
 
 const SUBNET: &str = "10.42.1.0/24";
@@ -37,7 +35,7 @@ impl Answer {
 
 /// Runs `plugin` inside the host namespace as an engine would.
 fn exec(
-    host: &Host,
+    host: &RuntimeHost,
     plugin: &str,
     command: &str,
     container_id: &str,
@@ -93,7 +91,7 @@ fn with_prev(mut conf: Value, prev: &Value) -> Value {
 }
 
 /// CHECK for container `id` in `c`, with `previous` (its ADD result) as prevResult.
-fn cni_check(host: &Host, id: &str, c: &OwnedNetns, previous: &Value) -> Answer {
+fn cni_check(host: &RuntimeHost, id: &str, c: &OwnedNetns, previous: &Value) -> Answer {
     exec(
         host,
         "quilt-cni",
@@ -105,7 +103,7 @@ fn cni_check(host: &Host, id: &str, c: &OwnedNetns, previous: &Value) -> Answer 
     )
 }
 
-fn add(host: &Host, id: &str, c: &OwnedNetns) -> Value {
+fn add(host: &RuntimeHost, id: &str, c: &OwnedNetns) -> Value {
     let a = exec(
         host,
         "quilt-cni",
@@ -123,14 +121,14 @@ fn path(ns: &OwnedNetns) -> String {
     netns::path(ns.name()).display().to_string()
 }
 
-fn host_with_subnet() -> Host {
-    let mut host = Host::new();
+fn host_with_subnet() -> RuntimeHost {
+    let mut host = RuntimeHost::new();
     host.start();
     configure(&host);
     host
 }
 
-fn configure(host: &Host) {
+fn configure(host: &RuntimeHost) {
     host.call(|mut c| async move {
         let r = c
             .configure_node_subnet(pb::ConfigureNodeSubnetRequest {
@@ -154,7 +152,7 @@ fn ping(from: &OwnedNetns, to: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn allocations(host: &Host) -> Vec<pb::Allocation> {
+fn allocations(host: &RuntimeHost) -> Vec<pb::Allocation> {
     host.call(|mut c| async move {
         Ok(c.list_allocations(pb::ListAllocationsRequest {})
             .await?
@@ -164,7 +162,7 @@ fn allocations(host: &Host) -> Vec<pb::Allocation> {
     .unwrap()
 }
 
-fn attachments(host: &Host) -> Vec<pb::Attachment> {
+fn attachments(host: &RuntimeHost) -> Vec<pb::Attachment> {
     host.call(|mut c| async move {
         Ok(c.list_attachments(pb::ListAttachmentsRequest {})
             .await?
@@ -174,7 +172,7 @@ fn attachments(host: &Host) -> Vec<pb::Attachment> {
     .unwrap()
 }
 
-fn host_links(host: &Host) -> String {
+fn host_links(host: &RuntimeHost) -> String {
     host.ns.ip(&["-o", "link", "show"]).unwrap()
 }
 
@@ -190,12 +188,12 @@ fn bare_ip(address: &Value) -> String {
 
 #[test]
 fn add_ping_check_restart_del() {
-    if !netns::privileged_or_skip("add_ping_check_restart_del") {
+    if !privileged_or_skip("add_ping_check_restart_del") {
         return;
     }
     let mut host = host_with_subnet();
-    let c1 = OwnedNetns::create(&netns::unique_name("qcc")).unwrap();
-    let c2 = OwnedNetns::create(&netns::unique_name("qcc")).unwrap();
+    let c1 = OwnedNetns::create(&unique_name("qcc")).unwrap();
+    let c2 = OwnedNetns::create(&unique_name("qcc")).unwrap();
 
     let r1 = add(&host, "container-one", &c1);
     let r2 = add(&host, "container-two", &c2);
@@ -281,7 +279,7 @@ fn add_ping_check_restart_del() {
     assert!(!allocations(&host).iter().any(|a| a.address == a1));
 
     // The freed address goes to the next container.
-    let c3 = OwnedNetns::create(&netns::unique_name("qcc")).unwrap();
+    let c3 = OwnedNetns::create(&unique_name("qcc")).unwrap();
     let r3 = add(&host, "container-three", &c3);
     assert_eq!(bare_ip(&r3["ips"][0]["address"]), a1);
 
@@ -315,11 +313,11 @@ fn add_ping_check_restart_del() {
 
 #[test]
 fn the_bridge_is_recreated_by_reconcile() {
-    if !netns::privileged_or_skip("the_bridge_is_recreated_by_reconcile") {
+    if !privileged_or_skip("the_bridge_is_recreated_by_reconcile") {
         return;
     }
     let host = host_with_subnet();
-    let c1 = OwnedNetns::create(&netns::unique_name("qcc")).unwrap();
+    let c1 = OwnedNetns::create(&unique_name("qcc")).unwrap();
     add(&host, "c1", &c1);
     host.ns.ip(&["link", "del", "quilt0"]).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -345,7 +343,7 @@ fn the_bridge_is_recreated_by_reconcile() {
 
 #[test]
 fn a_conflist_chain_with_reference_plugins() {
-    if !netns::privileged_or_skip("a_conflist_chain_with_reference_plugins") {
+    if !privileged_or_skip("a_conflist_chain_with_reference_plugins") {
         return;
     }
     for plugin in ["tuning", "portmap"] {
@@ -357,7 +355,7 @@ fn a_conflist_chain_with_reference_plugins() {
         );
     }
     let host = host_with_subnet();
-    let c1 = OwnedNetns::create(&netns::unique_name("qcc")).unwrap();
+    let c1 = OwnedNetns::create(&unique_name("qcc")).unwrap();
     let netns_path = path(&c1);
     let conflist = json!({
         "cniVersion": "1.0.0",
@@ -466,12 +464,12 @@ fn a_conflist_chain_with_reference_plugins() {
 
 #[test]
 fn bad_input_is_refused_and_leaves_nothing_behind() {
-    if !netns::privileged_or_skip("bad_input_is_refused_and_leaves_nothing_behind") {
+    if !privileged_or_skip("bad_input_is_refused_and_leaves_nothing_behind") {
         return;
     }
-    let mut host = Host::new();
+    let mut host = RuntimeHost::new();
     host.start();
-    let c1 = OwnedNetns::create(&netns::unique_name("qcc")).unwrap();
+    let c1 = OwnedNetns::create(&unique_name("qcc")).unwrap();
     let good = path(&c1);
 
     // No subnet yet: try again later.
@@ -571,7 +569,7 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
     })
     .unwrap();
     add(&host, "last", &c1);
-    let c2 = OwnedNetns::create(&netns::unique_name("qcc")).unwrap();
+    let c2 = OwnedNetns::create(&unique_name("qcc")).unwrap();
     let a = exec(
         &host,
         "quilt-cni",
@@ -594,7 +592,7 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
 #[test]
 #[ignore = "benchmark; run on demand"]
 fn bench_attach_detach() {
-    if !netns::privileged_or_skip("bench_attach_detach") {
+    if !privileged_or_skip("bench_attach_detach") {
         return;
     }
     let count: usize = std::env::var("QUILT_CNI_BENCH_CONTAINERS")
@@ -603,7 +601,7 @@ fn bench_attach_detach() {
         .unwrap_or(200);
     let host = host_with_subnet();
     let containers: Vec<OwnedNetns> = (0..count)
-        .map(|_| OwnedNetns::create(&netns::unique_name("qcb")).unwrap())
+        .map(|_| OwnedNetns::create(&unique_name("qcb")).unwrap())
         .collect();
     let mut adds = Vec::with_capacity(count);
     let started = std::time::Instant::now();

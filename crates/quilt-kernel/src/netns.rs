@@ -1,6 +1,7 @@
 //! Running code inside a network namespace, named (`/run/netns/NAME`, as `ip netns` makes
 //! them) or by path. `setns` changes only the calling thread, so the code runs on a thread of its
-//! own that ends with it; the caller's thread never changes namespace.
+//! own that ends with it; the caller's thread never changes namespace. [`OwnedNetns`] makes
+//! and removes the named namespaces the lab is built from.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -113,8 +114,9 @@ where
 }
 
 /// A network namespace this process created (with `ip netns add`) and deletes when
-/// dropped, after killing whatever still runs inside it. Tests and the lab build every
-/// host and container from these, so nothing lands in the machine's own namespace.
+/// dropped, after killing whatever still runs inside it. The lab builds every host and
+/// container from these, so nothing lands in the machine's own namespace; test fixtures
+/// on top of it live in the `quilt-testkit` crate.
 #[derive(Debug)]
 pub struct OwnedNetns {
     name: String,
@@ -162,49 +164,6 @@ impl OwnedNetns {
         })
     }
 
-    /// Gives the namespace a stand-in underlay for tests and benchmarks: `underlay0`,
-    /// one end of a veth pair whose other end stays inside the namespace, holding
-    /// `address` (for example `192.168.50.1/24`), both ends up.
-    pub fn add_underlay(&self, address: &str) -> Result<(), KernelError> {
-        self.ip(&[
-            "link",
-            "add",
-            "underlay0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "underlay0p",
-        ])?;
-        self.ip(&["addr", "add", address, "dev", "underlay0"])?;
-        self.ip(&["link", "set", "underlay0", "up"])?;
-        self.ip(&["link", "set", "underlay0p", "up"])?;
-        Ok(())
-    }
-
-    /// Adds `vxlan100` (VNI 100, UDP 4789, nolearning) over `underlay0` with tunnel
-    /// address `local`, up: the overlay device as an agent would make it.
-    pub fn add_vxlan100(&self, local: &str) -> Result<(), KernelError> {
-        self.ip(&[
-            "link",
-            "add",
-            "vxlan100",
-            "type",
-            "vxlan",
-            "id",
-            "100",
-            "local",
-            local,
-            "dev",
-            "underlay0",
-            "dstport",
-            "4789",
-            "nolearning",
-        ])?;
-        self.ip(&["link", "set", "vxlan100", "up"])?;
-        Ok(())
-    }
-
     /// A command that runs `program` inside the namespace (`ip netns exec`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
         let mut command = std::process::Command::new("ip");
@@ -235,36 +194,6 @@ impl Drop for OwnedNetns {
             tracing::warn!(netns = %self.name, %message, "could not delete network namespace");
         }
     }
-}
-
-/// A namespace name no other test or process of this machine uses: `prefix-PID-N`.
-pub fn unique_name(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Whether this process may create network namespaces. When it may not, the answer is
-/// `false` and a note is printed, unless `QUILT_REQUIRE_NETNS=1` (as CI sets it), in
-/// which case this panics so a privileged test can never pass by skipping.
-pub fn privileged_or_skip(test: &str) -> bool {
-    let probe = unique_name("quilt-probe");
-    let ok = ip(&["netns", "add", &probe]).is_ok();
-    if ok {
-        let _ = ip(&["netns", "delete", &probe]);
-        return true;
-    }
-    if std::env::var("QUILT_REQUIRE_NETNS").as_deref() == Ok("1") {
-        panic!(
-            "{test}: cannot create a network namespace (root and iproute2 are needed) and QUILT_REQUIRE_NETNS=1"
-        );
-    }
-    eprintln!("skipping {test}: cannot create network namespaces (needs root and iproute2)");
-    false
 }
 
 /// Runs `ip ARGS`; on failure answers ip's stderr.

@@ -4,33 +4,23 @@
 use std::path::Path;
 
 use quilt_kernel::netlink::NetlinkKernel;
-use quilt_kernel::netns::{self, OwnedNetns};
+use quilt_kernel::netns;
 use quilt_kernel::{ContainerInterface, Kernel, LinkKind, VethSpec};
-
-/// Runs `f` with a NetlinkKernel opened inside `host`.
-fn in_host<T: Send>(host: &OwnedNetns, f: impl AsyncFnOnce(NetlinkKernel) -> T + Send) -> T {
-    netns::run_in(host.name(), || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async { f(NetlinkKernel::open().unwrap()).await })
-    })
-    .unwrap()
-}
+use quilt_testkit::netns::{OwnedNetns, block_on_in, privileged_or_skip, unique_name};
 
 #[test]
 fn bridge_veth_and_container_side() {
-    if !netns::privileged_or_skip("bridge_veth_and_container_side") {
+    if !privileged_or_skip("bridge_veth_and_container_side") {
         return;
     }
-    let host = OwnedNetns::create(&netns::unique_name("qkh")).unwrap();
-    let container = OwnedNetns::create(&netns::unique_name("qkc")).unwrap();
+    let host = OwnedNetns::create(&unique_name("qkh")).unwrap();
+    let container = OwnedNetns::create(&unique_name("qkc")).unwrap();
     let container_path = netns::path(container.name());
     let plain_file = tempfile::NamedTempFile::new().unwrap();
     let plain = plain_file.path().to_path_buf();
     let cpath = container_path.clone();
-    in_host(&host, async move |k| {
+    block_on_in(host.name(), async move || {
+        let k = NetlinkKernel::open().expect("netlink");
         let bridge_address = "10.42.1.1/24".parse().unwrap();
         assert!(
             k.ensure_bridge("quilt0", bridge_address, 1450)
@@ -112,16 +102,17 @@ fn bridge_veth_and_container_side() {
 
 #[test]
 fn a_link_of_another_kind_is_not_made_a_bridge() {
-    if !netns::privileged_or_skip("a_link_of_another_kind_is_not_made_a_bridge") {
+    if !privileged_or_skip("a_link_of_another_kind_is_not_made_a_bridge") {
         return;
     }
-    let host = OwnedNetns::create(&netns::unique_name("qkh")).unwrap();
+    let host = OwnedNetns::create(&unique_name("qkh")).unwrap();
     // An operator's veth called quilt0 (the dummy module may be missing).
     host.ip(&[
         "link", "add", "quilt0", "mtu", "1500", "type", "veth", "peer", "name", "quilt0p",
     ])
     .unwrap();
-    in_host(&host, async move |k| {
+    block_on_in(host.name(), async move || {
+        let k = NetlinkKernel::open().expect("netlink");
         let link = k.link("quilt0").await.unwrap().unwrap();
         assert_eq!(link.kind, Some(LinkKind::Veth));
         let err = k

@@ -4,19 +4,15 @@
 use std::net::Ipv4Addr;
 
 use quilt_kernel::netlink::NetlinkKernel;
-use quilt_kernel::netns::{self, OwnedNetns};
 use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour, Overlay, VxlanSpec};
-
-fn in_ns<T: Send>(ns: &OwnedNetns, f: impl AsyncFnOnce(&NetlinkKernel) -> T + Send) -> T {
-    quilt_kernel::netlink::with_kernel_in(ns.name(), f).expect("run in netns")
-}
+use quilt_testkit::netns::{OwnedNetns, block_on_in, privileged_or_skip, unique_name};
 
 #[test]
 fn the_agent_builds_its_device_and_peer_entries() {
-    if !netns::privileged_or_skip("the_agent_builds_its_device_and_peer_entries") {
+    if !privileged_or_skip("the_agent_builds_its_device_and_peer_entries") {
         return;
     }
-    let ns = OwnedNetns::create(&netns::unique_name("qov")).expect("netns");
+    let ns = OwnedNetns::create(&unique_name("qov")).expect("netns");
     ns.ip(&[
         "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p",
     ])
@@ -33,7 +29,8 @@ fn the_agent_builds_its_device_and_peer_entries() {
         mac: peer.mac,
         destination: Ipv4Addr::new(192, 168, 51, 2),
     };
-    in_ns(&ns, async move |k: &NetlinkKernel| {
+    block_on_in(ns.name(), async move || {
+        let k = &NetlinkKernel::open().expect("netlink");
         let underlay = k
             .link_with_address(Ipv4Addr::new(192, 168, 51, 1))
             .await
@@ -103,7 +100,8 @@ fn the_agent_builds_its_device_and_peer_entries() {
         "{fdb_text}"
     );
 
-    in_ns(&ns, async move |k: &NetlinkKernel| {
+    block_on_in(ns.name(), async move || {
+        let k = &NetlinkKernel::open().expect("netlink");
         k.delete_neighbour("vxlan100", peer.ip).await.unwrap();
         k.delete_neighbour("vxlan100", peer.ip).await.unwrap();
         k.delete_fdb("vxlan100", fdb).await.unwrap();

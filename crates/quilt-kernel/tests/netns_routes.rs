@@ -4,25 +4,18 @@
 use std::net::Ipv4Addr;
 
 use quilt_kernel::netlink::NetlinkKernel;
-use quilt_kernel::netns::{self, OwnedNetns};
 use quilt_kernel::{Kernel, KernelError, Route};
+use quilt_testkit::netns::{OwnedNetns, block_on_in, host_with_overlay, privileged_or_skip};
 
 const PROTO: u8 = 158;
 
 fn namespace_with_overlay() -> OwnedNetns {
-    let ns = OwnedNetns::create(&netns::unique_name("qk")).expect("create netns");
-    ns.add_underlay("192.168.50.1/24").expect("underlay");
-    ns.add_vxlan100("192.168.50.1").expect("vxlan100");
-    ns
-}
-
-fn in_ns<T: Send>(ns: &OwnedNetns, f: impl AsyncFnOnce(&NetlinkKernel) -> T + Send) -> T {
-    quilt_kernel::netlink::with_kernel_in(ns.name(), f).expect("run in netns")
+    host_with_overlay("qk", "192.168.50.1/24")
 }
 
 #[test]
 fn gateway_routes_use_nexthops_and_respect_ownership() {
-    if !netns::privileged_or_skip("gateway_routes_use_nexthops_and_respect_ownership") {
+    if !privileged_or_skip("gateway_routes_use_nexthops_and_respect_ownership") {
         return;
     }
     let ns = namespace_with_overlay();
@@ -33,7 +26,8 @@ fn gateway_routes_use_nexthops_and_respect_ownership() {
         protocol: PROTO,
     };
     let route2 = route.clone();
-    in_ns(&ns, async move |k: &NetlinkKernel| {
+    block_on_in(ns.name(), async move || {
+        let k = &NetlinkKernel::open().expect("netlink");
         k.add_route(&route2).await.expect("add");
         let again = k.add_route(&route2).await.unwrap_err();
         assert!(
@@ -63,7 +57,8 @@ fn gateway_routes_use_nexthops_and_respect_ownership() {
     ns.ip(&["route", "add", "10.42.9.0/24", "dev", "vxlan100"])
         .unwrap();
     let dest = route.destination;
-    in_ns(&ns, async move |k: &NetlinkKernel| {
+    block_on_in(ns.name(), async move || {
+        let k = &NetlinkKernel::open().expect("netlink");
         assert!(
             !k.delete_route("10.42.9.0/24".parse().unwrap(), PROTO)
                 .await
@@ -87,7 +82,7 @@ fn gateway_routes_use_nexthops_and_respect_ownership() {
 
 #[test]
 fn a_route_goes_back_over_a_recreated_device() {
-    if !netns::privileged_or_skip("a_route_goes_back_over_a_recreated_device") {
+    if !privileged_or_skip("a_route_goes_back_over_a_recreated_device") {
         return;
     }
     let ns = namespace_with_overlay();
@@ -128,7 +123,8 @@ fn a_route_goes_back_over_a_recreated_device() {
         ]);
         ip(&["link", "set", "vxlan100", "up"]);
     };
-    in_ns(&ns, async move |k: &NetlinkKernel| {
+    block_on_in(ns.name(), async move || {
+        let k = &NetlinkKernel::open().expect("netlink");
         k.add_route(&route).await.expect("add");
         recreate();
         assert_eq!(k.route(route.destination).await.unwrap(), None);
@@ -147,8 +143,7 @@ fn a_route_goes_back_over_a_recreated_device() {
 
 #[test]
 fn a_batch_of_routes_goes_in_together_and_each_answers_for_itself() {
-    if !netns::privileged_or_skip("a_batch_of_routes_goes_in_together_and_each_answers_for_itself")
-    {
+    if !privileged_or_skip("a_batch_of_routes_goes_in_together_and_each_answers_for_itself") {
         return;
     }
     let ns = namespace_with_overlay();
@@ -164,7 +159,8 @@ fn a_batch_of_routes_goes_in_together_and_each_answers_for_itself() {
     batch.push(route(9, "vxlan100")); // the operator's destination
     batch.push(route(3, "vxlan999")); // no such interface
     let batch2 = batch.clone();
-    let results = in_ns(&ns, async move |k: &NetlinkKernel| {
+    let results = block_on_in(ns.name(), async move || {
+        let k = &NetlinkKernel::open().expect("netlink");
         k.add_routes(&batch2).await
     });
     assert!(
@@ -196,7 +192,8 @@ fn a_batch_of_routes_goes_in_together_and_each_answers_for_itself() {
     );
 
     // The same batch again: every route of ours is already there.
-    let again = in_ns(&ns, async move |k: &NetlinkKernel| {
+    let again = block_on_in(ns.name(), async move || {
+        let k = &NetlinkKernel::open().expect("netlink");
         k.add_routes(&batch[..200]).await
     });
     assert!(again.iter().all(|r| matches!(
@@ -211,9 +208,8 @@ fn a_batch_of_routes_goes_in_together_and_each_answers_for_itself() {
 
 #[test]
 fn lookups_see_through_more_specific_routes_and_refusals_leave_no_nexthop() {
-    if !netns::privileged_or_skip(
-        "lookups_see_through_more_specific_routes_and_refusals_leave_no_nexthop",
-    ) {
+    if !privileged_or_skip("lookups_see_through_more_specific_routes_and_refusals_leave_no_nexthop")
+    {
         return;
     }
     let ns = namespace_with_overlay();
@@ -235,7 +231,8 @@ fn lookups_see_through_more_specific_routes_and_refusals_leave_no_nexthop() {
         ..ours.clone()
     };
     let ours2 = ours.clone();
-    in_ns(&ns, async move |k: &NetlinkKernel| {
+    block_on_in(ns.name(), async move || {
+        let k = &NetlinkKernel::open().expect("netlink");
         k.add_route(&ours2).await.unwrap();
         // Hidden behind a /25, both /24s are still found exactly.
         assert_eq!(

@@ -9,7 +9,6 @@
 //!   added, teardown.
 //! - [`process`]: daemons and bounded commands inside namespaces.
 //! - [`remote`]: the control plane and runtimes, asked from inside their namespaces.
-//! - [`bins`]: finding the daemon binaries for end-to-end tests.
 //! - [`cni`]: attaching containers through the `quilt-cni` binary.
 //! - [`probe`]: pings between containers and the connectivity matrix.
 //! - [`tables`]: a host's routes, neighbours and FDB entries, read and watched.
@@ -17,7 +16,6 @@
 //! - [`error`]: the error type, [`LabError`].
 
 pub mod bench;
-pub mod bins;
 pub mod cni;
 pub mod error;
 pub mod lab;

@@ -3,18 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use quilt_kernel::netns::{self, OwnedNetns};
 use quilt_lab::LabError;
 use quilt_lab::lab::Lab;
+use quilt_testkit::netns::{OwnedNetns, privileged_or_skip};
 
 mod common;
-use common::{
-    assert_nothing_left, dump_logs, infra_bins, lab_name, mesh_bins, namespaces_of, spec,
-};
+use common::{dump_logs, infra_bins, lab_name, mesh_bins, spec};
+use quilt_testkit::leaks::{assert_nothing_left, namespaces_of};
 
 #[test]
 fn underlay_control_plane_and_runtimes_come_up_and_go_away() {
-    if !netns::privileged_or_skip("underlay_control_plane_and_runtimes_come_up_and_go_away") {
+    if !privileged_or_skip("underlay_control_plane_and_runtimes_come_up_and_go_away") {
         return;
     }
     let bins = infra_bins();
@@ -84,7 +83,7 @@ fn underlay_control_plane_and_runtimes_come_up_and_go_away() {
 
 #[test]
 fn a_clashing_name_is_refused_and_nothing_is_touched() {
-    if !netns::privileged_or_skip("a_clashing_name_is_refused_and_nothing_is_touched") {
+    if !privileged_or_skip("a_clashing_name_is_refused_and_nothing_is_touched") {
         return;
     }
     let bins = infra_bins();
@@ -114,7 +113,7 @@ fn a_clashing_name_is_refused_and_nothing_is_touched() {
 
 #[test]
 fn a_panic_tears_the_lab_down_and_down_by_name_cleans_up_after_a_crash() {
-    if !netns::privileged_or_skip("a_panic_tears_the_lab_down") {
+    if !privileged_or_skip("a_panic_tears_the_lab_down") {
         return;
     }
     let bins = infra_bins();
@@ -150,7 +149,7 @@ fn a_panic_tears_the_lab_down_and_down_by_name_cleans_up_after_a_crash() {
 
 #[test]
 fn three_nodes_reach_full_mesh_and_leave_nothing_behind() {
-    if !netns::privileged_or_skip("three_nodes_reach_full_mesh_and_leave_nothing_behind") {
+    if !privileged_or_skip("three_nodes_reach_full_mesh_and_leave_nothing_behind") {
         return;
     }
     let bins = mesh_bins();
@@ -194,7 +193,7 @@ fn three_nodes_reach_full_mesh_and_leave_nothing_behind() {
 
 #[test]
 fn the_matrix_is_right_when_one_agent_is_stopped() {
-    if !netns::privileged_or_skip("the_matrix_is_right_when_one_agent_is_stopped") {
+    if !privileged_or_skip("the_matrix_is_right_when_one_agent_is_stopped") {
         return;
     }
     let bins = mesh_bins();

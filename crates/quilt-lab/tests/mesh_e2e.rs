@@ -12,14 +12,15 @@
 
 use std::time::{Duration, Instant};
 
-use quilt_kernel::netns;
 use quilt_lab::lab::{Lab, NodeStatus};
 use quilt_lab::probe::Matrix;
 use quilt_lab::remote;
 use quilt_lab::tables::{HostTables, TableWatch};
+use quilt_testkit::netns::privileged_or_skip;
 
 mod common;
-use common::{assert_nothing_left, dump_logs, lab_name, mesh_bins, spec};
+use common::{dump_logs, lab_name, mesh_bins, spec};
+use quilt_testkit::leaks::assert_nothing_left;
 
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -32,7 +33,7 @@ const CONTAINER_MTU: &str = "mtu 1450 ";
 
 #[test]
 fn the_mesh_survives_crashes_restarts_and_a_deleted_device() {
-    if !netns::privileged_or_skip("the_mesh_survives_crashes_restarts_and_a_deleted_device") {
+    if !privileged_or_skip("the_mesh_survives_crashes_restarts_and_a_deleted_device") {
         return;
     }
     let bins = mesh_bins();

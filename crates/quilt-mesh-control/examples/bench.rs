@@ -16,8 +16,7 @@
 //!
 //! The server is stopped with SIGTERM and the directory removed at the end.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +53,26 @@ impl Drop for ServerProcess {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Waits until the server has written `IP:PORT` to its `--ready-file` at `path`.
+fn wait_for_ready_file(path: &Path, child: &mut std::process::Child) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return Ok(text.trim().to_string());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "server exited with {status} before writing {}",
+                path.display()
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!("server did not start: no {} after 20 s", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -134,8 +153,9 @@ async fn main() -> anyhow::Result<()> {
     let dir =
         TempDir(std::env::temp_dir().join(format!("qmc-bench-{}-{nanos}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
+    let ready = dir.0.join("ready");
 
-    let mut child = Command::new(&binary)
+    let child = Command::new(&binary)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -146,35 +166,18 @@ async fn main() -> anyhow::Result<()> {
         ])
         .args(["--heartbeat-timeout", "5m", "--db-path"])
         .arg(dir.0.join("bench.db"))
+        .arg("--ready-file")
+        .arg(&ready)
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
-    let stderr = child.stderr.take().context("no stderr")?;
     let pid = child.id();
-    let server = ServerProcess(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("listen=").nth(1)
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(
-                    rest.chars()
-                        .take_while(|c| !c.is_whitespace())
-                        .collect::<String>(),
-                );
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .context("server did not start")?;
+    let mut server = ServerProcess(child);
+    let addr = wait_for_ready_file(&ready, &mut server.0)?;
     let base = format!("http://{addr}");
     let rss_idle = rss_kib(pid, "VmRSS:")?;
     println!(

@@ -95,23 +95,10 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NodeStatus, NodeToken, parse_hostname};
     use axum::http::HeaderValue;
 
     fn node() -> Node {
-        Node {
-            id: NodeId::new(3),
-            hostname: parse_hostname("a").unwrap(),
-            host_ip: "10.0.0.1".parse().unwrap(),
-            subnet: "10.42.1.0/24".parse().unwrap(),
-            cpu_cores: 1,
-            ram_mb: 1,
-            vtep_mac: None,
-            status: NodeStatus::Up,
-            registered_at: 0,
-            last_heartbeat_ms: 0,
-            token: NodeToken::from_stored("node-secret".into()),
-        }
+        crate::model::test_node(3, "node-secret")
     }
 
     #[test]

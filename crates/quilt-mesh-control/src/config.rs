@@ -58,6 +58,12 @@ pub struct Config {
     /// How many recent watch events are kept so watchers can resume from a revision.
     #[arg(long, env = "QUILT_CONTROL_WATCH_HISTORY", default_value_t = 4096)]
     pub watch_history: usize,
+
+    /// Once listening, write the bound address as `IP:PORT` and a newline to this file
+    /// (written beside it, then renamed into place), so a supervisor or test started with
+    /// `--listen 127.0.0.1:0` learns the port without reading the log.
+    #[arg(long, env = "QUILT_CONTROL_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Why a configuration cannot run.

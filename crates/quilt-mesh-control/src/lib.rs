@@ -105,6 +105,9 @@ pub async fn run_with_store(
         revision,
         "quilt-mesh-control serving"
     );
+    if let Some(path) = &config.ready_file {
+        write_ready_file(path, local).await?;
+    }
 
     let stop_for_serve = stop_tx.clone();
     let served = axum::serve(listener, app)
@@ -122,4 +125,25 @@ pub async fn run_with_store(
     registry_thread.stop().await;
     tracing::info!("quilt-mesh-control stopped");
     served.context("http server failed")
+}
+
+/// Writes `IP:PORT\n` to `path` atomically: to a temporary file beside it, then renamed, so
+/// a reader sees either no file or the whole address.
+async fn write_ready_file(
+    path: &std::path::Path,
+    local: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    tokio::fs::write(&tmp, format!("{local}\n"))
+        .await
+        .with_context(|| format!("cannot write ready file {}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path).await.with_context(|| {
+        format!(
+            "cannot rename {} to ready file {}",
+            tmp.display(),
+            path.display()
+        )
+    })
 }

@@ -304,6 +304,25 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A node for this crate's unit tests: `node-ID`, hostname `a`, host 10.0.0.1, subnet
+/// 10.42.1.0/24, up, holding node token `token`.
+#[cfg(test)]
+pub(crate) fn test_node(id: u64, token: &str) -> Node {
+    Node {
+        id: NodeId::new(id),
+        hostname: parse_hostname("a").unwrap(),
+        host_ip: "10.0.0.1".parse().unwrap(),
+        subnet: "10.42.1.0/24".parse().unwrap(),
+        cpu_cores: 1,
+        ram_mb: 1,
+        vtep_mac: None,
+        status: NodeStatus::Up,
+        registered_at: 0,
+        last_heartbeat_ms: 0,
+        token: NodeToken::from_stored(token.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,26 +147,13 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NodeStatus, NodeToken, parse_hostname};
     use crate::store::ChangeKind;
 
     fn change(revision: Revision) -> Change {
         Change {
             revision,
             kind: ChangeKind::Updated,
-            node: crate::model::Node {
-                id: crate::model::NodeId::new(1),
-                hostname: parse_hostname("a").unwrap(),
-                host_ip: "10.0.0.1".parse().unwrap(),
-                subnet: "10.42.1.0/24".parse().unwrap(),
-                cpu_cores: 1,
-                ram_mb: 1,
-                vtep_mac: None,
-                status: NodeStatus::Up,
-                registered_at: 0,
-                last_heartbeat_ms: 0,
-                token: NodeToken::from_stored("t".into()),
-            },
+            node: crate::model::test_node(1, "t"),
         }
     }
 

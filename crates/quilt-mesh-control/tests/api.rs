@@ -6,8 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{EventReader, Server};
+use common::EventReader;
 use ipnet::Ipv4Net;
+use quilt_testkit::control::ControlServer;
 use serde_json::{Value, json};
 
 const NODE_FIELDS: &[&str] = &[
@@ -29,7 +30,7 @@ async fn status_and_json(r: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-async fn list(s: &Server) -> Value {
+async fn list(s: &ControlServer) -> Value {
     let r = s.client.get(s.url("/api/nodes")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
@@ -37,7 +38,7 @@ async fn list(s: &Server) -> Value {
 
 #[tokio::test]
 async fn register_list_get_heartbeat_delete() {
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     let a = s.register("node-a", "192.168.1.10").await;
     assert_eq!(a["node_id"], "node-1");
     assert_eq!(
@@ -139,7 +140,7 @@ async fn register_list_get_heartbeat_delete() {
 
 #[tokio::test]
 async fn registering_again_returns_the_same_lease_updated() {
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     let first = s.register("node-a", "10.1.0.5").await;
     let r = s
         .client
@@ -177,7 +178,7 @@ async fn registering_again_returns_the_same_lease_updated() {
 
 #[tokio::test]
 async fn refusals_have_the_right_status_name_the_field_and_create_nothing() {
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     let post = |body: String| {
         s.client
             .post(s.url("/api/nodes/register"))
@@ -287,7 +288,7 @@ fn common_excerpt(s: &str) -> String {
 
 #[tokio::test]
 async fn unknown_paths_methods_health_and_metrics() {
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     let (code, body) = status_and_json(s.client.get(s.url("/nope")).send().await.unwrap()).await;
     assert_eq!(code, 404);
     assert!(body["error"].as_str().unwrap().contains("/nope"));
@@ -335,7 +336,7 @@ async fn unknown_paths_methods_health_and_metrics() {
 #[tokio::test]
 async fn three_hundred_concurrent_registrations_get_distinct_subnets() {
     // A /16 in /26s holds 1023 leases (a /16 in /24s holds only 255: see the next tests).
-    let s = Server::start(&["--node-prefix-len", "26"]).await;
+    let s = ControlServer::start(&["--node-prefix-len", "26"]).await;
     let mut tasks = Vec::new();
     for i in 0..300u32 {
         let client = s.client.clone();
@@ -380,7 +381,8 @@ async fn three_hundred_concurrent_registrations_get_distinct_subnets() {
 
 #[tokio::test]
 async fn a_tiny_cluster_gives_three_leases_then_a_clear_503() {
-    let s = Server::start(&["--cluster-cidr", "10.99.0.0/22", "--node-prefix-len", "24"]).await;
+    let s =
+        ControlServer::start(&["--cluster-cidr", "10.99.0.0/22", "--node-prefix-len", "24"]).await;
     let mut got = Vec::new();
     for i in 1..=3 {
         got.push(s.register("n", &format!("10.0.0.{i}")).await["subnet"].clone());
@@ -417,7 +419,7 @@ async fn a_tiny_cluster_gives_three_leases_then_a_clear_503() {
 
 #[tokio::test]
 async fn the_pool_of_a_slash_16_runs_out_without_wrapping() {
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     for i in 0..255u32 {
         s.register("n", &format!("10.7.{}.{}", i / 200, i % 200 + 1))
             .await;
@@ -446,7 +448,7 @@ async fn the_pool_of_a_slash_16_runs_out_without_wrapping() {
 #[tokio::test]
 async fn a_silent_node_goes_down_in_time_and_comes_back_with_a_heartbeat() {
     let timeout = Duration::from_millis(800);
-    let s = Server::start(&["--heartbeat-timeout", "800ms"]).await;
+    let s = ControlServer::start(&["--heartbeat-timeout", "800ms"]).await;
     let mut events = EventReader::new(
         s.client
             .get(s.url("/api/nodes/watch"))
@@ -513,7 +515,7 @@ async fn a_silent_node_goes_down_in_time_and_comes_back_with_a_heartbeat() {
 
 #[tokio::test]
 async fn every_watcher_sees_every_event_in_order_and_can_resume() {
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     let start = list(&s).await["revision"].as_u64().unwrap();
     let mut watchers = Vec::new();
     for _ in 0..5 {
@@ -614,7 +616,7 @@ async fn every_watcher_sees_every_event_in_order_and_can_resume() {
 
 #[tokio::test]
 async fn a_revision_older_than_the_history_is_gone() {
-    let s = Server::start(&["--watch-history", "2"]).await;
+    let s = ControlServer::start(&["--watch-history", "2"]).await;
     for i in 1..=4 {
         s.register("n", &format!("10.0.0.{i}")).await;
     }
@@ -653,7 +655,7 @@ async fn a_revision_older_than_the_history_is_gone() {
 
 #[tokio::test]
 async fn watch_streams_end_when_the_server_stops() {
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     let mut w = EventReader::new(
         s.client
             .get(s.url("/api/nodes/watch"))
@@ -667,7 +669,7 @@ async fn watch_streams_end_when_the_server_stops() {
 
 #[tokio::test]
 async fn the_auth_matrix() {
-    let s = Server::start(&["--join-token", "join-secret"]).await;
+    let s = ControlServer::start(&["--join-token", "join-secret"]).await;
     let register = |token: Option<&'static str>, ip: &'static str| {
         let mut rb = s
             .client
@@ -766,7 +768,7 @@ async fn the_auth_matrix() {
     s.stop().await;
 
     // Open mode: no token is fine (the original clients send none), a wrong one is not.
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     let a = s.register("n", "10.0.0.1").await;
     let hb = |token: Option<&str>| {
         let mut rb = s.client.post(s.url("/api/nodes/node-1/heartbeat"));

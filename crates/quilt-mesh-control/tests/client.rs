@@ -1,14 +1,12 @@
 //! The shared `quilt_api::ControlClient` against the real server: failover past a dead
 //! replica, and each refusal arriving as its typed error.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Server;
 use futures::StreamExt;
 use quilt_api::types::{EventType, RegisterRequest, Status};
 use quilt_api::{ControlClient, ControlError};
+use quilt_testkit::control::ControlServer;
 
 fn request(hostname: &str, host_ip: &str) -> RegisterRequest {
     RegisterRequest {
@@ -30,7 +28,7 @@ async fn dead_url() -> String {
 
 #[tokio::test]
 async fn calls_fail_over_past_a_dead_replica_and_stay_with_the_live_one() {
-    let s = Server::start(&["--join-token", "join-secret"]).await;
+    let s = ControlServer::start(&["--join-token", "join-secret"]).await;
     let client = ControlClient::builder([dead_url().await, s.base.clone()])
         .join_token(Some("join-secret".into()))
         .no_proxy()
@@ -67,7 +65,7 @@ async fn calls_fail_over_past_a_dead_replica_and_stay_with_the_live_one() {
 
 #[tokio::test]
 async fn refusals_arrive_typed() {
-    let s = Server::start(&["--join-token", "join-secret", "--watch-history", "2"]).await;
+    let s = ControlServer::start(&["--join-token", "join-secret", "--watch-history", "2"]).await;
     let open = ControlClient::builder([s.base.clone()])
         .no_proxy()
         .build()

@@ -2,9 +2,7 @@
 //! its table is routed (not 404 or 405), answers with a documented success status, and
 //! the JSON shapes of the examples match what the server sends.
 
-mod common;
-
-use common::Server;
+use quilt_testkit::control::ControlServer;
 use serde_json::Value;
 
 const CONTRACT: &str = include_str!("../../../docs/http-api.md");
@@ -48,7 +46,7 @@ fn example(heading: &str) -> String {
 async fn every_documented_endpoint_is_routed_and_answers_as_documented() {
     let table = endpoints();
     assert!(table.len() >= 8, "the table lists the endpoints: {table:?}");
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     let node = s.register("doc", "10.0.0.1").await;
     let id = node["node_id"].as_str().unwrap();
 
@@ -80,7 +78,7 @@ async fn every_documented_endpoint_is_routed_and_answers_as_documented() {
 
 #[tokio::test]
 async fn the_documented_examples_have_the_fields_the_server_sends() {
-    let s = Server::start(&[]).await;
+    let s = ControlServer::start(&[]).await;
     let r = s
         .client
         .post(s.url("/api/nodes/register"))

@@ -5,21 +5,25 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Binary, EventReader, TempDir, client};
+use common::EventReader;
+use quilt_testkit::control::{ControlBinary, client};
 use serde_json::{Value, json};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_quilt-mesh-control");
 
 #[tokio::test]
 async fn kill_9_keeps_every_acknowledged_registration_and_leases_do_not_collide() {
-    let dir = TempDir::new("kill9");
+    let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("quilt-mesh.db");
     let http = client();
 
     // /28 leases: 4095 of them, more than the workers can fill before the kill.
     let plan = ["--node-prefix-len", "28"];
-    let server = Binary::start(&db, &plan);
+    let server = ControlBinary::start(Path::new(BINARY), &db, &plan);
     let acknowledged: Arc<Mutex<HashMap<String, (String, String)>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..8u32 {
@@ -69,7 +73,7 @@ async fn kill_9_keeps_every_acknowledged_registration_and_leases_do_not_collide(
         "killed mid-flight"
     );
 
-    let server = Binary::start(&db, &plan);
+    let server = ControlBinary::start(Path::new(BINARY), &db, &plan);
     let listed: Value = http
         .get(server.url("/api/nodes"))
         .send()
@@ -163,9 +167,9 @@ async fn kill_9_keeps_every_acknowledged_registration_and_leases_do_not_collide(
 
 #[tokio::test]
 async fn the_binary_stops_cleanly_on_sigterm_and_refuses_a_changed_plan() {
-    let dir = TempDir::new("sigterm");
+    let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("quilt-mesh.db");
-    let server = Binary::start(&db, &[]);
+    let server = ControlBinary::start(Path::new(BINARY), &db, &[]);
     let http = client();
     let watch = http
         .get(server.url("/api/nodes/watch"))
@@ -183,7 +187,7 @@ async fn the_binary_stops_cleanly_on_sigterm_and_refuses_a_changed_plan() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status}");
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quilt-mesh-control"))
+    let out = std::process::Command::new(BINARY)
         .args([
             "--listen",
             "127.0.0.1:0",

@@ -1,14 +1,12 @@
 //! quilt-runtime as a real process in a fresh network namespace with a real `vxlan100`:
 //! a gRPC client over TCP calls the RPCs and the test reads the kernel table back.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Host;
 use nix::sys::signal::Signal;
-use quilt_kernel::netns;
 use quilt_proto as pb;
+use quilt_testkit::netns::{Underlay, privileged_or_skip};
+use quilt_testkit::runtime::RuntimeHost;
 
 fn inject(dest: &str, iface: &str, gw: &str) -> pb::InjectRouteRequest {
     pb::InjectRouteRequest {
@@ -20,10 +18,10 @@ fn inject(dest: &str, iface: &str, gw: &str) -> pb::InjectRouteRequest {
 
 #[test]
 fn rpcs_program_the_kernel_and_refuse_bad_input() {
-    if !netns::privileged_or_skip("rpcs_program_the_kernel_and_refuse_bad_input") {
+    if !privileged_or_skip("rpcs_program_the_kernel_and_refuse_bad_input") {
         return;
     }
-    let mut host = Host::new();
+    let mut host = RuntimeHost::new();
     host.start();
     host.ns
         .ip(&["route", "add", "10.42.9.0/24", "dev", "vxlan100"])
@@ -213,10 +211,10 @@ fn rpcs_program_the_kernel_and_refuse_bad_input() {
 
 #[test]
 fn restarts_keep_routes_and_repair_the_kernel() {
-    if !netns::privileged_or_skip("restarts_keep_routes_and_repair_the_kernel") {
+    if !privileged_or_skip("restarts_keep_routes_and_repair_the_kernel") {
         return;
     }
-    let mut host = Host::new();
+    let mut host = RuntimeHost::new();
     host.start();
     host.call(|mut c| async move {
         let r = c
@@ -344,10 +342,10 @@ fn restarts_keep_routes_and_repair_the_kernel() {
 
 #[test]
 fn health_and_reflection_answer() {
-    if !netns::privileged_or_skip("health_and_reflection_answer") {
+    if !privileged_or_skip("health_and_reflection_answer") {
         return;
     }
-    let mut host = Host::new();
+    let mut host = RuntimeHost::new();
     host.start();
     host.channel_call(|channel| async move {
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());

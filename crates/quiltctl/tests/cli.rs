@@ -8,34 +8,15 @@ use std::time::{Duration, Instant};
 
 use quilt_api::ControlClient;
 use quilt_api::types::{NodeInfo, NodeList, RegisterRequest};
-use quilt_kernel::netns::{self, OwnedNetns};
+use quilt_testkit::netns::{OwnedNetns, Underlay, block_on_in, privileged_or_skip, unique_name};
 
 const QUILTCTL: &str = env!("CARGO_BIN_EXE_quiltctl");
 const TOKEN: &str = "lab-join-token-0123456789";
 
 /// The daemons, next to quiltctl in the target folder, built fresh.
 fn daemons() -> PathBuf {
-    let dir = Path::new(QUILTCTL).parent().unwrap().to_path_buf();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "quilt-mesh-control",
-            "--bin",
-            "quilt-mesh-control",
-        ])
-        .args(["-p", "quilt-runtime", "--bin", "quilt-runtime"])
-        .status();
-    for bin in ["quilt-mesh-control", "quilt-runtime"] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{bin} missing in {} (cargo build: {status:?}); run `cargo build --workspace` first",
-            dir.display()
-        );
-    }
-    dir
+    quilt_testkit::bins::build(&["quilt-mesh-control", "quilt-runtime"])
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A namespace running the control plane on 127.0.0.1:8080 and, when asked, a runtime
@@ -48,7 +29,7 @@ struct Site {
 
 impl Site {
     fn new() -> Self {
-        let ns = OwnedNetns::create(&netns::unique_name("qctl")).unwrap();
+        let ns = OwnedNetns::create(&unique_name("qctl")).unwrap();
         Self {
             ns,
             dir: tempfile::tempdir().unwrap(),
@@ -72,7 +53,7 @@ impl Site {
     fn wait_port(&self, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            let open = netns::run_in(self.ns.name(), || {
+            let open = quilt_kernel::netns::run_in(self.ns.name(), || {
                 std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             })
             .unwrap();
@@ -152,23 +133,16 @@ impl Site {
             ram_mb: None,
             vtep_mac: None,
         };
-        netns::run_in(self.ns.name(), || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+        block_on_in(self.ns.name(), async || {
+            ControlClient::builder(["http://127.0.0.1:8080"])
+                .join_token(Some(TOKEN.into()))
+                .no_proxy()
                 .build()
+                .unwrap()
+                .register(&request)
+                .await
                 .unwrap();
-            rt.block_on(async {
-                ControlClient::builder(["http://127.0.0.1:8080"])
-                    .join_token(Some(TOKEN.into()))
-                    .no_proxy()
-                    .build()
-                    .unwrap()
-                    .register(&request)
-                    .await
-                    .unwrap();
-            })
-        })
-        .unwrap();
+        });
     }
 
     fn runtime<T: Send, F>(
@@ -181,21 +155,14 @@ impl Site {
     where
         F: std::future::Future<Output = T>,
     {
-        netns::run_in(self.ns.name(), || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let c = quilt_proto::quilt_runtime_client::QuiltRuntimeClient::connect(
-                    "http://127.0.0.1:50051",
-                )
-                .await
-                .unwrap();
-                f(c).await
-            })
+        block_on_in(self.ns.name(), async || {
+            let c = quilt_proto::quilt_runtime_client::QuiltRuntimeClient::connect(
+                "http://127.0.0.1:50051",
+            )
+            .await
+            .unwrap();
+            f(c).await
         })
-        .unwrap()
     }
 }
 
@@ -223,7 +190,7 @@ const CP: &str = "--control-plane=http://127.0.0.1:8080";
 
 #[test]
 fn nodes_status_and_node_delete_against_a_running_control_plane() {
-    if !netns::privileged_or_skip("nodes_status_and_node_delete_against_a_running_control_plane") {
+    if !privileged_or_skip("nodes_status_and_node_delete_against_a_running_control_plane") {
         return;
     }
     let bins = daemons();
@@ -317,8 +284,7 @@ fn nodes_status_and_node_delete_against_a_running_control_plane() {
 
 #[test]
 fn routes_shows_what_the_runtime_manages_and_what_the_kernel_lost() {
-    if !netns::privileged_or_skip("routes_shows_what_the_runtime_manages_and_what_the_kernel_lost")
-    {
+    if !privileged_or_skip("routes_shows_what_the_runtime_manages_and_what_the_kernel_lost") {
         return;
     }
     let bins = daemons();
@@ -386,7 +352,7 @@ fn routes_shows_what_the_runtime_manages_and_what_the_kernel_lost() {
 
 #[test]
 fn lab_up_refuses_a_clashing_name_and_missing_privileges() {
-    if !netns::privileged_or_skip("lab_up_refuses_a_clashing_name_and_missing_privileges") {
+    if !privileged_or_skip("lab_up_refuses_a_clashing_name_and_missing_privileges") {
         return;
     }
     let bins = daemons();

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
-use quilt_kernel::netns;
+use quilt_testkit::leaks::{assert_nothing_left, namespaces_of};
+use quilt_testkit::netns::privileged_or_skip;
 
 const QUILTCTL: &str = env!("CARGO_BIN_EXE_quiltctl");
 
@@ -35,58 +35,16 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn namespaces_of(name: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(&format!("qlab-{name}-")))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Live (not zombie) processes whose command line mentions `needle` (daemons of a lab
-/// carry its root folder in their flags).
-fn live_processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat.is_empty()
-            || stat
-                .rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push(cmdline);
-        }
-    }
-    found
-}
-
-fn assert_nothing_left(name: &str, root: &Path) {
-    assert_eq!(namespaces_of(name), Vec::<String>::new());
-    let needle = root.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !live_processes_mentioning(&needle).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(live_processes_mentioning(&needle), Vec::<String>::new());
-}
-
 fn bin_dir() -> String {
     Path::new(QUILTCTL).parent().unwrap().display().to_string()
 }
 
 #[test]
 fn lab_up_status_exec_down_across_processes() {
-    if !netns::privileged_or_skip("lab_up_status_exec_down_across_processes") {
+    if !privileged_or_skip("lab_up_status_exec_down_across_processes") {
         return;
     }
-    let dir = quilt_lab::bins::build_for_tests(&["quilt-mesh-control", "quilt-runtime"])
+    let dir = quilt_testkit::bins::build(&["quilt-mesh-control", "quilt-runtime"])
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(dir.display().to_string(), bin_dir());
     let root = tempfile::tempdir().unwrap();
@@ -149,12 +107,12 @@ fn lab_up_status_exec_down_across_processes() {
 
 #[test]
 fn lab_up_three_nodes_full_mesh_then_down_leaves_nothing() {
-    if !netns::privileged_or_skip("lab_up_three_nodes_full_mesh_then_down_leaves_nothing") {
+    if !privileged_or_skip("lab_up_three_nodes_full_mesh_then_down_leaves_nothing") {
         return;
     }
     // QUILT_BIN_DIR (read by quiltctl itself) points the lab at other binaries.
     if std::env::var_os("QUILT_BIN_DIR").is_none() {
-        quilt_lab::bins::build_for_tests(&[
+        quilt_testkit::bins::build(&[
             "quilt-mesh-control",
             "quilt-runtime",
             "quilt-mesh-agent",

@@ -171,10 +171,31 @@ fn route_request(i: u32) -> pb::InjectRouteRequest {
     }
 }
 
+/// A namespace name no other run uses: `prefix-PID-N`.
+fn bench_ns_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A namespace with `underlay0` (one end of a veth pair, 192.168.60.1/24) and `vxlan100`
+/// (VNI 100, UDP 4789, nolearning) over it, all up.
 fn bench_host() -> anyhow::Result<OwnedNetns> {
-    let ns = OwnedNetns::create(&netns::unique_name("qbench"))?;
-    ns.add_underlay("192.168.60.1/24")?;
-    ns.add_vxlan100("192.168.60.1")?;
+    let ns = OwnedNetns::create(&bench_ns_name("qbench"))?;
+    for args in [
+        "link add underlay0 type veth peer name underlay0p",
+        "addr add 192.168.60.1/24 dev underlay0",
+        "link set underlay0 up",
+        "link set underlay0p up",
+        "link add vxlan100 type vxlan id 100 local 192.168.60.1 dev underlay0 dstport 4789 nolearning",
+        "link set vxlan100 up",
+    ] {
+        ns.ip(&args.split(' ').collect::<Vec<_>>())?;
+    }
     Ok(ns)
 }
 

@@ -1,0 +1,17 @@
+//! Fixtures for the workspace's tests, used only as a dev-dependency (never published):
+//! what several crates' tests need to build a namespace, a host or a server, and to check
+//! that nothing was left behind.
+//!
+//! - [`netns`]: unique names, the privileged-or-skip gate, underlay and VXLAN fixtures,
+//!   and [`netns::block_on_in`] to run async code inside a namespace.
+//! - [`bins`]: finding (and building) the workspace's binaries from any crate's tests.
+//! - [`runtime`]: [`runtime::RuntimeHost`], a namespace running the real `quilt-runtime`.
+//! - [`control`]: the control plane in process ([`control::ControlServer`]) or as the
+//!   real binary ([`control::ControlBinary`]).
+//! - [`leaks`]: assertions that no namespace or process outlived a test.
+
+pub mod bins;
+pub mod control;
+pub mod leaks;
+pub mod netns;
+pub mod runtime;

@@ -1,0 +1,151 @@
+//! A host for runtime tests: a fresh network namespace with an underlay interface and a
+//! real `vxlan100`, the `quilt-runtime` binary running inside it, and gRPC clients that
+//! connect from inside the namespace over TCP.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
+use tonic::transport::Channel;
+
+use crate::netns::{OwnedNetns, block_on_in, host_with_overlay};
+
+/// Where the runtime of a [`RuntimeHost`] listens, inside its namespace.
+pub const GRPC_ADDR: &str = "127.0.0.1:50051";
+
+/// A namespace with an underlay and `vxlan100`, a state folder, and (once started) the
+/// runtime; dropping it kills the runtime and deletes the namespace.
+pub struct RuntimeHost {
+    pub ns: OwnedNetns,
+    pub state_dir: tempfile::TempDir,
+    runtime: Option<Child>,
+}
+
+impl Default for RuntimeHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RuntimeHost {
+    /// A namespace with `underlay0` (192.168.50.1/24) and `vxlan100` over it.
+    pub fn new() -> Self {
+        Self {
+            ns: host_with_overlay("qrt", "192.168.50.1/24"),
+            state_dir: tempfile::tempdir().expect("temp dir"),
+            runtime: None,
+        }
+    }
+
+    pub fn state_path(&self) -> &Path {
+        self.state_dir.path()
+    }
+
+    /// Starts the runtime binary inside the namespace and waits until it answers.
+    pub fn start(&mut self) {
+        let log_path = self.state_path().join("runtime.log");
+        let log = std::fs::File::create(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let child = self
+            .ns
+            .command(crate::bins::binary("quilt-runtime"))
+            .args(["--grpc-addr", GRPC_ADDR, "--state-dir"])
+            .arg(self.state_path())
+            .args([
+                "--overlay-interface",
+                "vxlan100",
+                "--overlay-interface",
+                "vxlan200",
+                "--reconcile-interval",
+                "500ms",
+                "--log-level",
+                "debug",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start quilt-runtime");
+        self.runtime = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.call(|_| async { Ok(()) }).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "quilt-runtime did not answer within 10 s; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Sends `signal` to the runtime and waits for it to exit; answers its exit status.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.runtime.take().expect("runtime running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal runtime");
+        child.wait().expect("wait for runtime")
+    }
+
+    /// The runtime's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_path().join("runtime.log")).unwrap_or_default()
+    }
+
+    /// Runs `f` with a gRPC client connected from inside the namespace.
+    pub fn call<T: Send, F>(
+        &self,
+        f: impl FnOnce(QuiltRuntimeClient<Channel>) -> F + Send,
+    ) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        self.channel_call_with(Some(Duration::from_secs(1)), |channel| {
+            f(QuiltRuntimeClient::new(channel))
+        })
+    }
+
+    /// A channel from inside the namespace, for services other than QuiltRuntime.
+    pub fn channel_call<T: Send, F>(&self, f: impl FnOnce(Channel) -> F + Send) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        self.channel_call_with(None, f)
+    }
+
+    fn channel_call_with<T: Send, F>(
+        &self,
+        connect_timeout: Option<Duration>,
+        f: impl FnOnce(Channel) -> F + Send,
+    ) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        block_on_in(self.ns.name(), async move || {
+            let mut endpoint = Channel::from_shared(format!("http://{GRPC_ADDR}"))?;
+            if let Some(timeout) = connect_timeout {
+                endpoint = endpoint.connect_timeout(timeout);
+            }
+            f(endpoint.connect().await?).await
+        })
+    }
+
+    /// The routes `ip route show` prints for `destination` inside the namespace.
+    pub fn route_show(&self, destination: &str) -> String {
+        self.ns
+            .ip(&["route", "show", destination])
+            .unwrap_or_else(|e| panic!("ip route show {destination}: {e}"))
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for RuntimeHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.runtime.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
