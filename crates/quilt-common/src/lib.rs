@@ -4,13 +4,16 @@
 //!   checks that a node subnet belongs to it.
 //! - [`duration`]: durations on the command line (`500ms`, `3s`).
 //! - [`logging`]: the one way binaries install a `tracing` subscriber.
+//! - [`mac`]: the one MAC address type (parse, print, serde).
 //! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`.
 //! - [`shutdown`]: a future that completes on SIGTERM or SIGINT.
 
 pub mod cluster;
 pub mod duration;
 pub mod logging;
+pub mod mac;
 pub mod metrics_endpoint;
 pub mod shutdown;
 
 pub use cluster::{ClusterError, ClusterNetwork};
+pub use mac::Mac;
