@@ -49,6 +49,29 @@ impl PeerPlan {
             && self.entry_additions.is_empty()
             && self.route_additions.is_empty()
     }
+
+    /// The route additions to send once the entry additions ran and `failed` of them
+    /// failed: a peer whose neighbour or FDB entry failed gets no route yet.
+    pub fn ready_routes(&self, failed: &BTreeSet<EntryOp>) -> Vec<&Peer> {
+        self.route_additions
+            .iter()
+            .filter(|p| !entries_failed(p, failed))
+            .collect()
+    }
+
+    /// The route additions held back because their peer's entries failed.
+    pub fn held_back(&self, failed: &BTreeSet<EntryOp>) -> Vec<&Peer> {
+        self.route_additions
+            .iter()
+            .filter(|p| entries_failed(p, failed))
+            .collect()
+    }
+}
+
+/// Whether adding `peer`'s neighbour or FDB entry is among the `failed` operations.
+pub fn entries_failed(peer: &Peer, failed: &BTreeSet<EntryOp>) -> bool {
+    failed.contains(&EntryOp::SetNeighbour(peer.neighbour()))
+        || failed.contains(&EntryOp::SetFdb(peer.fdb()))
 }
 
 /// Plans `desired` peers against `observed`. Every permanent entry on the device is
@@ -214,6 +237,16 @@ mod tests {
             vec![EntryOp::SetFdb(after["node-2"].fdb())]
         );
         assert!(p.route_additions.is_empty(), "the route did not change");
+    }
+
+    #[test]
+    fn a_peer_whose_entries_failed_gets_no_route_yet() {
+        let want = peers(&[2, 3, 4]);
+        let plan = plan(&want, &Observed::default(), DEVICE);
+        let failed: BTreeSet<EntryOp> = [EntryOp::SetFdb(peer(3).fdb())].into();
+        assert_eq!(plan.ready_routes(&failed), vec![&peer(2), &peer(4)]);
+        assert_eq!(plan.held_back(&failed), vec![&peer(3)]);
+        assert_eq!(plan.ready_routes(&BTreeSet::new()).len(), 3);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use ipnet::Ipv4Net;
 use quilt_kernel::KernelError;
 use quilt_kernel::overlay::Overlay;
 use tracing::{debug, info, warn};
@@ -83,9 +84,10 @@ impl<O: Overlay> Agent<O> {
     /// Applies `plan`, made for the peers in `scope`, in its order: route removals,
     /// entry removals, entry additions, then every route addition in one runtime call.
     /// One failure (a route the runtime refuses, say) is logged and counted; it does not
-    /// hold up the other peers. Then `applied` is brought in line: peers no longer wanted
-    /// leave it, peers of `scope` whose entries and route are in place join it, and those
-    /// with a failure leave it.
+    /// hold up the other peers, but a peer whose entries failed gets no route until a
+    /// later reconcile retries it. Then `applied` is brought in line: peers no longer
+    /// wanted leave it, peers of `scope` whose entries and route are in place join it,
+    /// and those with a failure leave it.
     pub(super) async fn apply(
         &mut self,
         plan: &PeerPlan,
@@ -93,7 +95,37 @@ impl<O: Overlay> Agent<O> {
         trigger: Trigger,
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        for destination in &plan.route_removals {
+        self.remove_routes(&plan.route_removals, trigger, &mut outcome)
+            .await;
+        self.remove_entries(&plan.entry_removals, trigger, &mut outcome)
+            .await;
+        self.forget_gone_peers(trigger);
+        let failed_entries = self.add_entries(&plan.entry_additions, &mut outcome).await;
+        for peer in plan.held_back(&failed_entries) {
+            debug!(node_id = %peer.node_id, subnet = %peer.subnet, "the route waits for the peer's entries");
+        }
+        let failed_routes = self
+            .add_routes(&plan.ready_routes(&failed_entries), &mut outcome)
+            .await;
+        for peer in scope.values() {
+            if plan::entries_failed(peer, &failed_entries) || failed_routes.contains(&peer.node_id)
+            {
+                self.applied.remove(&peer.node_id);
+            } else if self.applied.get(&peer.node_id) != Some(peer) {
+                self.applied.insert(peer.node_id.clone(), peer.clone());
+                log_peer_added(peer);
+            }
+        }
+        outcome
+    }
+
+    async fn remove_routes(
+        &self,
+        destinations: &[Ipv4Net],
+        trigger: Trigger,
+        outcome: &mut Outcome,
+    ) {
+        for destination in destinations {
             match self.runtime.remove_route(*destination).await {
                 Ok(()) => {
                     if trigger == Trigger::Resync {
@@ -107,7 +139,10 @@ impl<O: Overlay> Agent<O> {
                 }
             }
         }
-        for op in &plan.entry_removals {
+    }
+
+    async fn remove_entries(&self, ops: &[EntryOp], trigger: Trigger, outcome: &mut Outcome) {
+        for op in ops {
             match self.apply_entry(op).await {
                 Ok(()) => {
                     if trigger == Trigger::Resync {
@@ -121,10 +156,15 @@ impl<O: Overlay> Agent<O> {
                 }
             }
         }
+    }
+
+    /// Drops the applied peers that are no longer peers (their removals ran just before).
+    fn forget_gone_peers(&mut self, trigger: Trigger) {
+        let peers = &self.peers;
         let gone: Vec<Peer> = self
             .applied
             .values()
-            .filter(|p| !self.peers.contains_key(&p.node_id))
+            .filter(|p| !peers.contains_key(&p.node_id))
             .cloned()
             .collect();
         for peer in gone {
@@ -133,71 +173,59 @@ impl<O: Overlay> Agent<O> {
                 info!(node_id = %peer.node_id, hostname = %peer.hostname, subnet = %peer.subnet, "peer removed");
             }
         }
+    }
 
-        let mut failed_entries = BTreeSet::new();
-        for op in &plan.entry_additions {
+    /// Adds entries; answers those that failed.
+    async fn add_entries(&self, ops: &[EntryOp], outcome: &mut Outcome) -> BTreeSet<EntryOp> {
+        let mut failed = BTreeSet::new();
+        for op in ops {
             match self.apply_entry(op).await {
                 Ok(()) => outcome.changes += 1,
                 Err(e) => {
                     warn!(operation = ?op, error = %e, "could not add an entry");
                     outcome.failures += 1;
-                    failed_entries.insert(op.clone());
+                    failed.insert(op.clone());
                 }
             }
         }
-        let entries_failed = |peer: &Peer| {
-            failed_entries.contains(&EntryOp::SetNeighbour(peer.neighbour()))
-                || failed_entries.contains(&EntryOp::SetFdb(peer.fdb()))
-        };
+        failed
+    }
 
-        let mut routed = Vec::new();
-        let mut requests = Vec::new();
-        for peer in &plan.route_additions {
-            if entries_failed(peer) {
-                debug!(node_id = %peer.node_id, subnet = %peer.subnet, "the route waits for the peer's entries");
-                continue;
-            }
-            routed.push(peer);
-            requests.push(RouteRequest {
+    /// Adds the routes to `peers` in one `InjectRoutes` call; answers the node ids whose
+    /// route failed (all of them when the runtime did not answer).
+    async fn add_routes(&self, peers: &[&Peer], outcome: &mut Outcome) -> BTreeSet<String> {
+        let mut failed = BTreeSet::new();
+        if peers.is_empty() {
+            return failed;
+        }
+        let requests: Vec<RouteRequest> = peers
+            .iter()
+            .map(|peer| RouteRequest {
                 destination: peer.subnet,
                 interface: self.spec_template.name.clone(),
                 gateway: peer.gateway(),
-            });
-        }
-        let mut route_failed = BTreeSet::new();
-        if !requests.is_empty() {
-            match self.runtime.inject_routes(&requests).await {
-                Ok(results) => {
-                    for (peer, result) in routed.iter().zip(results) {
-                        match result {
-                            Ok(()) => outcome.changes += 1,
-                            Err(e) => {
-                                warn!(node_id = %peer.node_id, subnet = %peer.subnet, error = %e, "could not get the route to a peer");
-                                outcome.failures += 1;
-                                route_failed.insert(peer.node_id.clone());
-                            }
+            })
+            .collect();
+        match self.runtime.inject_routes(&requests).await {
+            Ok(results) => {
+                for (peer, result) in peers.iter().zip(results) {
+                    match result {
+                        Ok(()) => outcome.changes += 1,
+                        Err(e) => {
+                            warn!(node_id = %peer.node_id, subnet = %peer.subnet, error = %e, "could not get the route to a peer");
+                            outcome.failures += 1;
+                            failed.insert(peer.node_id.clone());
                         }
                     }
                 }
-                Err(e) => {
-                    warn!(routes = requests.len(), error = %e, "could not get the routes to peers");
-                    outcome.failures += requests.len() as u64;
-                    route_failed.extend(routed.iter().map(|p| p.node_id.clone()));
-                }
+            }
+            Err(e) => {
+                warn!(routes = requests.len(), error = %e, "could not get the routes to peers");
+                outcome.failures += requests.len() as u64;
+                failed.extend(peers.iter().map(|p| p.node_id.clone()));
             }
         }
-
-        for peer in scope.values() {
-            if entries_failed(peer) || route_failed.contains(&peer.node_id) {
-                self.applied.remove(&peer.node_id);
-                continue;
-            }
-            if self.applied.get(&peer.node_id) != Some(peer) {
-                self.applied.insert(peer.node_id.clone(), peer.clone());
-                log_peer_added(peer);
-            }
-        }
-        outcome
+        failed
     }
 
     async fn apply_entry(&self, op: &EntryOp) -> Result<(), KernelError> {

@@ -154,7 +154,7 @@ impl<O: Overlay> Agent<O> {
 
     /// Makes the device right for `subnet` (its `.0/32` on the device).
     pub(super) async fn ensure_device(&self, subnet: Ipv4Net) -> Result<DeviceChange, DeviceError> {
-        let address = Ipv4Net::new(subnet.network(), 32).expect("32 is a valid prefix length");
+        let address = Ipv4Net::from(subnet.network());
         device::ensure(
             &self.kernel,
             &self.spec_template,
