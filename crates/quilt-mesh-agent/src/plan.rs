@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use quilt_kernel::overlay::{FdbEntry, Neighbour};
+use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour};
 
 use crate::peers::Peer;
 use crate::runtime::ManagedRoute;
@@ -84,7 +84,10 @@ pub fn plan(desired: &BTreeMap<String, Peer>, observed: &Observed, device: &str)
     let have_fdb: BTreeSet<FdbEntry> = observed.fdb.iter().copied().collect();
     let want_neighbours: BTreeSet<Ipv4Addr> = desired.values().map(Peer::gateway).collect();
     let want_fdb: BTreeSet<FdbEntry> = desired.values().map(Peer::fdb).collect();
+    let want_fdb_macs: BTreeSet<Mac> = want_fdb.iter().map(|w| w.mac).collect();
     let wanted_routes: BTreeSet<Ipv4Net> = desired.values().map(|p| p.subnet).collect();
+    let have_routes: BTreeMap<Ipv4Net, &ManagedRoute> =
+        observed.routes.iter().map(|r| (r.destination, r)).collect();
 
     let mut plan = PeerPlan::default();
     for route in &observed.routes {
@@ -99,7 +102,7 @@ pub fn plan(desired: &BTreeMap<String, Peer>, observed: &Observed, device: &str)
         }
     }
     for entry in &have_fdb {
-        let replaced = want_fdb.iter().any(|w| w.mac == entry.mac);
+        let replaced = want_fdb_macs.contains(&entry.mac);
         if !want_fdb.contains(entry) && !replaced {
             plan.entry_removals.push(EntryOp::DeleteFdb(*entry));
         }
@@ -112,11 +115,8 @@ pub fn plan(desired: &BTreeMap<String, Peer>, observed: &Observed, device: &str)
         if !have_fdb.contains(&peer.fdb()) {
             plan.entry_additions.push(EntryOp::SetFdb(peer.fdb()));
         }
-        let in_place = observed.routes.iter().any(|r| {
-            r.destination == peer.subnet
-                && r.gateway == Some(peer.gateway())
-                && r.interface == device
-                && r.in_kernel
+        let in_place = have_routes.get(&peer.subnet).is_some_and(|r| {
+            r.gateway == Some(peer.gateway()) && r.interface == device && r.in_kernel
         });
         if !in_place {
             plan.route_additions.push(peer.clone());
