@@ -6,6 +6,7 @@
 //! - [`duration`]: durations on the command line (`500ms`, `3s`).
 //! - [`flags`]: the daemons' flag names, for their configs and for what starts them.
 //! - [`logging`]: the one way binaries install a `tracing` subscriber.
+//! - [`mac`]: the one MAC address type (parse, print, serde).
 //! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`.
 //! - [`shutdown`]: a future that completes on SIGTERM or SIGINT.
 
@@ -14,7 +15,9 @@ pub mod defaults;
 pub mod duration;
 pub mod flags;
 pub mod logging;
+pub mod mac;
 pub mod metrics_endpoint;
 pub mod shutdown;
 
 pub use cluster::{ClusterError, ClusterNetwork};
+pub use mac::Mac;

@@ -3,7 +3,7 @@
 
 use ipnet::Ipv4Net;
 use quilt_kernel::KernelError;
-use quilt_kernel::overlay::{Overlay, VxlanDevice, VxlanSpec};
+use quilt_kernel::overlay::{Mac, Overlay, VxlanDevice, VxlanSpec};
 use tracing::{info, warn};
 
 /// What [`ensure`] did.
@@ -34,23 +34,41 @@ pub fn is_ours(device: &VxlanDevice, spec: &VxlanSpec) -> bool {
     device.vni.is_some() && device.mac == Some(spec.mac)
 }
 
-fn not_ours(spec: &VxlanSpec, device: &VxlanDevice) -> KernelError {
+/// Why the device could not be made right.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A link of the device's name is there and is not this agent's: left alone.
+    #[error(
+        "set up vxlan device {name} failed: {name} already exists as {kind} with mac {mac} that \
+         this agent did not make (its mac is {ours}); it is left alone: remove it or choose \
+         another --vxlan-interface"
+    )]
+    NotOurs {
+        name: String,
+        /// "a vxlan device" or "a link that is not vxlan".
+        kind: &'static str,
+        /// The link's MAC, or "none".
+        mac: String,
+        ours: Mac,
+    },
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+fn not_ours(spec: &VxlanSpec, device: &VxlanDevice) -> DeviceError {
     let kind = if device.vni.is_some() {
         "a vxlan device"
     } else {
         "a link that is not vxlan"
     };
-    let mac = device
-        .mac
-        .map(|m| m.to_string())
-        .unwrap_or_else(|| "none".into());
-    KernelError::Other {
-        operation: format!("set up vxlan device {}", spec.name),
-        message: format!(
-            "{} already exists as {kind} with mac {mac} that this agent did not make (its mac is {}); \
-             it is left alone: remove it or choose another --vxlan-interface",
-            spec.name, spec.mac
-        ),
+    DeviceError::NotOurs {
+        name: spec.name.clone(),
+        kind,
+        mac: device
+            .mac
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "none".into()),
+        ours: spec.mac,
     }
 }
 
@@ -60,7 +78,7 @@ pub async fn ensure<O: Overlay>(
     spec: &VxlanSpec,
     underlay_index: u32,
     address: Ipv4Net,
-) -> Result<DeviceChange, KernelError> {
+) -> Result<DeviceChange, DeviceError> {
     let change = match kernel.vxlan(&spec.name).await? {
         Some(device) if matches(&device, spec, underlay_index) => {
             if !device.up {

@@ -1,17 +1,20 @@
-//! The overlay planner: desired peers and the entries the kernel holds become the
-//! operations that make them agree. Pure, so "no stale entry, no missing entry" is
-//! tested without a kernel. Routes are the runtime's; see [`stale_routes`].
+//! The planner: desired peers and what the kernel and the runtime hold become one
+//! [`PeerPlan`], the operations that make them agree. Pure, so "no stale entry or
+//! route, no missing one" is tested without a kernel. A full resync plans every peer
+//! against everything observed; a watch event plans one peer against what was applied
+//! for it (see [`observed_for`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use quilt_kernel::overlay::{FdbEntry, Neighbour};
+use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour};
 
 use crate::peers::Peer;
+use crate::runtime::ManagedRoute;
 
 /// One change to the VXLAN device's entries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EntryOp {
     SetNeighbour(Neighbour),
     SetFdb(FdbEntry),
@@ -19,138 +22,268 @@ pub enum EntryOp {
     DeleteFdb(FdbEntry),
 }
 
-/// What to change: additions (per peer, neighbour before FDB) and removals (neighbours
-/// before FDB entries, after the caller has removed the routes).
+/// What the device and the runtime hold.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct EntryPlan {
-    pub additions: Vec<EntryOp>,
-    pub removals: Vec<EntryOp>,
+pub struct Observed {
+    pub neighbours: Vec<Neighbour>,
+    pub fdb: Vec<FdbEntry>,
+    pub routes: Vec<ManagedRoute>,
 }
 
-impl EntryPlan {
+/// What to change, in the order the executor applies it: route removals, entry
+/// removals (neighbours before FDB entries), entry additions (per peer, neighbour
+/// before FDB), then route additions (all in one runtime call).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PeerPlan {
+    pub route_removals: Vec<Ipv4Net>,
+    pub entry_removals: Vec<EntryOp>,
+    pub entry_additions: Vec<EntryOp>,
+    /// Peers whose route the runtime must add or correct.
+    pub route_additions: Vec<Peer>,
+}
+
+impl PeerPlan {
     pub fn is_empty(&self) -> bool {
-        self.additions.is_empty() && self.removals.is_empty()
+        self.route_removals.is_empty()
+            && self.entry_removals.is_empty()
+            && self.entry_additions.is_empty()
+            && self.route_additions.is_empty()
+    }
+
+    /// The route additions to send once the entry additions ran and `failed` of them
+    /// failed: a peer whose neighbour or FDB entry failed gets no route yet.
+    pub fn ready_routes(&self, failed: &BTreeSet<EntryOp>) -> Vec<&Peer> {
+        self.route_additions
+            .iter()
+            .filter(|p| !entries_failed(p, failed))
+            .collect()
+    }
+
+    /// The route additions held back because their peer's entries failed.
+    pub fn held_back(&self, failed: &BTreeSet<EntryOp>) -> Vec<&Peer> {
+        self.route_additions
+            .iter()
+            .filter(|p| entries_failed(p, failed))
+            .collect()
     }
 }
 
-/// Plans the entries for `desired` peers against the `neighbours` and `fdb` entries the
-/// device holds. Every permanent entry on the device is the agent's: it made the device.
-pub fn plan(
-    desired: &BTreeMap<String, Peer>,
-    neighbours: &[Neighbour],
-    fdb: &[FdbEntry],
-) -> EntryPlan {
-    let have_neighbours: BTreeMap<Ipv4Addr, Neighbour> =
-        neighbours.iter().map(|n| (n.ip, *n)).collect();
-    let have_fdb: BTreeSet<FdbEntry> = fdb.iter().copied().collect();
-    let want_neighbours: BTreeSet<Neighbour> = desired.values().map(Peer::neighbour).collect();
-    let want_fdb: BTreeSet<FdbEntry> = desired.values().map(Peer::fdb).collect();
+/// Whether adding `peer`'s neighbour or FDB entry is among the `failed` operations.
+pub fn entries_failed(peer: &Peer, failed: &BTreeSet<EntryOp>) -> bool {
+    failed.contains(&EntryOp::SetNeighbour(peer.neighbour()))
+        || failed.contains(&EntryOp::SetFdb(peer.fdb()))
+}
 
-    let mut plan = EntryPlan::default();
-    for peer in desired.values() {
-        let neighbour = peer.neighbour();
-        if have_neighbours.get(&neighbour.ip) != Some(&neighbour) {
-            plan.additions.push(EntryOp::SetNeighbour(neighbour));
-        }
-        if !have_fdb.contains(&peer.fdb()) {
-            plan.additions.push(EntryOp::SetFdb(peer.fdb()));
+/// Plans `desired` peers against `observed`. Every permanent entry on the device is
+/// the agent's (it made the device), and every route the runtime manages is the mesh's.
+/// A route is added unless the runtime holds it via the peer's gateway over `device`
+/// and the kernel has it.
+pub fn plan(desired: &BTreeMap<String, Peer>, observed: &Observed, device: &str) -> PeerPlan {
+    let have_neighbours: BTreeMap<Ipv4Addr, Neighbour> =
+        observed.neighbours.iter().map(|n| (n.ip, *n)).collect();
+    let have_fdb: BTreeSet<FdbEntry> = observed.fdb.iter().copied().collect();
+    let want_neighbours: BTreeSet<Ipv4Addr> = desired.values().map(Peer::gateway).collect();
+    let want_fdb: BTreeSet<FdbEntry> = desired.values().map(Peer::fdb).collect();
+    let want_fdb_macs: BTreeSet<Mac> = want_fdb.iter().map(|w| w.mac).collect();
+    let wanted_routes: BTreeSet<Ipv4Net> = desired.values().map(|p| p.subnet).collect();
+    let have_routes: BTreeMap<Ipv4Net, &ManagedRoute> =
+        observed.routes.iter().map(|r| (r.destination, r)).collect();
+
+    let mut plan = PeerPlan::default();
+    for route in &observed.routes {
+        if !wanted_routes.contains(&route.destination) {
+            plan.route_removals.push(route.destination);
         }
     }
     for neighbour in have_neighbours.values() {
-        if !want_neighbours.iter().any(|w| w.ip == neighbour.ip) {
-            plan.removals.push(EntryOp::DeleteNeighbour(neighbour.ip));
+        if !want_neighbours.contains(&neighbour.ip) {
+            plan.entry_removals
+                .push(EntryOp::DeleteNeighbour(neighbour.ip));
         }
     }
     for entry in &have_fdb {
-        let replaced = want_fdb.iter().any(|w| w.mac == entry.mac);
+        let replaced = want_fdb_macs.contains(&entry.mac);
         if !want_fdb.contains(entry) && !replaced {
-            plan.removals.push(EntryOp::DeleteFdb(*entry));
+            plan.entry_removals.push(EntryOp::DeleteFdb(*entry));
+        }
+    }
+    for peer in desired.values() {
+        let neighbour = peer.neighbour();
+        if have_neighbours.get(&neighbour.ip) != Some(&neighbour) {
+            plan.entry_additions.push(EntryOp::SetNeighbour(neighbour));
+        }
+        if !have_fdb.contains(&peer.fdb()) {
+            plan.entry_additions.push(EntryOp::SetFdb(peer.fdb()));
+        }
+        let in_place = have_routes.get(&peer.subnet).is_some_and(|r| {
+            r.gateway == Some(peer.gateway()) && r.interface == device && r.in_kernel
+        });
+        if !in_place {
+            plan.route_additions.push(peer.clone());
         }
     }
     plan
 }
 
-/// Routes the runtime manages that no peer wants any more.
-pub fn stale_routes(managed: &[Ipv4Net], desired: &BTreeMap<String, Peer>) -> Vec<Ipv4Net> {
-    let wanted: BTreeSet<Ipv4Net> = desired.values().map(|p| p.subnet).collect();
-    managed
-        .iter()
-        .filter(|d| !wanted.contains(d))
-        .copied()
+/// What the kernel and the runtime hold for one peer once its entries and route were
+/// applied: the observed side of a watch event's plan.
+pub fn observed_for(applied: Option<&Peer>, device: &str) -> Observed {
+    match applied {
+        None => Observed::default(),
+        Some(peer) => Observed {
+            neighbours: vec![peer.neighbour()],
+            fdb: vec![peer.fdb()],
+            routes: vec![ManagedRoute {
+                destination: peer.subnet,
+                interface: device.to_string(),
+                gateway: Some(peer.gateway()),
+                in_kernel: true,
+            }],
+        },
+    }
+}
+
+/// The one-peer desired set of a watch event.
+pub fn one(peer: Option<&Peer>) -> BTreeMap<String, Peer> {
+    peer.map(|p| (p.node_id.clone(), p.clone()))
+        .into_iter()
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use quilt_api::types::Status;
-
     use super::*;
-    use crate::peers::{desired, tests::node};
+
+    const DEVICE: &str = "vxlan100";
+
+    fn peer(n: u8) -> Peer {
+        Peer {
+            node_id: format!("node-{n}"),
+            hostname: format!("host{n}"),
+            subnet: format!("10.42.{n}.0/24").parse().unwrap(),
+            host_ip: Ipv4Addr::new(192, 168, 77, 10 + n),
+            vtep_mac: format!("02:00:00:00:00:0{n}").parse().unwrap(),
+        }
+    }
 
     fn peers(ids: &[u8]) -> BTreeMap<String, Peer> {
-        let nodes: Vec<_> = ids
-            .iter()
-            .map(|n| {
-                node(
-                    &format!("node-{n}"),
-                    *n,
-                    Status::Up,
-                    Some(&format!("02:00:00:00:00:0{n}")),
-                )
-            })
-            .collect();
-        desired(&nodes, "node-1")
+        ids.iter()
+            .map(|n| peer(*n))
+            .map(|p| (p.node_id.clone(), p))
+            .collect()
+    }
+
+    /// What the kernel and the runtime hold once `peers` are applied.
+    fn converged(peers: &BTreeMap<String, Peer>) -> Observed {
+        let mut all = Observed::default();
+        for p in peers.values() {
+            let one = observed_for(Some(p), DEVICE);
+            all.neighbours.extend(one.neighbours);
+            all.fdb.extend(one.fdb);
+            all.routes.extend(one.routes);
+        }
+        all
     }
 
     #[test]
-    fn a_new_peer_gets_neighbour_then_fdb() {
+    fn a_new_peer_gets_neighbour_then_fdb_then_its_route() {
         let want = peers(&[2]);
         let p = &want["node-2"];
+        let plan = plan(&want, &Observed::default(), DEVICE);
         assert_eq!(
-            plan(&want, &[], &[]).additions,
+            plan.entry_additions,
             vec![
                 EntryOp::SetNeighbour(p.neighbour()),
                 EntryOp::SetFdb(p.fdb())
             ]
         );
+        assert_eq!(plan.route_additions, vec![p.clone()]);
+        assert!(plan.route_removals.is_empty() && plan.entry_removals.is_empty());
     }
 
     #[test]
-    fn converged_entries_need_nothing() {
+    fn converged_peers_need_nothing() {
         let want = peers(&[2, 3]);
-        let neighbours: Vec<_> = want.values().map(Peer::neighbour).collect();
-        let fdb: Vec<_> = want.values().map(Peer::fdb).collect();
-        assert!(plan(&want, &neighbours, &fdb).is_empty());
+        assert!(plan(&want, &converged(&want), DEVICE).is_empty());
     }
 
     #[test]
-    fn a_gone_peer_loses_its_entries_and_a_moved_one_is_replaced() {
+    fn a_route_the_kernel_lost_or_that_points_elsewhere_is_added_again() {
+        let want = peers(&[2, 3]);
+        let mut observed = converged(&want);
+        observed.routes[0].in_kernel = false;
+        observed.routes[1].gateway = Some(Ipv4Addr::new(10, 42, 9, 0));
+        let plan = plan(&want, &observed, DEVICE);
+        assert_eq!(plan.route_additions, vec![peer(2), peer(3)]);
+        assert!(plan.entry_additions.is_empty() && plan.route_removals.is_empty());
+    }
+
+    #[test]
+    fn a_gone_peer_loses_route_and_entries_and_a_moved_one_is_replaced() {
         let before = peers(&[2, 3]);
-        let neighbours: Vec<_> = before.values().map(Peer::neighbour).collect();
-        let fdb: Vec<_> = before.values().map(Peer::fdb).collect();
         let mut after = peers(&[2]);
         after.get_mut("node-2").unwrap().host_ip = Ipv4Addr::new(192, 168, 77, 99);
-        let p = plan(&after, &neighbours, &fdb);
-        assert_eq!(p.additions, vec![EntryOp::SetFdb(after["node-2"].fdb())]);
+        let p = plan(&after, &converged(&before), DEVICE);
+        assert_eq!(p.route_removals, vec![before["node-3"].subnet]);
         assert_eq!(
-            p.removals,
+            p.entry_removals,
             vec![
                 EntryOp::DeleteNeighbour(before["node-3"].gateway()),
                 EntryOp::DeleteFdb(before["node-3"].fdb()),
             ]
         );
+        assert_eq!(
+            p.entry_additions,
+            vec![EntryOp::SetFdb(after["node-2"].fdb())]
+        );
+        assert!(p.route_additions.is_empty(), "the route did not change");
     }
 
     #[test]
-    fn routes_of_gone_peers_are_stale() {
-        let want = peers(&[2]);
-        let managed: Vec<Ipv4Net> = vec![
-            "10.42.2.0/24".parse().unwrap(),
-            "10.42.3.0/24".parse().unwrap(),
-        ];
+    fn a_peer_whose_entries_failed_gets_no_route_yet() {
+        let want = peers(&[2, 3, 4]);
+        let plan = plan(&want, &Observed::default(), DEVICE);
+        let failed: BTreeSet<EntryOp> = [EntryOp::SetFdb(peer(3).fdb())].into();
+        assert_eq!(plan.ready_routes(&failed), vec![&peer(2), &peer(4)]);
+        assert_eq!(plan.held_back(&failed), vec![&peer(3)]);
+        assert_eq!(plan.ready_routes(&BTreeSet::new()).len(), 3);
+    }
+
+    #[test]
+    fn an_event_is_the_plan_for_one_peer() {
+        let old = peer(2);
+        // Deleted: its route, then its entries.
+        let gone = plan(&one(None), &observed_for(Some(&old), DEVICE), DEVICE);
+        assert_eq!(gone.route_removals, vec![old.subnet]);
         assert_eq!(
-            stale_routes(&managed, &want),
-            vec!["10.42.3.0/24".parse::<Ipv4Net>().unwrap()]
+            gone.entry_removals,
+            vec![
+                EntryOp::DeleteNeighbour(old.gateway()),
+                EntryOp::DeleteFdb(old.fdb())
+            ]
         );
+        assert!(gone.entry_additions.is_empty() && gone.route_additions.is_empty());
+
+        // Re-registered with a new subnet: the old route goes, the new one comes.
+        let mut moved = old.clone();
+        moved.subnet = "10.42.7.0/24".parse().unwrap();
+        let p = plan(
+            &one(Some(&moved)),
+            &observed_for(Some(&old), DEVICE),
+            DEVICE,
+        );
+        assert_eq!(p.route_removals, vec![old.subnet]);
+        assert_eq!(
+            p.entry_removals,
+            vec![EntryOp::DeleteNeighbour(old.gateway())]
+        );
+        assert_eq!(
+            p.entry_additions,
+            vec![EntryOp::SetNeighbour(moved.neighbour())]
+        );
+        assert_eq!(p.route_additions, vec![moved.clone()]);
+
+        // Unchanged: nothing.
+        assert!(plan(&one(Some(&old)), &observed_for(Some(&old), DEVICE), DEVICE).is_empty());
     }
 }

@@ -1,5 +1,7 @@
-//! The runtime's gRPC API as the agent uses it. The channel connects lazily, so a
-//! runtime that is restarting is simply retried.
+//! The runtime's gRPC API as the agent uses it: [`RuntimeClient`]. The channel connects
+//! lazily, so a runtime that is restarting is simply retried.
+
+use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use quilt_proto as pb;
@@ -16,14 +18,47 @@ pub enum RuntimeCallError {
     Refused { what: String, message: String },
 }
 
+/// A route the runtime manages, as `ListRoutes` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedRoute {
+    pub destination: Ipv4Net,
+    pub interface: String,
+    /// `None` for a device route.
+    pub gateway: Option<Ipv4Addr>,
+    /// Whether the kernel holds the route as desired right now.
+    pub in_kernel: bool,
+}
+
+/// One route to add: `destination` via `gateway` over `interface`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRequest {
+    pub destination: Ipv4Net,
+    pub interface: String,
+    pub gateway: Ipv4Addr,
+}
+
+impl RouteRequest {
+    fn to_wire(&self) -> pb::InjectRouteRequest {
+        pb::InjectRouteRequest {
+            destination: self.destination.to_string(),
+            via_interface: self.interface.clone(),
+            gateway: self.gateway.to_string(),
+        }
+    }
+
+    fn what(&self) -> String {
+        format!("route {} via {}", self.destination, self.gateway)
+    }
+}
+
 /// A client of the node's runtime.
 #[derive(Clone)]
-pub struct Runtime {
+pub struct RuntimeClient {
     address: String,
     client: QuiltRuntimeClient<Channel>,
 }
 
-impl Runtime {
+impl RuntimeClient {
     pub fn new(address: &str) -> Result<Self, ConnectError> {
         Ok(Self {
             address: address.to_string(),
@@ -66,28 +101,36 @@ impl Runtime {
         )
     }
 
-    pub async fn inject_route(
+    /// Adds or replaces every route in one `InjectRoutes` call; answers one result per
+    /// route, in order (a refused route does not hold up the others).
+    pub async fn inject_routes(
         &self,
-        destination: Ipv4Net,
-        interface: &str,
-        gateway: std::net::Ipv4Addr,
-    ) -> Result<(), RuntimeCallError> {
+        routes: &[RouteRequest],
+    ) -> Result<Vec<Result<(), RuntimeCallError>>, RuntimeCallError> {
         let answer = self
             .client
             .clone()
-            .inject_route(pb::InjectRouteRequest {
-                destination: destination.to_string(),
-                via_interface: interface.to_string(),
-                gateway: gateway.to_string(),
+            .inject_routes(pb::InjectRoutesRequest {
+                routes: routes.iter().map(RouteRequest::to_wire).collect(),
             })
             .await
             .map_err(|s| self.unreachable(s))?
             .into_inner();
-        Self::check(
-            format!("route {destination} via {gateway}"),
-            answer.success,
-            answer.error,
-        )
+        if answer.results.len() != routes.len() {
+            return Err(RuntimeCallError::Unreachable {
+                address: self.address.clone(),
+                message: format!(
+                    "answered {} results for {} routes",
+                    answer.results.len(),
+                    routes.len()
+                ),
+            });
+        }
+        Ok(routes
+            .iter()
+            .zip(answer.results)
+            .map(|(route, result)| Self::check(route.what(), result.success, result.error))
+            .collect())
     }
 
     pub async fn remove_route(&self, destination: Ipv4Net) -> Result<(), RuntimeCallError> {
@@ -107,8 +150,9 @@ impl Runtime {
         )
     }
 
-    /// The destinations of the routes the runtime manages.
-    pub async fn managed_routes(&self) -> Result<Vec<Ipv4Net>, RuntimeCallError> {
+    /// The routes the runtime manages (a route it reports with an unreadable
+    /// destination is left out: the agent could not plan for it anyway).
+    pub async fn managed_routes(&self) -> Result<Vec<ManagedRoute>, RuntimeCallError> {
         let answer = self
             .client
             .clone()
@@ -118,8 +162,15 @@ impl Runtime {
             .into_inner();
         Ok(answer
             .routes
-            .iter()
-            .filter_map(|r| r.destination.parse().ok())
+            .into_iter()
+            .filter_map(|r| {
+                Some(ManagedRoute {
+                    destination: r.destination.parse().ok()?,
+                    interface: r.via_interface,
+                    gateway: r.gateway.parse().ok(),
+                    in_kernel: r.in_kernel,
+                })
+            })
             .collect())
     }
 }

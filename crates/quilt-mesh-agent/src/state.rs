@@ -5,13 +5,40 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use quilt_kernel::overlay::Mac;
+use quilt_common::mac::Mac;
 use serde::{Deserialize, Serialize};
+
+/// Why the state could not be loaded or saved; names the file or folder.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is there but is not a state (bad JSON, or a `vtep_mac` that is not a
+    /// MAC): an error, never a made-up MAC that another node may claim too.
+    #[error("state file {} is not readable: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot make a random mac for {}: {source}", path.display())]
+    RandomMac {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentState {
     /// The VXLAN device's MAC: stable, so peers' entries stay right across restarts.
-    pub vtep_mac: String,
+    pub vtep_mac: Mac,
     #[serde(default)]
     pub node_id: Option<String>,
     #[serde(default)]
@@ -20,33 +47,20 @@ pub struct AgentState {
     pub subnet: Option<Ipv4Net>,
 }
 
-impl AgentState {
-    pub fn mac(&self) -> Mac {
-        self.vtep_mac.parse().unwrap_or(Mac([2, 0, 0, 0, 0, 1]))
-    }
-}
-
 fn path(dir: &Path) -> PathBuf {
     dir.join("agent.json")
 }
 
 /// Loads the state, or makes a fresh one with a new random MAC.
-pub fn load_or_create(dir: &Path) -> anyhow::Result<AgentState> {
-    use anyhow::Context;
+pub fn load_or_create(dir: &Path) -> Result<AgentState, StateError> {
     let file = path(dir);
     match std::fs::read(&file) {
-        Ok(bytes) => {
-            let state: AgentState = serde_json::from_slice(&bytes)
-                .with_context(|| format!("state file {} is not readable", file.display()))?;
-            state
-                .vtep_mac
-                .parse::<Mac>()
-                .map_err(|e| anyhow::anyhow!("state file {}: vtep_mac {e}", file.display()))?;
-            Ok(state)
-        }
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|source| StateError::Corrupt { path: file, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let state = AgentState {
-                vtep_mac: Mac::random_local()?.to_string(),
+                vtep_mac: Mac::random_local()
+                    .map_err(|source| StateError::RandomMac { path: file, source })?,
                 node_id: None,
                 node_token: None,
                 subnet: None,
@@ -54,27 +68,26 @@ pub fn load_or_create(dir: &Path) -> anyhow::Result<AgentState> {
             save(dir, &state)?;
             Ok(state)
         }
-        Err(e) => Err(anyhow::anyhow!(
-            "cannot read state file {}: {e}",
-            file.display()
-        )),
+        Err(source) => Err(StateError::Read { path: file, source }),
     }
 }
 
 /// Writes the state atomically.
-pub fn save(dir: &Path, state: &AgentState) -> anyhow::Result<()> {
-    use anyhow::Context;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateError> {
+    let write = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StateError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write(dir))?;
     let file = path(dir);
     let temp = dir.join("agent.json.tmp");
     {
-        let mut out = std::fs::File::create(&temp)
-            .with_context(|| format!("cannot write {}", temp.display()))?;
-        out.write_all(&serde_json::to_vec_pretty(state)?)?;
-        out.sync_all()?;
+        let mut out = std::fs::File::create(&temp).map_err(write(&temp))?;
+        let json = serde_json::to_vec_pretty(state).expect("the state is plain data");
+        out.write_all(&json).map_err(write(&temp))?;
+        out.sync_all().map_err(write(&temp))?;
     }
-    std::fs::rename(&temp, &file).with_context(|| format!("cannot replace {}", file.display()))?;
+    std::fs::rename(&temp, &file).map_err(write(&file))?;
     Ok(())
 }
 
@@ -99,5 +112,18 @@ mod tests {
         std::fs::write(dir.path().join("agent.json"), "{nope").unwrap();
         let err = load_or_create(dir.path()).unwrap_err().to_string();
         assert!(err.contains("agent.json"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_mac_is_an_error_naming_the_file_and_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("agent.json"), r#"{"vtep_mac":"zz"}"#).unwrap();
+        let err = load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.contains("agent.json") && err.contains("\"zz\" is not a MAC"),
+            "{err}"
+        );
     }
 }

@@ -310,12 +310,20 @@ async fn leave_on_exit_removes_what_the_agent_made_and_deregisters() {
         routes(cluster.runtime).await.len() == 1 && overlay.neighbours_of("vxlan100").len() == 1
     })
     .await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The runtime answers the route before the agent has counted the peer: poll.
+    let scrape = async || {
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    eventually(Duration::from_secs(5), "the peer counted", async || {
+        scrape().await.contains("quilt_agent_peers 1")
+    })
+    .await;
+    let metrics = scrape().await;
     for expected in [
         "quilt_agent_peers 1",
         "quilt_agent_watch_reconnects_total",

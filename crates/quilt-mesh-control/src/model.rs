@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use quilt_common::cluster::excerpt;
+use quilt_common::mac::Mac;
 
 /// Why a field of a request is not acceptable. The message names the field and the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,44 +184,37 @@ pub fn parse_host_ip(value: &str) -> Result<Ipv4Addr, FieldError> {
     )))
 }
 
-/// A unicast Ethernet MAC address (the VXLAN device's), printed as `aa:bb:cc:dd:ee:ff`.
+/// A unicast Ethernet MAC address (the VXLAN device's), printed as `aa:bb:cc:dd:ee:ff`:
+/// the workspace's [`Mac`], once [`parse_mac`] has refused multicast and all-zero ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MacAddr([u8; 6]);
+pub struct MacAddr(Mac);
+
+impl MacAddr {
+    /// The address as the shared type.
+    pub fn mac(self) -> Mac {
+        self.0
+    }
+}
 
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        self.0.fmt(f)
     }
 }
 
 /// Parses the `vtep_mac` field: six colon-separated hex octets, not multicast, not all zero.
 pub fn parse_mac(value: &str) -> Result<MacAddr, FieldError> {
+    let mac: Mac = value
+        .parse()
+        .map_err(|e| FieldError::new(format!("vtep_mac {e}")))?;
     let bad = |why: &str| FieldError::new(format!("vtep_mac {:?} {why}", excerpt(value)));
-    let parts: Vec<&str> = value.split(':').collect();
-    if parts.len() != 6
-        || parts
-            .iter()
-            .any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(bad("is not a MAC address like 02:42:ac:11:00:02"));
-    }
-    let mut bytes = [0u8; 6];
-    for (slot, part) in bytes.iter_mut().zip(&parts) {
-        *slot = u8::from_str_radix(part, 16)
-            .map_err(|_| bad("is not a MAC address like 02:42:ac:11:00:02"))?;
-    }
-    if bytes[0] & 1 == 1 {
+    if !mac.is_unicast() {
         return Err(bad("is a multicast address; a VTEP needs a unicast MAC"));
     }
-    if bytes == [0; 6] {
+    if mac.is_zero() {
         return Err(bad("is all zeros; a VTEP needs a unicast MAC"));
     }
-    Ok(MacAddr(bytes))
+    Ok(MacAddr(mac))
 }
 
 /// Whether the control plane hears from a node.

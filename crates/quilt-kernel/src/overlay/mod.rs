@@ -9,7 +9,6 @@
 pub mod fake;
 mod netlink;
 
-use std::fmt;
 use std::future::Future;
 use std::net::Ipv4Addr;
 
@@ -17,57 +16,8 @@ use ipnet::Ipv4Net;
 
 use crate::{KernelError, Link};
 
-/// A MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl std::str::FromStr for Mac {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            format!(
-                "{:?} is not a MAC address like 0a:1b:2c:3d:4e:5f",
-                s.chars().take(64).collect::<String>()
-            )
-        };
-        let mut bytes = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut bytes {
-            let part = parts.next().ok_or_else(bad)?;
-            if part.len() != 2 {
-                return Err(bad());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        Ok(Mac(bytes))
-    }
-}
-
-impl Mac {
-    /// A random locally administered unicast MAC (from /dev/urandom).
-    pub fn random_local() -> std::io::Result<Self> {
-        use std::io::Read;
-        let mut bytes = [0u8; 6];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-        bytes[0] = (bytes[0] & 0xfe) | 0x02;
-        Ok(Mac(bytes))
-    }
-}
+/// The workspace's one MAC type; re-exported so `quilt_kernel::overlay::Mac` keeps working.
+pub use quilt_common::mac::Mac;
 
 /// How the VXLAN device must look.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,170 @@
+//! The agent's wiring: [`run`] builds the `Agent` from the flags and the kernel, then
+//! drives it. The rooms: `session` (register, prepare the node, the session loop and
+//! heartbeats), `apply` (observe, plan, and the one executor for resyncs and watch
+//! events alike) and `leave` (`--leave-on-exit`).
+
+mod apply;
+mod leave;
+mod session;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use quilt_kernel::overlay::{Overlay, VxlanSpec};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::Config;
+use crate::control::{self, ControlClient};
+use crate::metrics::Metrics;
+use crate::peers::Peer;
+use crate::runtime::RuntimeClient;
+use crate::state::{self, AgentState};
+
+/// VXLAN over IPv4 adds 50 bytes (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// How often the agent checks that its device still exists, and retries failed changes.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long after a reconcile with failures (a refused route, say) it is tried again.
+const FAILED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the agent until `shutdown` completes. Kernel state and the registration stay
+/// in place on exit unless `--leave-on-exit` is set.
+pub async fn run<O: Overlay>(
+    config: Config,
+    kernel: O,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = state::load_or_create(&config.state_dir).with_context(|| {
+        format!(
+            "cannot load agent state from {}",
+            config.state_dir.display()
+        )
+    })?;
+    let underlay = match &config.underlay_interface {
+        Some(name) => kernel
+            .interface(name)
+            .await?
+            .with_context(|| format!("underlay interface {name} does not exist"))?,
+        None => kernel
+            .link_with_address(config.host_ip)
+            .await?
+            .with_context(|| {
+                format!(
+                    "no interface holds host ip {} (set --underlay-interface)",
+                    config.host_ip
+                )
+            })?,
+    };
+    let (stop_tx, stop) = watch::channel(false);
+    let shutdown_task = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let metrics = Arc::new(Metrics::new());
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let listener = quilt_common::metrics_endpoint::bind(addr).await?;
+            info!(metrics_addr = %addr, "serving metrics at /metrics");
+            let mut rx = stop.clone();
+            Some(tokio::spawn(quilt_common::metrics_endpoint::serve(
+                listener,
+                metrics.registry.clone(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    info!(
+        host_ip = %config.host_ip, underlay = %underlay.name, vtep_mac = %state.vtep_mac,
+        control_planes = ?config.control_planes, runtime = %config.runtime_addr,
+        "quilt-mesh-agent starting"
+    );
+    let mut agent = Agent {
+        control: control::client(&config)?,
+        runtime: RuntimeClient::new(&config.runtime_addr)?,
+        spec_template: VxlanSpec {
+            name: config.vxlan_interface.clone(),
+            vni: config.vni,
+            port: config.vxlan_port,
+            local: config.host_ip,
+            underlay: underlay.name.clone(),
+            mtu: underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
+            mac: state.vtep_mac,
+        },
+        underlay_index: underlay.index,
+        config,
+        kernel,
+        metrics,
+        state,
+        registered: None,
+        peers: BTreeMap::new(),
+        applied: BTreeMap::new(),
+        dirty: false,
+        synced: false,
+        retry_at: Instant::now(),
+    };
+    let result = agent.main_loop(stop).await;
+    if result.is_ok() && agent.config.leave_on_exit {
+        agent.leave().await;
+    }
+    shutdown_task.abort();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    if result.is_ok() {
+        info!("quilt-mesh-agent stopped");
+    }
+    Ok(result?)
+}
+
+/// What a control plane granted this node: who it is, its token, its subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub node_id: String,
+    pub token: String,
+    pub subnet: Ipv4Net,
+}
+
+struct Agent<O> {
+    config: Config,
+    kernel: O,
+    control: ControlClient,
+    runtime: RuntimeClient,
+    metrics: Arc<Metrics>,
+    state: AgentState,
+    spec_template: VxlanSpec,
+    underlay_index: u32,
+    /// The last registration a control plane accepted.
+    registered: Option<Registered>,
+    /// Every peer as last seen on the control plane, parsed.
+    peers: BTreeMap<String, Peer>,
+    /// The peers whose entries and route are in place.
+    applied: BTreeMap<String, Peer>,
+    /// A change failed and the next check retries a full reconcile.
+    dirty: bool,
+    /// A reconcile has succeeded since start: later differences are repairs, not setup.
+    synced: bool,
+    /// When a reconcile that had failures may be tried again.
+    retry_at: Instant,
+}
+
+/// Sleeps for `duration`; answers true if asked to stop meanwhile.
+async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, duration: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    stopped
+}

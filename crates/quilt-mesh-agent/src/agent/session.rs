@@ -1,0 +1,342 @@
+//! One life of the agent against the control plane: register, prepare the node (device
+//! and runtime), then list, watch and heartbeat until the session ends.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use quilt_api::types::{EventType, RegisterRequest, WatchEvent};
+use quilt_kernel::overlay::Overlay;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::apply::Trigger;
+use super::{Agent, CHECK_INTERVAL, Registered, sleep_or_stop};
+use crate::control::{self, ControlError};
+use crate::device::{self, DeviceChange, DeviceError};
+use crate::error::AgentError;
+use crate::plan;
+use crate::runtime::RuntimeCallError;
+use crate::state;
+
+/// What woke the session loop.
+enum Wake {
+    Stop,
+    Event(Option<Result<WatchEvent, ControlError>>),
+    Heartbeat,
+    Resync,
+    Check,
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Stop,
+    Reregister,
+}
+
+impl<O: Overlay> Agent<O> {
+    pub(super) async fn main_loop(
+        &mut self,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), AgentError> {
+        loop {
+            let Some(registered) = self.register(&mut stop).await? else {
+                return Ok(());
+            };
+            if !self.prepare_node(&registered, &mut stop).await {
+                return Ok(());
+            }
+            match self.session(&registered, &mut stop).await {
+                SessionEnd::Stop => return Ok(()),
+                SessionEnd::Reregister => continue,
+            }
+        }
+    }
+
+    /// Registers until a control plane accepts; answers `None` when stopped first.
+    async fn register(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Registered>, AgentError> {
+        let request = RegisterRequest {
+            hostname: self.config.hostname(),
+            host_ip: self.config.host_ip.to_string(),
+            cpu_cores: std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as u32),
+            ram_mb: memory_mb(),
+            vtep_mac: Some(self.state.vtep_mac.to_string()),
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.control.register(&request).await {
+                Ok(answer) => {
+                    let node = answer.node;
+                    if let Some(old) = self.state.subnet
+                        && old != node.subnet
+                    {
+                        warn!(%old, new = %node.subnet, "the control plane leased this node another subnet");
+                    }
+                    info!(node_id = %node.node_id, subnet = %node.subnet, renewed = !answer.created, "registered with the control plane");
+                    let registered = Registered {
+                        node_id: node.node_id,
+                        token: answer.node_token,
+                        subnet: node.subnet,
+                    };
+                    self.state.node_id = Some(registered.node_id.clone());
+                    self.state.node_token = Some(registered.token.clone());
+                    self.state.subnet = Some(registered.subnet);
+                    state::save(&self.config.state_dir, &self.state)?;
+                    self.registered = Some(registered.clone());
+                    return Ok(Some(registered));
+                }
+                Err(ControlError::Refused {
+                    status, message, ..
+                }) if status.is_client_error() => {
+                    // A refusal will not change by retrying fast: say it loudly and wait.
+                    warn!(%status, %message, "the control plane refused the registration");
+                    backoff = Duration::from_secs(5);
+                }
+                Err(e) => debug!(error = %e, "registration failed; retrying"),
+            }
+            if sleep_or_stop(stop, backoff).await {
+                return Ok(None);
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Builds the device and configures the runtime, retrying until both are done;
+    /// answers false when stopped first.
+    async fn prepare_node(
+        &mut self,
+        registered: &Registered,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let subnet = registered.subnet;
+        loop {
+            match self.ensure_device(subnet).await {
+                Ok(_) => break,
+                Err(e) => warn!(error = %e, "cannot set up the vxlan device; retrying"),
+            }
+            if sleep_or_stop(stop, Duration::from_secs(1)).await {
+                return false;
+            }
+        }
+        let mut warned = false;
+        loop {
+            let pause = match self.runtime.configure_subnet(subnet).await {
+                Ok(()) => {
+                    info!(%subnet, "runtime configured with the node subnet");
+                    return true;
+                }
+                // The runtime answered no: retrying fast will not change that; say it
+                // every time so the operator sees why the node does not join.
+                Err(e @ RuntimeCallError::Refused { .. }) => {
+                    warn!(error = %e, "the runtime refused the node subnet; retrying in 5 s");
+                    Duration::from_secs(5)
+                }
+                Err(e) => {
+                    if !warned {
+                        warn!(error = %e, "cannot configure the runtime yet; retrying");
+                        warned = true;
+                    } else {
+                        debug!(error = %e, "runtime still not configured");
+                    }
+                    Duration::from_millis(250)
+                }
+            };
+            if sleep_or_stop(stop, pause).await {
+                return false;
+            }
+        }
+    }
+
+    /// Makes the device right for `subnet` (its `.0/32` on the device).
+    pub(super) async fn ensure_device(&self, subnet: Ipv4Net) -> Result<DeviceChange, DeviceError> {
+        let address = Ipv4Net::from(subnet.network());
+        device::ensure(
+            &self.kernel,
+            &self.spec_template,
+            self.underlay_index,
+            address,
+        )
+        .await
+    }
+
+    /// Lists, reconciles, then applies watch events until something ends the session.
+    async fn session(
+        &mut self,
+        registered: &Registered,
+        stop: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(CHECK_INTERVAL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let revision = match self.resync(registered).await {
+                Ok(revision) => revision,
+                Err(e) => {
+                    debug!(error = %e, "resync failed; retrying");
+                    if sleep_or_stop(stop, Duration::from_millis(500)).await {
+                        return SessionEnd::Stop;
+                    }
+                    continue;
+                }
+            };
+            let events = match self.control.watch(revision).await {
+                Ok(events) => events,
+                Err(e) => {
+                    self.metrics.watch_reconnects.inc();
+                    debug!(error = %e, "cannot open the watch stream; listing again");
+                    if sleep_or_stop(stop, Duration::from_millis(500)).await {
+                        return SessionEnd::Stop;
+                    }
+                    continue;
+                }
+            };
+            let mut events = std::pin::pin!(events);
+            let resync_at = tokio::time::sleep(self.config.resync_interval);
+            let mut resync_at = std::pin::pin!(resync_at);
+            loop {
+                let wake = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => Wake::Stop,
+                    event = events.next() => Wake::Event(event),
+                    _ = heartbeat.tick() => Wake::Heartbeat,
+                    _ = &mut resync_at => Wake::Resync,
+                    _ = check.tick() => Wake::Check,
+                };
+                match wake {
+                    Wake::Stop => return SessionEnd::Stop,
+                    Wake::Event(Some(Ok(event))) => {
+                        if self.on_event(registered, event).await {
+                            return SessionEnd::Reregister;
+                        }
+                    }
+                    Wake::Event(Some(Err(e))) => {
+                        info!(error = %e, "watch stream broke; listing again");
+                        self.metrics.watch_reconnects.inc();
+                        break;
+                    }
+                    Wake::Event(None) => {
+                        info!("watch stream ended; listing again");
+                        self.metrics.watch_reconnects.inc();
+                        break;
+                    }
+                    Wake::Heartbeat => {
+                        if self.heartbeat(registered).await {
+                            return SessionEnd::Reregister;
+                        }
+                    }
+                    Wake::Resync => break,
+                    Wake::Check => self.check(registered).await,
+                }
+            }
+        }
+    }
+
+    /// Sends a heartbeat; answers true when the control plane no longer knows this node.
+    async fn heartbeat(&self, registered: &Registered) -> bool {
+        match self
+            .control
+            .heartbeat(&registered.node_id, &registered.token)
+            .await
+        {
+            Ok(()) => false,
+            Err(ControlError::UnknownNode(id)) => {
+                warn!(node_id = %id, "the control plane no longer knows this node; registering again");
+                true
+            }
+            Err(e @ ControlError::StaleToken(_)) => {
+                warn!(error = %e, "registering again");
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "heartbeat failed");
+                false
+            }
+        }
+    }
+
+    /// The periodic check: the device must exist, and failed changes are retried.
+    async fn check(&mut self, registered: &Registered) {
+        let gone = matches!(self.kernel.vxlan(&self.spec_template.name).await, Ok(None));
+        if gone {
+            warn!(device = %self.spec_template.name, "vxlan device is gone; rebuilding it and every peer on it");
+        }
+        if (gone || (self.dirty && Instant::now() >= self.retry_at))
+            && let Err(e) = self.reconcile(registered).await
+        {
+            debug!(error = %e, "reconcile failed; retrying");
+        }
+    }
+
+    /// Lists every node and reconciles with the list; answers the revision to watch from.
+    async fn resync(&mut self, registered: &Registered) -> Result<u64, ControlError> {
+        let list = self.control.list().await?;
+        self.peers = control::peers_of(&list.nodes, &registered.node_id);
+        if let Err(e) = self.reconcile(registered).await {
+            warn!(error = %e, "reconcile failed; retrying shortly");
+        }
+        Ok(list.revision)
+    }
+
+    /// Applies one watch event as the plan for its one peer; answers true when this
+    /// node itself was deleted.
+    async fn on_event(&mut self, registered: &Registered, event: WatchEvent) -> bool {
+        let started = Instant::now();
+        let node = event.node;
+        if node.node_id == registered.node_id {
+            if event.kind == EventType::Deleted {
+                warn!(node_id = %node.node_id, "this node was deleted from the control plane; registering again");
+                return true;
+            }
+            return false;
+        }
+        let id = node.node_id.clone();
+        let wanted = match event.kind {
+            EventType::Deleted => None,
+            _ => control::peer_of(&node, &registered.node_id),
+        };
+        match &wanted {
+            Some(peer) => self.peers.insert(id.clone(), peer.clone()),
+            None => self.peers.remove(&id),
+        };
+        let previous = self.applied.get(&id).cloned();
+        if previous == wanted {
+            return false;
+        }
+        let device = &self.spec_template.name;
+        let scope = plan::one(wanted.as_ref());
+        let plan = plan::plan(
+            &scope,
+            &plan::observed_for(previous.as_ref(), device),
+            device,
+        );
+        let outcome = self.apply(&plan, &scope, Trigger::Event).await;
+        if outcome.failures == 0 {
+            self.metrics
+                .peer_convergence_seconds
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            warn!(node_id = %id, failures = outcome.failures, "could not apply a peer change; retrying with a full reconcile");
+            self.dirty = true;
+        }
+        self.metrics.peers.set(self.applied.len() as i64);
+        false
+    }
+}
+
+/// Total memory in MiB, from /proc/meminfo.
+fn memory_mb() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
