@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use quilt_common::defaults;
+use quilt_common::flags::agent as flags;
 
 /// quilt-mesh-agent: joins this node to the mesh. Registers with the control plane,
 /// keeps the VXLAN device and an entry per peer, and asks quilt-runtime for the routes.
@@ -13,7 +15,7 @@ use clap::Parser;
 pub struct Config {
     /// Control plane URL (http://HOST:PORT); repeat for replicas, tried in order.
     #[arg(
-        long = "control-plane",
+        long = flags::CONTROL_PLANE,
         env = "QUILT_CONTROL_PLANE",
         value_delimiter = ',',
         required = true
@@ -21,55 +23,55 @@ pub struct Config {
     pub control_planes: Vec<String>,
 
     /// This node's address on the underlay network (the VXLAN tunnel endpoint).
-    #[arg(long, env = "QUILT_AGENT_HOST_IP")]
+    #[arg(long = flags::HOST_IP, env = "QUILT_AGENT_HOST_IP")]
     pub host_ip: Ipv4Addr,
 
     /// Name to register under (default: the system's hostname).
-    #[arg(long, env = "QUILT_AGENT_HOSTNAME")]
+    #[arg(long = flags::HOSTNAME, env = "QUILT_AGENT_HOSTNAME")]
     pub hostname: Option<String>,
 
     /// quilt-runtime's gRPC address.
     #[arg(
-        long,
+        long = flags::RUNTIME_ADDR,
         env = "QUILT_AGENT_RUNTIME_ADDR",
-        default_value = "http://127.0.0.1:50051"
+        default_value = defaults::RUNTIME_URL
     )]
     pub runtime_addr: String,
 
     /// Underlay interface for VXLAN (default: the interface holding --host-ip).
-    #[arg(long, env = "QUILT_AGENT_UNDERLAY_INTERFACE")]
+    #[arg(long = flags::UNDERLAY_INTERFACE, env = "QUILT_AGENT_UNDERLAY_INTERFACE")]
     pub underlay_interface: Option<String>,
 
     /// Name of the VXLAN device the agent owns.
-    #[arg(long, env = "QUILT_AGENT_VXLAN_INTERFACE", default_value = "vxlan100")]
+    #[arg(long, env = "QUILT_AGENT_VXLAN_INTERFACE", default_value = defaults::OVERLAY_DEVICE)]
     pub vxlan_interface: String,
 
     /// VXLAN network identifier.
-    #[arg(long, env = "QUILT_AGENT_VNI", default_value_t = 100)]
+    #[arg(long, env = "QUILT_AGENT_VNI", default_value_t = defaults::VNI)]
     pub vni: u32,
 
     /// VXLAN UDP port.
-    #[arg(long, env = "QUILT_AGENT_VXLAN_PORT", default_value_t = 4789)]
+    #[arg(long, env = "QUILT_AGENT_VXLAN_PORT", default_value_t = defaults::VXLAN_PORT)]
     pub vxlan_port: u16,
 
     /// Folder for agent state (agent.json: node id, node token, subnet, device MAC).
     #[arg(
-        long,
+        long = flags::STATE_DIR,
         env = "QUILT_AGENT_STATE_DIR",
         default_value = "/var/lib/quilt/agent"
     )]
     pub state_dir: PathBuf,
 
     /// Bearer token the control plane requires to register.
-    #[arg(long, env = "QUILT_JOIN_TOKEN", hide_env_values = true)]
+    #[arg(long = flags::JOIN_TOKEN, env = "QUILT_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
 
     /// How often to send heartbeats (keep it well within the control plane's timeout).
-    #[arg(long, env = "QUILT_AGENT_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = quilt_common::duration::parse)]
+    #[arg(long = flags::HEARTBEAT_INTERVAL, env = "QUILT_AGENT_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = quilt_common::duration::parse)]
     pub heartbeat_interval: Duration,
 
     /// How often to list every node again and compare the kernel with it.
-    #[arg(long, env = "QUILT_AGENT_RESYNC_INTERVAL", default_value = "60s", value_parser = quilt_common::duration::parse)]
+    #[arg(long = flags::RESYNC_INTERVAL, env = "QUILT_AGENT_RESYNC_INTERVAL", default_value = "60s", value_parser = quilt_common::duration::parse)]
     pub resync_interval: Duration,
 
     /// On SIGTERM, deregister and remove the device, entries and routes (otherwise all
@@ -82,7 +84,7 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
 
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
-    #[arg(long, env = "QUILT_AGENT_LOG_LEVEL", default_value = "info")]
+    #[arg(long = flags::LOG_LEVEL, env = "QUILT_AGENT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
 
