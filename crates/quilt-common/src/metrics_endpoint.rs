@@ -35,6 +35,41 @@ pub async fn serve(
         .await
 }
 
+/// A daemon's metrics endpoint, serving until the daemon stops; see [`spawn`].
+pub struct MetricsEndpoint {
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Serves `registry` at `addr` (nothing when `None`) on a task of its own until `stop`
+/// turns true. Binding fails here, naming the address.
+pub async fn spawn(
+    addr: Option<SocketAddr>,
+    registry: Arc<Registry>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<MetricsEndpoint> {
+    let Some(addr) = addr else {
+        return Ok(MetricsEndpoint { task: None });
+    };
+    let listener = bind(addr).await?;
+    tracing::info!(metrics_addr = %addr, "serving metrics at /metrics");
+    let task = tokio::spawn(serve(listener, registry, async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }));
+    Ok(MetricsEndpoint { task: Some(task) })
+}
+
+impl MetricsEndpoint {
+    /// Waits for the endpoint to stop (after `stop`), logging a failure or a panic.
+    pub async fn finish(self) {
+        let Some(task) = self.task else { return };
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the metrics endpoint failed"),
+            Err(e) => tracing::error!(error = %e, "the metrics endpoint panicked"),
+        }
+    }
+}
+
 /// The registry in the Prometheus text format.
 pub fn encode(registry: &Registry) -> String {
     let mut text = String::new();

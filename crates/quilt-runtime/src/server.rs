@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use quilt_common::ClusterNetwork;
+use quilt_common::{ClusterNetwork, metrics_endpoint};
 use quilt_kernel::Kernel;
 use quilt_proto::quilt_runtime_server::QuiltRuntimeServer;
 use tokio::sync::watch;
@@ -90,21 +90,12 @@ pub async fn run<K: Kernel>(
         config.reconcile_interval,
         stop_rx.clone(),
     ));
-    let metrics_task = match config.metrics_addr {
-        Some(addr) => {
-            let listener = quilt_common::metrics_endpoint::bind(addr).await?;
-            info!(metrics_addr = %addr, "serving metrics at /metrics");
-            let mut rx = stop_rx.clone();
-            Some(tokio::spawn(quilt_common::metrics_endpoint::serve(
-                listener,
-                metrics.registry.clone(),
-                async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                },
-            )))
-        }
-        None => None,
-    };
+    let metrics_endpoint = metrics_endpoint::spawn(
+        config.metrics_addr,
+        metrics.registry.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quilt_proto::FILE_DESCRIPTOR_SET)
@@ -126,13 +117,7 @@ pub async fn run<K: Kernel>(
         Err(e) if e.is_panic() => error!(error = %e, "the reconcile loop panicked"),
         _ => {}
     }
-    if let Some(task) = metrics_task {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "the metrics endpoint failed"),
-            Err(e) => error!(error = %e, "the metrics endpoint panicked"),
-        }
-    }
+    metrics_endpoint.finish().await;
     served.context("gRPC server failed")?;
     info!("quilt-runtime stopped; kernel routes left in place");
     Ok(())

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
+use quilt_common::metrics_endpoint;
 use quilt_kernel::overlay::{Overlay, VxlanSpec};
 use tokio::sync::watch;
 use tracing::info;
@@ -68,21 +69,9 @@ pub async fn run<O: Overlay>(
         let _ = stop_tx.send(true);
     });
     let metrics = Arc::new(Metrics::new());
-    let metrics_task = match config.metrics_addr {
-        Some(addr) => {
-            let listener = quilt_common::metrics_endpoint::bind(addr).await?;
-            info!(metrics_addr = %addr, "serving metrics at /metrics");
-            let mut rx = stop.clone();
-            Some(tokio::spawn(quilt_common::metrics_endpoint::serve(
-                listener,
-                metrics.registry.clone(),
-                async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                },
-            )))
-        }
-        None => None,
-    };
+    let metrics_endpoint =
+        metrics_endpoint::spawn(config.metrics_addr, metrics.registry.clone(), stop.clone())
+            .await?;
     info!(
         host_ip = %config.host_ip, underlay = %underlay.name, vtep_mac = %state.vtep_mac,
         control_planes = ?config.control_planes, runtime = %config.runtime_addr,
@@ -117,9 +106,7 @@ pub async fn run<O: Overlay>(
         agent.leave().await;
     }
     shutdown_task.abort();
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
+    metrics_endpoint.finish().await;
     if result.is_ok() {
         info!("quilt-mesh-agent stopped");
     }
