@@ -11,7 +11,6 @@ use quilt_api::types::RegisterRequest;
 use quilt_kernel::fake::FakeKernel;
 use quilt_kernel::fake_overlay::FakeOverlay;
 use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour, Overlay};
-use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use tokio::sync::oneshot;
 
 struct Cluster {
@@ -137,7 +136,7 @@ async fn hostnames(control: &str) -> Vec<String> {
 }
 
 async fn routes(runtime: SocketAddr) -> Vec<(String, String)> {
-    let mut client = QuiltRuntimeClient::connect(format!("http://{runtime}"))
+    let mut client = quilt_proto::connect::connect(&runtime.to_string(), Default::default())
         .await
         .unwrap();
     let mut routes: Vec<_> = client

@@ -204,10 +204,9 @@ async fn a_resync_with_a_thousand_peers_makes_a_bounded_number_of_runtime_calls(
     );
 
     // And the routes are all there.
-    let mut runtime_client =
-        quilt_proto::quilt_runtime_client::QuiltRuntimeClient::connect(runtime_addr)
-            .await
-            .unwrap();
+    let mut runtime_client = quilt_proto::connect::connect(&runtime_addr, Default::default())
+        .await
+        .unwrap();
     let routes = runtime_client
         .list_routes(quilt_proto::ListRoutesRequest {})
         .await

@@ -3,7 +3,6 @@
 use clap::Parser;
 use quilt_kernel::fake::FakeKernel;
 use quilt_proto as pb;
-use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn free_port() -> u16 {
@@ -44,7 +43,7 @@ async fn metrics_count_calls_routes_and_addresses() {
         let _ = stopped.await;
     }));
 
-    let mut client = QuiltRuntimeClient::connect(format!("http://{grpc}"))
+    let mut client = quilt_proto::connect::connect(&grpc.to_string(), Default::default())
         .await
         .unwrap();
     client

@@ -123,10 +123,11 @@ impl RuntimeHost {
         F: std::future::Future<Output = anyhow::Result<T>>,
     {
         block_on_in(self.ns.name(), async move || {
-            let mut endpoint = Channel::from_shared(format!("http://{GRPC_ADDR}"))?;
+            let mut timeouts = quilt_proto::connect::Timeouts::default();
             if let Some(timeout) = connect_timeout {
-                endpoint = endpoint.connect_timeout(timeout);
+                timeouts.connect = timeout;
             }
+            let endpoint = quilt_proto::connect::endpoint(GRPC_ADDR, timeouts)?;
             f(endpoint.connect().await?).await
         })
     }

@@ -156,8 +156,9 @@ impl Site {
         F: std::future::Future<Output = T>,
     {
         block_on_in(self.ns.name(), async || {
-            let c = quilt_proto::quilt_runtime_client::QuiltRuntimeClient::connect(
-                "http://127.0.0.1:50051",
+            let c = quilt_proto::connect::connect(
+                quilt_common::defaults::RUNTIME_ADDR,
+                Default::default(),
             )
             .await
             .unwrap();

@@ -271,10 +271,11 @@ fn with_runtime<T: Send + 'static>(
         rt.block_on(async move {
             let mut connected = None;
             for _ in 0..200 {
-                match Channel::from_static(quilt_common::defaults::RUNTIME_URL)
-                    .connect()
-                    .await
-                {
+                let endpoint = quilt_proto::connect::endpoint(
+                    GRPC_ADDR,
+                    quilt_proto::connect::Timeouts::default(),
+                )?;
+                match endpoint.connect().await {
                     Ok(channel) => {
                         connected = Some(channel);
                         break;
