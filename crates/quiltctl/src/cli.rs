@@ -69,7 +69,7 @@ pub enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
-    /// Measure the mesh on a lab of its own, torn down after (needs root; use release
+    /// Measure on a lab or namespaces of its own, torn down after (needs root; use release
     /// builds of the daemons for figures worth quoting).
     Bench {
         #[command(subcommand)]
