@@ -9,10 +9,9 @@ cd "$(dirname "$0")/.."
 out=${1:-docs/benchmarks.md}
 [ "$(id -u)" = 0 ] || { echo "run-all: needs root (network namespaces)" >&2; exit 1; }
 command -v iperf3 >/dev/null || { echo "run-all: needs iperf3 (apt-get install -y iperf3)" >&2; exit 1; }
-command -v cargo-nextest >/dev/null || { echo "run-all: needs cargo-nextest (cargo install cargo-nextest --locked)" >&2; exit 1; }
 
 echo "run-all: building release binaries"
-cargo build --release --workspace --bins --examples --quiet
+cargo build --release --workspace --bins --quiet
 bin=target/release
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -24,8 +23,8 @@ run() { # run NAME COMMAND...: prints and keeps the output of one benchmark
 }
 
 run runtime   "$bin/quiltctl" bench runtime --bin-dir "$bin"
-run control   "$bin/examples/bench" --server-bin "$bin/quilt-mesh-control"
-run cni       cargo nextest run --release -p quilt-cni --run-ignored only --no-capture bench_attach_detach
+run control   "$bin/quiltctl" bench control --bin-dir "$bin"
+run cni       "$bin/quiltctl" bench cni --bin-dir "$bin"
 run convergence "$bin/quiltctl" bench convergence --bin-dir "$bin"
 run dataplane "$bin/quiltctl" bench dataplane --bin-dir "$bin"
 lab20() { # a 20-host lab: time to full mesh and the daemons' memory, then down
@@ -66,7 +65,8 @@ $(section "$work/runtime.txt")
 
 ## Control plane (quilt-mesh-control)
 
-Method: the release server as a child process on loopback over a fresh SQLite database;
+Method: \`quiltctl bench control\` runs the release server as a child process on loopback over
+a fresh SQLite database and calls it through \`ControlClient\` (the client the agent uses):
 1,000 registrations at concurrency 50, heartbeats for 3 s at concurrency 50, 1,000 open
 watch streams and one change (time from the change to each watcher reading it), and the
 server's RSS with 1,000 nodes and 1,000 watchers. Targets: >= 2,000 registrations/s,
@@ -78,7 +78,8 @@ $(section "$work/control.txt")
 
 ## Container attach through the CNI plugin (quilt-cni)
 
-Method: a host namespace running the runtime; 200 containers (namespaces) attached and
+Method: \`quiltctl bench cni\`: a host namespace running the runtime; 200 containers
+(namespaces) attached and
 then detached one at a time by executing the \`quilt-cni\` binary with the CNI
 environment and config on stdin, as a container engine does (each call also pays for
 \`ip netns exec\`). Target: p50 < 20 ms per ADD including process start.

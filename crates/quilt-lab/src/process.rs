@@ -141,12 +141,19 @@ fn is_zombie(pid: u32) -> bool {
 
 /// Resident memory of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(pid, "VmRSS").ok()
+}
+
+/// A KiB figure of `/proc/PID/status`, such as `VmRSS` or `VmHWM` (the peak).
+pub fn status_kib(pid: u32, field: &str) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{path} has no {field} figure"))
 }
 
 /// Sends SIGTERM to every pid that still runs inside its namespace, waits up to `grace`

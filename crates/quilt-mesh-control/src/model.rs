@@ -269,7 +269,43 @@ pub struct Node {
     pub token: NodeToken,
 }
 
+impl NewNode {
+    /// The node a first registration makes, the same in every store: node `id` with
+    /// `subnet` leased, up and heard from at `now_ms`, credential `token`.
+    pub fn leased(&self, id: NodeId, subnet: Ipv4Net, token: NodeToken, now_ms: u64) -> Node {
+        Node {
+            id,
+            hostname: self.hostname.clone(),
+            host_ip: self.host_ip,
+            subnet,
+            cpu_cores: self.cpu_cores,
+            ram_mb: self.ram_mb,
+            vtep_mac: self.vtep_mac,
+            status: NodeStatus::Up,
+            registered_at: now_ms / 1000,
+            last_heartbeat_ms: now_ms,
+            token,
+        }
+    }
+}
+
 impl Node {
+    /// This node after a registration `new` of the same host: it keeps its id, subnet and
+    /// registration time (and its VTEP MAC when `new` names none), takes the new hostname,
+    /// resources and `token`, and is up and heard from at `now_ms`.
+    pub fn renewed(&self, new: &NewNode, token: NodeToken, now_ms: u64) -> Node {
+        Node {
+            hostname: new.hostname.clone(),
+            cpu_cores: new.cpu_cores,
+            ram_mb: new.ram_mb,
+            vtep_mac: new.vtep_mac.or(self.vtep_mac),
+            status: NodeStatus::Up,
+            last_heartbeat_ms: now_ms,
+            token,
+            ..self.clone()
+        }
+    }
+
     /// Whether a change from `self` to `other` is something watchers are told about:
     /// membership, status, subnet or VTEP MAC (heartbeat timestamps alone are not).
     /// Other registration fields (hostname, cpu, ram) count too, so a watcher's copy of

@@ -89,6 +89,13 @@ pub enum BenchCommand {
     /// concurrent and sequential InjectRoute) against `ip -batch` in the same run, in
     /// namespaces of its own; also the runtime's RSS with every route in place.
     Runtime(RuntimeArgs),
+    /// The control plane's release binary on loopback over a fresh database:
+    /// registrations/s, heartbeats/s, the time from one change to many watchers reading
+    /// it, and its RSS with every node and watcher.
+    Control(ControlArgs),
+    /// Container attach and detach through the quilt-cni binary, as a container engine
+    /// runs it, against quilt-runtime in a host namespace of its own: calls/s, p50, p99.
+    Cni(CniArgs),
 }
 
 /// The lab a benchmark builds.
@@ -140,6 +147,35 @@ pub struct RuntimeArgs {
     /// Sequential single calls measured for latency.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub latency_calls: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Folder holding quilt-mesh-control; the folder of quiltctl itself by default.
+    #[arg(long, env = "QUILT_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Nodes to register.
+    #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=14_000))]
+    pub nodes: usize,
+    /// Concurrent callers for registrations and heartbeats.
+    #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub concurrency: usize,
+    /// Seconds of heartbeats.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub heartbeat_seconds: u64,
+    /// Open watch streams that wait for one change.
+    #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20_000))]
+    pub watchers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CniArgs {
+    /// Folder holding quilt-runtime and quilt-cni; the folder of quiltctl itself by default.
+    #[arg(long, env = "QUILT_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Containers (namespaces) attached, then detached, one at a time.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..=250))]
+    pub containers: u16,
 }
 
 #[derive(Debug, Args)]

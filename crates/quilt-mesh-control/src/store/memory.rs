@@ -56,14 +56,7 @@ impl Store for MemoryStore {
     ) -> Result<Registration, StoreError> {
         if let Some(id) = self.by_ip.get(&new.host_ip).copied() {
             let old = self.nodes[&id].clone();
-            let mut node = old.clone();
-            node.hostname = new.hostname.clone();
-            node.cpu_cores = new.cpu_cores;
-            node.ram_mb = new.ram_mb;
-            node.vtep_mac = new.vtep_mac.or(old.vtep_mac);
-            node.status = NodeStatus::Up;
-            node.last_heartbeat_ms = now_ms;
-            node.token = token;
+            let node = old.renewed(new, token, now_ms);
             self.nodes.insert(id, node.clone());
             let change = old
                 .differs_for_watchers(&node)
@@ -81,19 +74,7 @@ impl Store for MemoryStore {
             .ok_or_else(|| exhausted(&self.plan))?;
         let id = NodeId::new(self.next_id);
         self.next_id += 1;
-        let node = Node {
-            id,
-            hostname: new.hostname.clone(),
-            host_ip: new.host_ip,
-            subnet,
-            cpu_cores: new.cpu_cores,
-            ram_mb: new.ram_mb,
-            vtep_mac: new.vtep_mac,
-            status: NodeStatus::Up,
-            registered_at: now_ms / 1000,
-            last_heartbeat_ms: now_ms,
-            token,
-        };
+        let node = new.leased(id, subnet, token, now_ms);
         self.leased.insert(index);
         self.by_ip.insert(node.host_ip, id);
         self.nodes.insert(id, node.clone());

@@ -336,22 +336,20 @@ impl Store for SqliteStore {
         let host_ip = new.host_ip.to_string();
         let vtep_mac = new.vtep_mac.map(|m| m.to_string());
         let (node, created, kind) = if let Some(old) = get_where(&tx, "host_ip = ?1", &host_ip)? {
+            let node = old.renewed(new, token, now_ms);
             tx.prepare_cached(
-                "UPDATE nodes SET hostname = ?1, cpu_cores = ?2, ram_mb = ?3, vtep_mac = COALESCE(?4, vtep_mac),
+                "UPDATE nodes SET hostname = ?1, cpu_cores = ?2, ram_mb = ?3, vtep_mac = ?4,
                  status = 'up', last_heartbeat_ms = ?5, token = ?7 WHERE id = ?6",
             )?
             .execute(params![
-                new.hostname.as_str(),
-                new.cpu_cores,
-                new.ram_mb,
-                vtep_mac,
+                node.hostname.as_str(),
+                node.cpu_cores,
+                node.ram_mb,
+                node.vtep_mac.map(|m| m.to_string()),
                 now_ms,
-                old.id.number(),
-                token.as_str()
+                node.id.number(),
+                node.token.as_str()
             ])?;
-            let node = get_where(&tx, "id = ?1", &old.id.number())?.ok_or_else(|| {
-                StoreError::Corrupt(format!("node {} vanished while renewing it", old.id))
-            })?;
             let kind = old
                 .differs_for_watchers(&node)
                 .then_some(ChangeKind::Updated);
@@ -381,19 +379,7 @@ impl Store for SqliteStore {
                 u64::try_from(tx.last_insert_rowid())
                     .map_err(|_| StoreError::Corrupt("negative node id".into()))?,
             );
-            let node = Node {
-                id,
-                hostname: new.hostname.clone(),
-                host_ip: new.host_ip,
-                subnet,
-                cpu_cores: new.cpu_cores,
-                ram_mb: new.ram_mb,
-                vtep_mac: new.vtep_mac,
-                status: NodeStatus::Up,
-                registered_at: now_ms / 1000,
-                last_heartbeat_ms: now_ms,
-                token,
-            };
+            let node = new.leased(id, subnet, token, now_ms);
             (node, true, Some(ChangeKind::Added))
         };
         let revision = match kind {

@@ -2,8 +2,14 @@
 //! or namespaces of its own), measures, prints, and tears it down. The lab measurements
 //! are in `quilt_lab::bench`; the method is in docs/quiltctl.md and docs/benchmarks.md.
 //!
-//! - `runtime`: route programming against `ip -batch`.
+//! - `runtime`: route programming against `ip -batch`;
+//! - `control`: the control plane's registrations, heartbeats, watch fan-out and RSS;
+//! - `cni`: container attach and detach through the quilt-cni binary;
+//! - `convergence` and `dataplane`: on a lab.
+//!
+//! The benchmarks outside a lab make their namespaces and folders through [`scratch`].
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +20,10 @@ use quilt_lab::bench::{self, JoinTiming, Rtt};
 use quilt_lab::{Lab, LabSpec};
 use serde_json::json;
 
+mod cni;
+mod control;
 mod runtime;
+mod scratch;
 
 use crate::cli::{BenchCommand, BenchLab, ConvergenceArgs, DataplaneArgs};
 use crate::lab::{default_bin_dir, watch_for_interrupt};
@@ -24,21 +33,33 @@ pub fn run(command: BenchCommand, json: bool) -> anyhow::Result<ExitCode> {
         BenchCommand::Convergence(args) => convergence(args, json),
         BenchCommand::Dataplane(args) => dataplane(args, json),
         BenchCommand::Runtime(args) => {
-            let bin_dir = match &args.bin_dir {
-                Some(d) => d.clone(),
-                None => default_bin_dir()?,
-            };
+            let bin_dir = bin_dir_or_own(&args.bin_dir)?;
+            scratch::prepare();
             runtime::run(args, &bin_dir)
         }
+        BenchCommand::Control(args) => {
+            let bin_dir = bin_dir_or_own(&args.bin_dir)?;
+            scratch::prepare();
+            control::run(args, &bin_dir)
+        }
+        BenchCommand::Cni(args) => {
+            let bin_dir = bin_dir_or_own(&args.bin_dir)?;
+            scratch::prepare();
+            cni::run(args, &bin_dir)
+        }
+    }
+}
+
+fn bin_dir_or_own(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(d) => Ok(d.clone()),
+        None => default_bin_dir(),
     }
 }
 
 /// Builds the bench lab (`hosts` hosts, one container each) and waits for its full mesh.
 fn lab_up(lab: &BenchLab, hosts: u16, cancel: &Arc<AtomicBool>) -> anyhow::Result<Lab> {
-    let bin_dir = match &lab.bin_dir {
-        Some(d) => d.clone(),
-        None => default_bin_dir()?,
-    };
+    let bin_dir = bin_dir_or_own(&lab.bin_dir)?;
     let mut spec = LabSpec::new(&lab.name, hosts, 1, &bin_dir);
     spec.root = lab.root.clone();
     spec.log_level = lab.daemon_log_level.clone();

@@ -15,6 +15,7 @@ use quilt_proto as pb;
 use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use tonic::transport::Channel;
 
+use super::scratch;
 use crate::cli::RuntimeArgs;
 
 const GRPC_ADDR: &str = quilt_common::defaults::RUNTIME_ADDR;
@@ -44,10 +45,10 @@ pub fn run(args: RuntimeArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
     );
 
     // The runtime, batched.
-    let batched = with_runtime(&runtime_bin, |client, _channel, _pid| {
+    let batched = with_runtime(&runtime_bin, |runtime| {
         Box::pin(async move {
             let started = Instant::now();
-            let mut client = client;
+            let mut client = runtime.client;
             let routes: Vec<_> = (0..args.routes).map(route_request).collect();
             for chunk in routes.chunks(args.batch) {
                 let answer = client
@@ -75,56 +76,62 @@ pub fn run(args: RuntimeArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
     let concurrency = args.concurrency;
     let latency_calls = args.latency_calls;
     let total = args.routes;
-    let (single, latencies, rss_kb, round_trips) =
-        with_runtime(&runtime_bin, move |client, channel, pid| {
-            Box::pin(async move {
-                let started = Instant::now();
-                let per_task = total.div_ceil(concurrency as u32);
-                let mut tasks = Vec::new();
-                for t in 0..concurrency as u32 {
-                    let mut client = client.clone();
-                    tasks.push(tokio::spawn(async move {
-                        for i in (t * per_task)..((t + 1) * per_task).min(total) {
-                            let r = client.inject_route(route_request(i)).await?.into_inner();
-                            if !r.success {
-                                bail!("InjectRoute refused: {}", r.error);
-                            }
+    let (single, latencies, rss_kb, round_trips) = with_runtime(&runtime_bin, move |runtime| {
+        Box::pin(async move {
+            let BenchRuntime {
+                client,
+                channel,
+                pid,
+                ..
+            } = runtime;
+            let started = Instant::now();
+            let per_task = total.div_ceil(concurrency as u32);
+            let mut tasks = Vec::new();
+            for t in 0..concurrency as u32 {
+                let mut client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in (t * per_task)..((t + 1) * per_task).min(total) {
+                        let r = client.inject_route(route_request(i)).await?.into_inner();
+                        if !r.success {
+                            bail!("InjectRoute refused: {}", r.error);
                         }
-                        anyhow::Ok(())
-                    }));
-                }
-                for task in tasks {
-                    task.await??;
-                }
-                let single = started.elapsed();
-                let rss_kb = rss_kb(pid)?;
-                let mut client = client;
-                let mut latencies = Vec::with_capacity(latency_calls as usize);
-                for i in 0..latency_calls {
-                    let request = route_request(total + i);
-                    let t = Instant::now();
-                    let r = client.inject_route(request).await?.into_inner();
-                    latencies.push(t.elapsed());
-                    if !r.success {
-                        bail!("InjectRoute refused: {}", r.error);
                     }
+                    anyhow::Ok(())
+                }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+            let single = started.elapsed();
+            let rss_kb =
+                quilt_lab::process::status_kib(pid, "VmRSS").map_err(anyhow::Error::msg)?;
+            let mut client = client;
+            let mut latencies = Vec::with_capacity(latency_calls as usize);
+            for i in 0..latency_calls {
+                let request = route_request(total + i);
+                let t = Instant::now();
+                let r = client.inject_route(request).await?.into_inner();
+                latencies.push(t.elapsed());
+                if !r.success {
+                    bail!("InjectRoute refused: {}", r.error);
                 }
-                // The anchor: the same connection's round trip for an RPC that does no work.
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                let mut round_trips = Vec::with_capacity(latency_calls as usize);
-                for _ in 0..latency_calls {
-                    let t = Instant::now();
-                    health
-                        .check(tonic_health::pb::HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await?;
-                    round_trips.push(t.elapsed());
-                }
-                Ok((single, latencies, rss_kb, round_trips))
-            })
-        })?
-        .0;
+            }
+            // The anchor: the same connection's round trip for an RPC that does no work.
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let mut round_trips = Vec::with_capacity(latency_calls as usize);
+            for _ in 0..latency_calls {
+                let t = Instant::now();
+                health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?;
+                round_trips.push(t.elapsed());
+            }
+            Ok((single, latencies, rss_kb, round_trips))
+        })
+    })?
+    .0;
     let mut latencies = latencies;
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
@@ -171,21 +178,10 @@ fn route_request(i: u32) -> pb::InjectRouteRequest {
     }
 }
 
-/// A namespace name no other run uses: `prefix-PID-N`.
-fn bench_ns_name(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// A namespace with `underlay0` (one end of a veth pair, 192.168.60.1/24) and `vxlan100`
 /// (VNI 100, UDP 4789, nolearning) over it, all up.
-fn bench_host() -> anyhow::Result<OwnedNetns> {
-    let ns = OwnedNetns::create(&bench_ns_name("qbench"))?;
+pub(super) fn bench_host() -> anyhow::Result<OwnedNetns> {
+    let ns = scratch::namespace()?;
     for args in [
         "link add underlay0 type veth peer name underlay0p",
         "addr add 192.168.60.1/24 dev underlay0",
@@ -234,16 +230,30 @@ fn ip_batch(n: u32, nexthops: bool) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-type BenchFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>>>>;
+pub(super) type BenchFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>>>>;
 
-/// Starts quilt-runtime in a fresh namespace, runs `f` with a client from inside it, and
-/// stops it; answers `f`'s result.
-fn with_runtime<T: Send + 'static>(
+/// A runtime [`with_runtime`] started, as its benchmark sees it.
+pub(super) struct BenchRuntime {
+    /// A client from inside the runtime's namespace.
+    pub client: QuiltRuntimeClient<Channel>,
+    pub channel: Channel,
+    pub pid: u32,
+    /// The namespace the runtime runs in (the host).
+    pub netns: String,
+}
+
+/// The node subnet [`with_runtime`] configures.
+pub(super) const SUBNET: &str = "10.0.0.0/24";
+
+/// Starts quilt-runtime in a fresh namespace with node subnet [`SUBNET`], runs `f` from
+/// inside it, and stops it; answers `f`'s result.
+pub(super) fn with_runtime<T: Send + 'static>(
     bin: &Path,
-    f: impl FnOnce(QuiltRuntimeClient<Channel>, Channel, u32) -> BenchFuture<T> + Send,
+    f: impl FnOnce(BenchRuntime) -> BenchFuture<T> + Send,
 ) -> anyhow::Result<(T,)> {
     let ns = bench_host()?;
-    let state = tempfile::tempdir()?;
+    let state = scratch::temp_dir()?;
     let mut child: Child = ns
         .command(bin)
         .args([
@@ -262,6 +272,7 @@ fn with_runtime<T: Send + 'static>(
         .spawn()
         .context("start quilt-runtime")?;
     let pid = child.id();
+    let netns_name = ns.name().to_string();
     let result = netns::run_in(ns.name(), move || {
         // One thread: the client does little per call, and a second worker would only
         // add cross-thread wake-ups to every measured round trip.
@@ -287,28 +298,24 @@ fn with_runtime<T: Send + 'static>(
             let mut client = QuiltRuntimeClient::new(channel.clone());
             let answer = client
                 .configure_node_subnet(pb::ConfigureNodeSubnetRequest {
-                    subnet: "10.0.0.0/24".into(),
+                    subnet: SUBNET.into(),
                 })
                 .await?
                 .into_inner();
             if !answer.success {
                 bail!("ConfigureNodeSubnet: {}", answer.error);
             }
-            f(client, channel, pid).await
+            f(BenchRuntime {
+                client,
+                channel,
+                pid,
+                netns: netns_name,
+            })
+            .await
         })
     });
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::io::stdout().flush();
     Ok((result??,))
-}
-
-fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc status")
 }

@@ -1,0 +1,92 @@
+//! `quiltctl bench cni`: container attach and detach through the `quilt-cni` binary, run
+//! the way a container engine runs it (CNI environment, configuration on stdin), against
+//! quilt-runtime in a host namespace of its own; containers are namespaces too.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use quilt_kernel::netns::OwnedNetns;
+use quilt_lab::bench::quantile;
+use quilt_lab::cni::invoke;
+use quilt_proto as pb;
+
+use super::runtime::{BenchRuntime, SUBNET, with_runtime};
+use super::scratch;
+use crate::cli::CniArgs;
+
+/// Runs the benchmark with the runtime and plugin binaries found in `bin_dir`.
+pub fn run(args: CniArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
+    quilt_lab::lab::preflight(bin_dir, false)?;
+    let runtime_bin = bin_dir.join(quilt_lab::lab::RUNTIME_BIN);
+    let cni_bin = bin_dir.join(quilt_lab::lab::CNI_BIN);
+    let count = usize::from(args.containers);
+    println!("quiltctl bench cni: {count} containers on node subnet {SUBNET}, one call at a time");
+    let containers: Vec<OwnedNetns> = (0..count)
+        .map(|_| scratch::namespace())
+        .collect::<anyhow::Result<_>>()?;
+    let (adds, dels) = with_runtime(&runtime_bin, move |runtime| {
+        Box::pin(async move {
+            let BenchRuntime {
+                mut client, netns, ..
+            } = runtime;
+            let mut adds = Vec::with_capacity(count);
+            for (i, c) in containers.iter().enumerate() {
+                let t = Instant::now();
+                invoke(&cni_bin, "ADD", &netns, &container_id(i), c.name())
+                    .map_err(|f| anyhow::anyhow!("container {i}: {}", f.message))?;
+                adds.push(t.elapsed());
+            }
+            let attached = attachments(&mut client).await?;
+            if attached != count {
+                bail!("{attached} attachments after {count} ADDs");
+            }
+            let mut dels = Vec::with_capacity(count);
+            for (i, c) in containers.iter().enumerate() {
+                let t = Instant::now();
+                invoke(&cni_bin, "DEL", &netns, &container_id(i), c.name())
+                    .map_err(|f| anyhow::anyhow!("container {i}: {}", f.message))?;
+                dels.push(t.elapsed());
+            }
+            let left = attachments(&mut client).await?;
+            if left != 0 {
+                bail!("{left} attachments left after {count} DELs");
+            }
+            Ok((adds, dels))
+        })
+    })?
+    .0;
+    for (what, times) in [("ADD", &adds), ("DEL", &dels)] {
+        let total: Duration = times.iter().sum();
+        let q = |p: f64| quantile(times, p).unwrap_or_default().as_secs_f64() * 1e3;
+        println!(
+            "{what}: {:>6.1} calls/s, p50 {:>6.2} ms, p99 {:>6.2} ms{}",
+            count as f64 / total.as_secs_f64(),
+            q(0.50),
+            q(0.99),
+            if what == "ADD" {
+                " (target p50 < 20 ms, process start and `ip netns exec` included)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn container_id(i: usize) -> String {
+    format!("bench-{i}")
+}
+
+async fn attachments(
+    client: &mut pb::quilt_runtime_client::QuiltRuntimeClient<tonic::transport::Channel>,
+) -> anyhow::Result<usize> {
+    Ok(client
+        .list_attachments(pb::ListAttachmentsRequest {})
+        .await
+        .context("ListAttachments")?
+        .into_inner()
+        .attachments
+        .len())
+}
