@@ -2,13 +2,13 @@
 //! agent's timeouts, and the edge where its answers become parsed [`Peer`]s. A node
 //! that cannot be a peer because of a bad value is logged here, with the value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use quilt_api::types::{NodeInfo, Status};
 pub use quilt_api::{ControlClient, ControlError};
 use quilt_common::mac::Mac;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::Config;
 use crate::peers::Peer;
@@ -60,27 +60,61 @@ pub fn parse_peer(node: &NodeInfo, self_id: &str) -> Result<Option<Peer>, PeerRe
     }))
 }
 
-/// The peer `node` is, if it is one; a refusal is logged (warn) with the value.
-pub fn peer_of(node: &NodeInfo, self_id: &str) -> Option<Peer> {
-    match parse_peer(node, self_id) {
-        Ok(peer) => peer,
-        Err(refusal) => {
-            warn!(node_id = %node.node_id, hostname = %node.hostname, "peer {} refused: {refusal}", node.node_id);
-            None
-        }
-    }
+/// Reads nodes as peers and logs each refusal (warn, with the value) once per node and
+/// reason: a resync that lists the same refused node again says it at debug level only.
+#[derive(Debug, Default)]
+pub struct PeerReader {
+    refused: HashMap<String, PeerRefusal>,
 }
 
-/// Every peer among `nodes`, by node id; each refusal is logged.
-pub fn peers_of<'a>(
-    nodes: impl IntoIterator<Item = &'a NodeInfo>,
-    self_id: &str,
-) -> BTreeMap<String, Peer> {
-    nodes
-        .into_iter()
-        .filter_map(|n| peer_of(n, self_id))
-        .map(|p| (p.node_id.clone(), p))
-        .collect()
+impl PeerReader {
+    /// The peer `node` is, if it is one.
+    pub fn peer_of(&mut self, node: &NodeInfo, self_id: &str) -> Option<Peer> {
+        match parse_peer(node, self_id) {
+            Ok(peer) => {
+                self.refused.remove(&node.node_id);
+                peer
+            }
+            Err(refusal) => {
+                if self.is_news(&node.node_id, &refusal) {
+                    warn!(node_id = %node.node_id, hostname = %node.hostname, "peer {} refused: {refusal}", node.node_id);
+                } else {
+                    debug!(node_id = %node.node_id, "peer {} still refused: {refusal}", node.node_id);
+                }
+                None
+            }
+        }
+    }
+
+    /// Every peer among the whole list `nodes`, by node id; nodes no longer listed are
+    /// forgotten, so a refused node that comes back is reported again.
+    pub fn peers_of<'a>(
+        &mut self,
+        nodes: impl IntoIterator<Item = &'a NodeInfo>,
+        self_id: &str,
+    ) -> BTreeMap<String, Peer> {
+        let mut listed = HashSet::new();
+        let peers = nodes
+            .into_iter()
+            .inspect(|n| {
+                listed.insert(n.node_id.clone());
+            })
+            .filter_map(|n| self.peer_of(n, self_id))
+            .map(|p| (p.node_id.clone(), p))
+            .collect();
+        self.refused.retain(|id, _| listed.contains(id));
+        peers
+    }
+
+    /// Node `node_id` left: a later refusal of that id is news again.
+    pub fn forget(&mut self, node_id: &str) {
+        self.refused.remove(node_id);
+    }
+
+    /// Records `refusal` of `node_id`; answers whether it was not already the reason.
+    fn is_news(&mut self, node_id: &str, refusal: &PeerRefusal) -> bool {
+        self.refused.insert(node_id.to_string(), refusal.clone()) != Some(refusal.clone())
+    }
 }
 
 #[cfg(test)]
@@ -112,7 +146,7 @@ pub(crate) mod tests {
             node("node-3", 3, Status::Down, Some("02:00:00:00:00:03")),
             node("node-4", 4, Status::Up, None),
         ];
-        let peers = peers_of(&nodes, "node-1");
+        let peers = PeerReader::default().peers_of(&nodes, "node-1");
         assert_eq!(peers.keys().collect::<Vec<_>>(), vec!["node-2"]);
         let p = &peers["node-2"];
         assert_eq!(p.gateway(), Ipv4Addr::new(10, 42, 2, 0));

@@ -3,7 +3,7 @@
 //! the agent keeps the entries and routes right. No root needed.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use quilt_api::ControlClient;
@@ -11,6 +11,7 @@ use quilt_api::types::RegisterRequest;
 use quilt_kernel::fake::FakeKernel;
 use quilt_kernel::fake_overlay::FakeOverlay;
 use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour, Overlay};
+use quilt_testkit::wait::eventually;
 use tokio::sync::oneshot;
 
 struct Cluster {
@@ -150,18 +151,6 @@ async fn routes(runtime: SocketAddr) -> Vec<(String, String)> {
         .collect();
     routes.sort();
     routes
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes.
-async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{what} did not happen within {limit:?}");
 }
 
 fn peer_entries(n: u8, subnet_octet: u8) -> (Neighbour, FdbEntry) {

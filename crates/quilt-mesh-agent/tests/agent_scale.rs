@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use futures::StreamExt;
@@ -14,6 +14,7 @@ use quilt_api::types::RegisterRequest;
 use quilt_kernel::fake::FakeKernel;
 use quilt_kernel::fake_overlay::FakeOverlay;
 use quilt_mesh_control::store::MemoryStore;
+use quilt_testkit::wait::eventually;
 use tokio::sync::oneshot;
 
 const PEERS: usize = 1000;
@@ -58,17 +59,6 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTree
         .map(|(m, n)| (m.clone(), n - before.get(m).copied().unwrap_or(0)))
         .filter(|(_, n)| *n > 0)
         .collect()
-}
-
-async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within {limit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

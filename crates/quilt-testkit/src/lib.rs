@@ -9,9 +9,11 @@
 //! - [`control`]: the control plane in process ([`control::ControlServer`]) or as the
 //!   real binary ([`control::ControlBinary`]).
 //! - [`leaks`]: assertions that no namespace or process outlived a test.
+//! - [`wait`]: [`wait::eventually`], a bounded poll.
 
 pub mod bins;
 pub mod control;
 pub mod leaks;
 pub mod netns;
 pub mod runtime;
+pub mod wait;

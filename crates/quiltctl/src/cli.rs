@@ -45,6 +45,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Operator(OperatorCommand),
+    /// A multi-host lab on this machine, out of network namespaces (needs root).
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// Measure on a lab or namespaces of its own, torn down after (needs root; use release
+    /// builds of the daemons for figures worth quoting).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+/// The commands that ask running daemons (a control plane, a runtime).
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
     /// List nodes: id, hostname, host IP, subnet, status, last heartbeat age.
     Nodes,
     /// Act on one node.
@@ -64,17 +82,6 @@ pub enum Command {
     },
     /// Control plane health, node counts, subnet leases used and free.
     Status(StatusArgs),
-    /// A multi-host lab on this machine, out of network namespaces (needs root).
-    Lab {
-        #[command(subcommand)]
-        command: LabCommand,
-    },
-    /// Measure on a lab or namespaces of its own, torn down after (needs root; use release
-    /// builds of the daemons for figures worth quoting).
-    Bench {
-        #[command(subcommand)]
-        command: BenchCommand,
-    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,7 @@
 //! - [`cli`]: the flags and commands.
 //! - [`operator`]: `nodes`, `node delete`, `routes`, `status` against real daemons.
 //! - [`lab`]: `lab up|status|exec|down|agent` on top of the `quilt-lab` library.
-//! - [`mod@bench`]: `bench convergence|dataplane` on a lab of their own.
+//! - [`mod@bench`]: `bench runtime|control|cni|convergence|dataplane`.
 //! - [`table`]: plain aligned text tables.
 
 pub mod bench;
@@ -26,11 +26,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab { command } => lab::run(command, global.json),
         Command::Bench { command } => bench::run(command, global.json),
-        other => {
+        Command::Operator(command) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(operator::run(other, &global))
+            rt.block_on(operator::run(command, &global))
         }
     }
 }

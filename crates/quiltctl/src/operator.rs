@@ -10,7 +10,7 @@ use quilt_api::{ControlClient, Timeouts};
 use quilt_common::ClusterNetwork;
 use serde::Serialize;
 
-use crate::cli::{Command, NodeCommand, StatusArgs};
+use crate::cli::{NodeCommand, OperatorCommand, StatusArgs};
 use crate::table;
 
 /// Flags every operator command shares.
@@ -21,18 +21,15 @@ pub struct Global {
     pub json: bool,
 }
 
-pub async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
+pub async fn run(command: OperatorCommand, global: &Global) -> anyhow::Result<ExitCode> {
     let cp = control_client(global)?;
     match command {
-        Command::Nodes => nodes(&cp, global.json).await,
-        Command::Node {
+        OperatorCommand::Nodes => nodes(&cp, global.json).await,
+        OperatorCommand::Node {
             command: NodeCommand::Delete { id },
         } => delete_node(&cp, &id, global.json).await,
-        Command::Routes { runtime } => routes(&runtime, global.json).await,
-        Command::Status(args) => status(&cp, &args, global.json).await,
-        Command::Lab { .. } | Command::Bench { .. } => {
-            unreachable!("lab and bench commands do not reach the operator")
-        }
+        OperatorCommand::Routes { runtime } => routes(&runtime, global.json).await,
+        OperatorCommand::Status(args) => status(&cp, &args, global.json).await,
     }
 }
 

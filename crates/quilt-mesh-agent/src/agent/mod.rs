@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::Config;
-use crate::control::{self, ControlClient};
+use crate::control::{self, ControlClient, PeerReader};
 use crate::metrics::Metrics;
 use crate::peers::Peer;
 use crate::runtime::RuntimeClient;
@@ -96,6 +96,7 @@ pub async fn run<O: Overlay>(
         state,
         registered: None,
         peers: BTreeMap::new(),
+        peer_reader: PeerReader::default(),
         applied: BTreeMap::new(),
         dirty: false,
         synced: false,
@@ -134,6 +135,8 @@ struct Agent<O> {
     registered: Option<Registered>,
     /// Every peer as last seen on the control plane, parsed.
     peers: BTreeMap<String, Peer>,
+    /// Reads nodes into `peers`, reporting each refused node once.
+    peer_reader: PeerReader,
     /// The peers whose entries and route are in place.
     applied: BTreeMap<String, Peer>,
     /// A change failed and the next check retries a full reconcile.

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::apply::Trigger;
 use super::{Agent, CHECK_INTERVAL, Registered, sleep_or_stop};
-use crate::control::{self, ControlError};
+use crate::control::ControlError;
 use crate::device::{self, DeviceChange, DeviceError};
 use crate::error::AgentError;
 use crate::plan;
@@ -275,7 +275,7 @@ impl<O: Overlay> Agent<O> {
     /// Lists every node and reconciles with the list; answers the revision to watch from.
     async fn resync(&mut self, registered: &Registered) -> Result<u64, ControlError> {
         let list = self.control.list().await?;
-        self.peers = control::peers_of(&list.nodes, &registered.node_id);
+        self.peers = self.peer_reader.peers_of(&list.nodes, &registered.node_id);
         if let Err(e) = self.reconcile(registered).await {
             warn!(error = %e, "reconcile failed; retrying shortly");
         }
@@ -296,8 +296,11 @@ impl<O: Overlay> Agent<O> {
         }
         let id = node.node_id.clone();
         let wanted = match event.kind {
-            EventType::Deleted => None,
-            _ => control::peer_of(&node, &registered.node_id),
+            EventType::Deleted => {
+                self.peer_reader.forget(&id);
+                None
+            }
+            _ => self.peer_reader.peer_of(&node, &registered.node_id),
         };
         match &wanted {
             Some(peer) => self.peers.insert(id.clone(), peer.clone()),

@@ -31,24 +31,12 @@ pub fn run(args: CniArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
             let BenchRuntime {
                 mut client, netns, ..
             } = runtime;
-            let mut adds = Vec::with_capacity(count);
-            for (i, c) in containers.iter().enumerate() {
-                let t = Instant::now();
-                invoke(&cni_bin, "ADD", &netns, &container_id(i), c.name())
-                    .map_err(|f| anyhow::anyhow!("container {i}: {}", f.message))?;
-                adds.push(t.elapsed());
-            }
+            let adds = time_each(&cni_bin, "ADD", &netns, &containers)?;
             let attached = attachments(&mut client).await?;
             if attached != count {
                 bail!("{attached} attachments after {count} ADDs");
             }
-            let mut dels = Vec::with_capacity(count);
-            for (i, c) in containers.iter().enumerate() {
-                let t = Instant::now();
-                invoke(&cni_bin, "DEL", &netns, &container_id(i), c.name())
-                    .map_err(|f| anyhow::anyhow!("container {i}: {}", f.message))?;
-                dels.push(t.elapsed());
-            }
+            let dels = time_each(&cni_bin, "DEL", &netns, &containers)?;
             let left = attachments(&mut client).await?;
             if left != 0 {
                 bail!("{left} attachments left after {count} DELs");
@@ -75,8 +63,22 @@ pub fn run(args: CniArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn container_id(i: usize) -> String {
-    format!("bench-{i}")
+/// Runs the plugin with `command` for each container in turn, inside `host`; answers
+/// each call's time.
+fn time_each(
+    cni_bin: &Path,
+    command: &str,
+    host: &str,
+    containers: &[OwnedNetns],
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(containers.len());
+    for (i, c) in containers.iter().enumerate() {
+        let t = Instant::now();
+        invoke(cni_bin, command, host, &format!("bench-{i}"), c.name())
+            .map_err(|f| anyhow::anyhow!("{command} of container {i}: {}", f.message))?;
+        times.push(t.elapsed());
+    }
+    Ok(times)
 }
 
 async fn attachments(
