@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 
 use quilt_kernel::netlink::NetlinkKernel;
 use quilt_kernel::{Kernel, KernelError, Route};
-use quilt_testkit::netns::{OwnedNetns, block_on_in, host_with_overlay, privileged_or_skip};
+use quilt_testkit::netns::{
+    OwnedNetns, Underlay, block_on_in, host_with_overlay, privileged_or_skip,
+};
 
 const PROTO: u8 = 158;
 
@@ -92,36 +94,11 @@ fn a_route_goes_back_over_a_recreated_device() {
         gateway: Some(Ipv4Addr::new(10, 42, 2, 0)),
         protocol: PROTO,
     };
-    let name = ns.name().to_string();
-    let ip = move |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(["-n", &name])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
     // One connection throughout, as in a running runtime: the device it learned the
     // index of goes away and comes back under another index (as the agent rebuilds it).
-    let recreate = move || {
-        ip(&["link", "del", "vxlan100"]);
-        ip(&[
-            "link",
-            "add",
-            "vxlan100",
-            "type",
-            "vxlan",
-            "id",
-            "100",
-            "local",
-            "192.168.50.1",
-            "dev",
-            "underlay0",
-            "dstport",
-            "4789",
-            "nolearning",
-        ]);
-        ip(&["link", "set", "vxlan100", "up"]);
+    let recreate = || {
+        ns.ip(&["link", "del", "vxlan100"]).unwrap();
+        ns.add_vxlan100("192.168.50.1").unwrap();
     };
     block_on_in(ns.name(), async move || {
         let k = &NetlinkKernel::open().expect("netlink");

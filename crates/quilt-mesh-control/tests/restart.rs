@@ -5,13 +5,17 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::EventReader;
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use quilt_api::types::{NodeInfo, RegisterRequest};
+use quilt_api::{ControlClient, ControlError};
 use quilt_testkit::control::{ControlBinary, client};
-use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_quilt-mesh-control");
 
@@ -19,37 +23,27 @@ const BINARY: &str = env!("CARGO_BIN_EXE_quilt-mesh-control");
 async fn kill_9_keeps_every_acknowledged_registration_and_leases_do_not_collide() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("quilt-mesh.db");
-    let http = client();
 
     // /28 leases: 4095 of them, more than the workers can fill before the kill.
     let plan = ["--node-prefix-len", "28"];
     let server = ControlBinary::start(Path::new(BINARY), &db, &plan);
-    let acknowledged: Arc<Mutex<HashMap<String, (String, String)>>> = Arc::default();
+    let control = Arc::new(client_of(&server));
+    let acknowledged: Arc<Mutex<HashMap<Ipv4Addr, (String, Ipv4Net)>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..8u32 {
-        let http = http.clone();
-        let url = server.url("/api/nodes/register");
+        let control = control.clone();
         let acknowledged = acknowledged.clone();
         workers.push(tokio::spawn(async move {
             for i in 0..1000u32 {
                 let ip = format!("10.{}.{}.{}", 100 + w, i / 200, i % 200 + 1);
-                let sent = http
-                    .post(&url)
-                    .json(&json!({"hostname": format!("w{w}-{i}"), "host_ip": ip}))
-                    .send()
-                    .await;
-                let Ok(r) = sent else { return };
-                if r.status() != 200 {
-                    return;
-                }
-                let Ok(v) = r.json::<Value>().await else {
+                let Ok(answer) = control.register(&request(&format!("w{w}-{i}"), &ip)).await else {
                     return;
                 };
-                let entry = (
-                    v["node_id"].as_str().unwrap().into(),
-                    v["subnet"].as_str().unwrap().into(),
-                );
-                acknowledged.lock().unwrap().insert(ip, entry);
+                let node = answer.node;
+                acknowledged
+                    .lock()
+                    .unwrap()
+                    .insert(node.host_ip, (node.node_id, node.subnet));
             }
         }));
     }
@@ -74,95 +68,74 @@ async fn kill_9_keeps_every_acknowledged_registration_and_leases_do_not_collide(
     );
 
     let server = ControlBinary::start(Path::new(BINARY), &db, &plan);
-    let listed: Value = http
-        .get(server.url("/api/nodes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let nodes = listed["nodes"].as_array().unwrap();
-    let by_ip: HashMap<&str, &Value> = nodes
-        .iter()
-        .map(|n| (n["host_ip"].as_str().unwrap(), n))
-        .collect();
+    let control = client_of(&server);
+    let listed = control.list().await.unwrap();
+    let by_ip: HashMap<Ipv4Addr, &NodeInfo> = listed.nodes.iter().map(|n| (n.host_ip, n)).collect();
     for (ip, (id, subnet)) in &acknowledged {
         let node = by_ip
-            .get(ip.as_str())
+            .get(ip)
             .unwrap_or_else(|| panic!("acknowledged {ip} lost"));
-        assert_eq!(node["node_id"].as_str().unwrap(), id);
-        assert_eq!(node["subnet"].as_str().unwrap(), subnet);
+        assert_eq!((&node.node_id, &node.subnet), (id, subnet));
     }
-    let subnets: HashSet<&str> = nodes
-        .iter()
-        .map(|n| n["subnet"].as_str().unwrap())
-        .collect();
-    assert_eq!(subnets.len(), nodes.len(), "no subnet is held twice");
-    let revision = listed["revision"].as_u64().unwrap();
+    let subnets: HashSet<Ipv4Net> = listed.nodes.iter().map(|n| n.subnet).collect();
+    assert_eq!(subnets.len(), listed.nodes.len(), "no subnet is held twice");
+    let revision = listed.revision;
     assert!(
-        revision >= nodes.len() as u64,
+        revision >= listed.nodes.len() as u64,
         "the revision counter survived"
     );
 
     // The retained history started over: an old revision is gone, the current one works.
-    let r = http
-        .get(server.url("/api/nodes/watch?since=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 410);
-    let mut events = EventReader::new(
-        http.get(server.url(&format!("/api/nodes/watch?since={revision}")))
-            .send()
-            .await
-            .unwrap(),
-    );
+    assert!(matches!(
+        control.watch(1).await.err(),
+        Some(ControlError::Gone(1))
+    ));
+    let mut events = Box::pin(control.watch(revision).await.unwrap());
 
-    let r = http
-        .post(server.url("/api/nodes/register"))
-        .json(&json!({"hostname": "after", "host_ip": "10.250.0.1"}))
-        .send()
+    let fresh = control
+        .register(&request("after", "10.250.0.1"))
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let fresh: Value = r.json().await.unwrap();
-    let fresh_subnet = fresh["subnet"].as_str().unwrap();
+        .unwrap()
+        .node;
     assert!(
-        !subnets.contains(fresh_subnet),
-        "{fresh_subnet} collides after restart"
+        !subnets.contains(&fresh.subnet),
+        "{} collides after restart",
+        fresh.subnet
     );
-    let ids: HashSet<&str> = nodes
-        .iter()
-        .map(|n| n["node_id"].as_str().unwrap())
-        .collect();
-    assert!(!ids.contains(fresh["node_id"].as_str().unwrap()));
-    let event = events.next_within(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(
-        event["revision"].as_u64().unwrap(),
-        revision + 1,
-        "revisions keep growing"
-    );
+    assert!(listed.nodes.iter().all(|n| n.node_id != fresh.node_id));
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("the stream goes on")
+        .unwrap();
+    assert_eq!(event.revision, revision + 1, "revisions keep growing");
 
     // An acknowledged node re-registering after the restart gets its old lease back.
     let (ip, (id, subnet)) = acknowledged.iter().next().unwrap();
-    let again: Value = http
-        .post(server.url("/api/nodes/register"))
-        .json(&json!({"hostname": "again", "host_ip": ip}))
-        .send()
+    let again = control
+        .register(&request("again", &ip.to_string()))
         .await
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            again["node_id"].as_str().unwrap(),
-            again["subnet"].as_str().unwrap()
-        ),
-        (id.as_str(), subnet.as_str())
-    );
+        .node;
+    assert_eq!((&again.node_id, &again.subnet), (id, subnet));
     drop(server);
+}
+
+fn client_of(server: &ControlBinary) -> ControlClient {
+    ControlClient::builder([server.url("")])
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+fn request(hostname: &str, host_ip: &str) -> RegisterRequest {
+    RegisterRequest {
+        hostname: hostname.into(),
+        host_ip: host_ip.into(),
+        cpu_cores: None,
+        ram_mb: None,
+        vtep_mac: None,
+    }
 }
 
 #[tokio::test]
