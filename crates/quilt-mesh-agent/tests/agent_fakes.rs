@@ -11,14 +11,17 @@ use quilt_api::types::RegisterRequest;
 use quilt_kernel::fake::FakeKernel;
 use quilt_kernel::fake_overlay::FakeOverlay;
 use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour, Overlay};
+use quilt_testkit::control::ControlServer;
+use quilt_testkit::fake_runtime::FakeRuntime;
 use quilt_testkit::wait::eventually;
 use tokio::sync::oneshot;
 
+/// A control plane and a runtime (fake kernel) in this process; stopped on drop.
 struct Cluster {
     control: String,
     runtime: SocketAddr,
     dir: tempfile::TempDir,
-    stops: Vec<oneshot::Sender<()>>,
+    servers: (ControlServer, FakeRuntime),
 }
 
 async fn cluster() -> Cluster {
@@ -27,33 +30,8 @@ async fn cluster() -> Cluster {
 
 /// A cluster whose runtime kernel also holds an operator's route for `foreign_route`.
 async fn cluster_with(foreign_route: Option<&str>) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let mut stops = Vec::new();
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = format!("http://{}", listener.local_addr().unwrap());
-    let config = quilt_mesh_control::Config::parse_from([
-        "quilt-mesh-control",
-        "--db-path",
-        dir.path().join("control.db").to_str().unwrap(),
-        "--heartbeat-timeout",
-        "60s",
-    ]);
-    let (stop, stopped) = oneshot::channel::<()>();
-    stops.push(stop);
-    tokio::spawn(quilt_mesh_control::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let runtime = listener.local_addr().unwrap();
-    let config = quilt_runtime::Config::parse_from([
-        "quilt-runtime",
-        "--state-dir",
-        dir.path().join("runtime").to_str().unwrap(),
-    ]);
+    let control = ControlServer::start(&["--heartbeat-timeout", "60s"]).await;
     let kernel = FakeKernel::new();
-    kernel.add_link("vxlan100", 1450);
     if let Some(destination) = foreign_route {
         kernel.insert_route(quilt_kernel::Route {
             destination: destination.parse().unwrap(),
@@ -62,16 +40,12 @@ async fn cluster_with(foreign_route: Option<&str>) -> Cluster {
             protocol: 4,
         });
     }
-    let (stop, stopped) = oneshot::channel::<()>();
-    stops.push(stop);
-    tokio::spawn(quilt_runtime::run(config, listener, kernel, async {
-        let _ = stopped.await;
-    }));
+    let runtime = FakeRuntime::start(&[], kernel).await;
     Cluster {
-        control,
-        runtime,
-        dir,
-        stops,
+        control: control.base.clone(),
+        runtime: runtime.addr,
+        dir: tempfile::tempdir().unwrap(),
+        servers: (control, runtime),
     }
 }
 
@@ -274,7 +248,7 @@ async fn the_agent_follows_its_peers_and_repairs_its_device() {
     agent.await.unwrap().unwrap();
     assert!(overlay.has_device("vxlan100"));
     assert_eq!(routes(cluster.runtime).await.len(), 2);
-    drop(cluster.stops);
+    drop(cluster.servers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,7 +313,7 @@ async fn leave_on_exit_removes_what_the_agent_made_and_deregisters() {
         vec!["peer1"],
         "the agent deregistered"
     );
-    drop(cluster.stops);
+    drop(cluster.servers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,5 +366,5 @@ async fn a_foreign_link_is_left_alone_and_one_refused_route_holds_up_no_other_pe
     );
     stop_agent.send(()).unwrap();
     agent.await.unwrap().unwrap();
-    drop(cluster.stops);
+    drop(cluster.servers);
 }

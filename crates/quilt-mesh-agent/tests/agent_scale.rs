@@ -13,7 +13,8 @@ use quilt_api::ControlClient;
 use quilt_api::types::RegisterRequest;
 use quilt_kernel::fake::FakeKernel;
 use quilt_kernel::fake_overlay::FakeOverlay;
-use quilt_mesh_control::store::MemoryStore;
+use quilt_testkit::control::ControlServer;
+use quilt_testkit::fake_runtime::FakeRuntime;
 use quilt_testkit::wait::eventually;
 use tokio::sync::oneshot;
 
@@ -64,50 +65,24 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTree
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_with_a_thousand_peers_makes_a_bounded_number_of_runtime_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let mut stops = Vec::new();
-
-    // The control plane, in memory; /26 subnets so that 1,001 nodes fit in 10.42.0.0/16.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = format!("http://{}", listener.local_addr().unwrap());
-    let config = quilt_mesh_control::Config::parse_from([
-        "quilt-mesh-control",
-        "--node-prefix-len",
-        "26",
-        "--heartbeat-timeout",
-        "600s",
-    ]);
-    let store = MemoryStore::new(config.validate().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    stops.push(stop);
-    tokio::spawn(quilt_mesh_control::run_with_store(
-        config,
-        Box::new(store),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-
+    // /26 subnets so that 1,001 nodes fit in 10.42.0.0/16.
+    let control_server =
+        ControlServer::start_in_memory(&["--node-prefix-len", "26", "--heartbeat-timeout", "600s"])
+            .await;
+    let control = control_server.base.clone();
     // The runtime, on a fake kernel, with its metrics endpoint.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let runtime = listener.local_addr().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = quilt_runtime::Config::parse_from([
-        "quilt-runtime",
-        "--state-dir",
-        dir.path().join("runtime").to_str().unwrap(),
-        "--node-prefix-len",
-        "26",
-        "--metrics-addr",
-        &metrics.to_string(),
-    ]);
-    let kernel = FakeKernel::new();
-    kernel.add_link("vxlan100", 1450);
-    let (stop, stopped) = oneshot::channel::<()>();
-    stops.push(stop);
-    tokio::spawn(quilt_runtime::run(config, listener, kernel, async {
-        let _ = stopped.await;
-    }));
+    let runtime_server = FakeRuntime::start(
+        &[
+            "--node-prefix-len",
+            "26",
+            "--metrics-addr",
+            &metrics.to_string(),
+        ],
+        FakeKernel::new(),
+    )
+    .await;
+    let runtime = runtime_server.addr;
 
     // 1,000 peers, registered before the agent starts.
     let client = ControlClient::builder([control.as_str()])
@@ -212,5 +187,5 @@ async fn a_resync_with_a_thousand_peers_makes_a_bounded_number_of_runtime_calls(
 
     stop_agent.send(()).unwrap();
     agent.await.unwrap().unwrap();
-    drop(stops);
+    drop((control_server, runtime_server));
 }

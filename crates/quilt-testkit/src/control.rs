@@ -1,5 +1,5 @@
 //! The control plane for tests: [`ControlServer`] runs it inside the test process on
-//! 127.0.0.1:0, [`ControlBinary`] runs the real binary and learns its port from
+//! 127.0.0.1:0 (over SQLite, or in memory), [`ControlBinary`] runs the real binary and learns its port from
 //! `--ready-file`. Both keep their SQLite database in a temporary folder.
 
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use quilt_mesh_control::Config;
+use quilt_mesh_control::store::MemoryStore;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -24,6 +25,16 @@ pub struct ControlServer {
 impl ControlServer {
     /// Starts a server with the default flags plus `args` (like `["--join-token", "x"]`).
     pub async fn start(args: &[&str]) -> ControlServer {
+        Self::start_with(args, false).await
+    }
+
+    /// Like [`ControlServer::start`], over the in-memory store: for tests that register
+    /// thousands of nodes and do not test storage.
+    pub async fn start_in_memory(args: &[&str]) -> ControlServer {
+        Self::start_with(args, true).await
+    }
+
+    async fn start_with(args: &[&str], in_memory: bool) -> ControlServer {
         let dir = tempfile::Builder::new()
             .prefix("qmc-test-srv-")
             .tempdir()
@@ -41,9 +52,20 @@ impl ControlServer {
             .expect("bind 127.0.0.1:0");
         let base = format!("http://{}", listener.local_addr().expect("local address"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(quilt_mesh_control::run(config, listener, async move {
+        let stopped = async move {
             let _ = rx.await;
-        }));
+        };
+        let task = if in_memory {
+            let store = MemoryStore::new(config.validate().expect("a valid plan"));
+            tokio::spawn(quilt_mesh_control::run_with_store(
+                config,
+                Box::new(store),
+                listener,
+                stopped,
+            ))
+        } else {
+            tokio::spawn(quilt_mesh_control::run(config, listener, stopped))
+        };
         ControlServer {
             base,
             client: client(),

@@ -8,11 +8,13 @@
 //! - [`runtime`]: [`runtime::RuntimeHost`], a namespace running the real `quilt-runtime`.
 //! - [`control`]: the control plane in process ([`control::ControlServer`]) or as the
 //!   real binary ([`control::ControlBinary`]).
+//! - [`fake_runtime`]: [`fake_runtime::FakeRuntime`], the runtime in process over a fake kernel.
 //! - [`leaks`]: assertions that no namespace or process outlived a test.
 //! - [`wait`]: [`wait::eventually`], a bounded poll.
 
 pub mod bins;
 pub mod control;
+pub mod fake_runtime;
 pub mod leaks;
 pub mod netns;
 pub mod runtime;
