@@ -59,6 +59,25 @@ pub struct Config {
     #[arg(long, env = "QUILT_CONTROL_WATCH_HISTORY", default_value_t = 4096)]
     pub watch_history: usize,
 
+    /// Open HTTP connections in all; past it a new connection is answered 503 and closed.
+    /// Also kept below the open-file limit (raised to its hard limit at start).
+    #[arg(long, env = "QUILT_CONTROL_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
+
+    /// Open HTTP connections from one client address; past it, 503 and closed.
+    #[arg(long, env = "QUILT_CONTROL_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections_per_client: usize,
+
+    /// A connection that sends no complete request head for this long (idle between
+    /// requests, or sending headers slowly) is closed.
+    #[arg(long, env = "QUILT_CONTROL_IDLE_TIMEOUT", default_value = "60s", value_parser = quilt_common::duration::parse)]
+    pub idle_timeout: Duration,
+
+    /// Longest time to read a request's body and answer it (the watch stream excepted);
+    /// past it, 408.
+    #[arg(long, env = "QUILT_CONTROL_REQUEST_TIMEOUT", default_value = "30s", value_parser = quilt_common::duration::parse)]
+    pub request_timeout: Duration,
+
     /// Once listening, write the bound address as `IP:PORT` and a newline to this file
     /// (written beside it, then renamed into place), so a supervisor or test started with
     /// `--listen 127.0.0.1:0` learns the port without reading the log.

@@ -23,6 +23,10 @@ pub enum ApiError {
     InvalidField(#[from] FieldError),
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("request head is {size} bytes, more than the limit of {limit}")]
+    HeadTooLarge { size: usize, limit: usize },
+    #[error("request was not sent and answered within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -54,6 +58,8 @@ impl ApiError {
             ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
@@ -72,7 +78,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %self, "request failed");
         } else {
-            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+            tracing::info!(error = %self, status = status.as_u16(), "request refused");
         }
         let mut response = (
             status,

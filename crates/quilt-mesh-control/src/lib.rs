@@ -3,6 +3,7 @@
 //!
 //! Modules, from the edge inwards:
 //! - [`config`]: flags and their environment variables.
+//! - [`serve`]: the connection loop: caps, idle and slow-header timeouts, graceful stop.
 //! - [`api`]: HTTP routes and handlers; [`api::types`] holds the JSON shapes clients reuse.
 //! - [`error`]: API errors and their one mapping to HTTP status codes.
 //! - [`auth`]: join token and node token decisions.
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod registry;
+pub mod serve;
 pub mod store;
 pub mod watch;
 
@@ -93,7 +95,17 @@ pub async fn run_with_store(
         heartbeat_timeout: config.heartbeat_timeout,
         stopping: stop_rx,
     };
-    let app = api::router(state);
+    let app = api::router(state, config.request_timeout);
+    let open_files = serve::raise_open_file_limit();
+    let limits = serve::Limits {
+        // Leave room for the database, logs and the sockets the server itself opens.
+        max_connections: config
+            .max_connections
+            .min(usize::try_from(open_files.saturating_sub(64)).unwrap_or(usize::MAX))
+            .max(1),
+        max_connections_per_client: config.max_connections_per_client,
+        idle_timeout: config.idle_timeout,
+    };
     let local = listener
         .local_addr()
         .context("listener has no local address")?;
@@ -103,6 +115,10 @@ pub async fn run_with_store(
         node_prefix_len = config.node_prefix_len,
         heartbeat_timeout = ?config.heartbeat_timeout,
         revision,
+        max_connections = limits.max_connections,
+        max_connections_per_client = limits.max_connections_per_client,
+        idle_timeout = ?limits.idle_timeout,
+        open_files,
         "quilt-mesh-control serving"
     );
     if let Some(path) = &config.ready_file {
@@ -110,13 +126,12 @@ pub async fn run_with_store(
     }
 
     let stop_for_serve = stop_tx.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing watch streams and finishing requests");
-            let _ = stop_for_serve.send(true);
-        })
-        .await;
+    let served = serve::serve(listener, app, limits, async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing watch streams and finishing requests");
+        let _ = stop_for_serve.send(true);
+    })
+    .await;
 
     let _ = stop_tx.send(true);
     if let Err(e) = monitor.await {

@@ -62,7 +62,12 @@ impl FromStr for NodeId {
         {
             return Err(bad());
         }
-        digits.parse().map(NodeId).map_err(|_| bad())
+        // Stores keep ids as signed 64-bit integers (SQLite's, etcd's numbers): a larger
+        // number names no node that can exist.
+        match digits.parse::<u64>() {
+            Ok(n) if i64::try_from(n).is_ok() => Ok(NodeId(n)),
+            _ => Err(bad()),
+        }
     }
 }
 

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ipnet::Ipv4Net;
 use tokio::sync::watch as signal;
@@ -38,8 +40,12 @@ pub struct AppState {
     pub stopping: signal::Receiver<bool>,
 }
 
-/// Every route of the API.
-pub fn router(state: AppState) -> Router {
+/// Largest request head (request line and headers) answered; past it, 431.
+pub const HEAD_LIMIT: usize = 16 * 1024;
+
+/// Every route of the API. A request (other than a watch) has `request_timeout` to send
+/// its body and be answered.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .route("/api/nodes/register", post(nodes::register))
@@ -53,10 +59,45 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(request::BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            limit_time,
+        ))
+        .layer(axum::middleware::from_fn(limit_head))
+        .layer(axum::middleware::from_fn_with_state(
             metrics,
             crate::metrics::track,
         ))
         .with_state(state)
+}
+
+/// Refuses a request whose head is larger than [`HEAD_LIMIT`] with 431 and a JSON error.
+async fn limit_head(request: Request, next: Next) -> Response {
+    let head = request.uri().to_string().len()
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head > HEAD_LIMIT {
+        return ApiError::HeadTooLarge {
+            size: head,
+            limit: HEAD_LIMIT,
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Answers 408 when a request (other than the watch stream, which lasts) is not read and
+/// answered within the request timeout: a client sending its body slowly holds nothing.
+async fn limit_time(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    if request.uri().path() == "/api/nodes/watch" {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -75,7 +116,8 @@ async fn method_not_allowed(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         axum::Json(types::ErrorBody {
             error: format!(
-                "method {method} is not allowed on {}",
+                "method {} is not allowed on {}",
+                quilt_common::cluster::excerpt(method.as_str()),
                 quilt_common::cluster::excerpt(uri.path())
             ),
         }),

@@ -3,9 +3,10 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 
 use super::AppState;
 use super::request;
@@ -16,14 +17,29 @@ use crate::model::{NodeId, NodeToken};
 use crate::registry::RegistryError;
 use crate::store::StoreError;
 
-/// A path id to a node id; anything not of the form `node-<n>` is an unknown node.
-fn node_id(raw: &str) -> Result<NodeId, ApiError> {
-    raw.parse().map_err(|_| {
-        ApiError::NotFound(format!(
-            "node {:?} not found",
-            quilt_common::cluster::excerpt(raw)
-        ))
-    })
+/// The node id in a request's path. Anything that is not of the form `node-<n>` (with
+/// `n` a number a store can hold), including bytes that are not UTF-8 once decoded, is an
+/// unknown node: 404 with a JSON error, like any other.
+pub struct PathNodeId(pub NodeId);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathNodeId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let unknown = |shown: &str| {
+            ApiError::NotFound(format!(
+                "node {:?} not found",
+                quilt_common::cluster::excerpt(shown)
+            ))
+        };
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(raw)) => raw.parse().map(PathNodeId).map_err(|_| unknown(&raw)),
+            Err(_) => {
+                let raw = parts.uri.path().rsplit('/').next().unwrap_or_default();
+                Err(unknown(raw))
+            }
+        }
+    }
 }
 
 pub async fn register(
@@ -70,10 +86,9 @@ pub async fn register(
 
 pub async fn heartbeat(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathNodeId(id): PathNodeId,
     headers: HeaderMap,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let id = node_id(&raw)?;
     let presented = bearer(headers.get(AUTHORIZATION))?;
     let policy = state.policy.clone();
     let node = state
@@ -99,9 +114,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiEr
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathNodeId(id): PathNodeId,
 ) -> Result<Json<NodeInfo>, ApiError> {
-    let id = node_id(&raw)?;
     match state.registry.get(id).await? {
         Some(node) => Ok(Json(node_info(&node))),
         None => Err(RegistryError::Store(StoreError::NotFound(id)).into()),
@@ -110,10 +124,9 @@ pub async fn get(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathNodeId(id): PathNodeId,
     headers: HeaderMap,
 ) -> Result<Json<NodeInfo>, ApiError> {
-    let id = node_id(&raw)?;
     let presented = bearer(headers.get(AUTHORIZATION))?;
     let policy = state.policy.clone();
     let node = state

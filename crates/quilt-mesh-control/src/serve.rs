@@ -1,0 +1,245 @@
+//! The HTTP/1.1 server loop: accepts connections within [`Limits`] (a cap in all and per
+//! client address, each refusal a `503` with a JSON error), closes connections that send
+//! no complete request head in time (idle keep-alives and slow headers alike), and on
+//! shutdown lets the requests in flight finish.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How many connections the server keeps, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections in all.
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_client: usize,
+    /// A connection that has not sent a whole request head for this long (idle between
+    /// requests, or sending its headers slowly) is closed.
+    pub idle_timeout: Duration,
+}
+
+/// How long shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often a refusal of a connection is logged at most (the rest are counted).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Open connections, in all and by client address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_client: HashMap<IpAddr, usize>,
+}
+
+/// One accepted connection's place in [`Open`], given back when dropped.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Why a connection was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Full(usize),
+    ClientFull(usize),
+}
+
+impl Refusal {
+    fn message(self) -> String {
+        match self {
+            Refusal::Full(n) => {
+                format!("the control plane holds its limit of {n} connections; try again shortly")
+            }
+            Refusal::ClientFull(n) => format!(
+                "this client address holds the limit of {n} connections; close some and try again"
+            ),
+        }
+    }
+}
+
+fn take_slot(open: &Arc<Mutex<Open>>, client: IpAddr, limits: &Limits) -> Result<Slot, Refusal> {
+    let mut guard = open.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.total >= limits.max_connections {
+        return Err(Refusal::Full(limits.max_connections));
+    }
+    let mine = guard.by_client.entry(client).or_default();
+    if *mine >= limits.max_connections_per_client {
+        return Err(Refusal::ClientFull(limits.max_connections_per_client));
+    }
+    *mine += 1;
+    guard.total += 1;
+    Ok(Slot {
+        open: open.clone(),
+        client,
+    })
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then waits up to 10 s for the
+/// requests in flight (watch streams end on their own when the server stops).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let open = Arc::new(Mutex::new(Open::default()));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .keep_alive(true);
+    let mut refusals = RefusalLog::default();
+    let refusals_in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, and go on.
+                    tracing::error!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let slot = match take_slot(&open, peer.ip(), &limits) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                refusals.note(peer, refusal);
+                refuse(stream, refusal, &refusals_in_flight);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in flight after {SHUTDOWN_GRACE:?}; closing their connections"
+        );
+    }
+    Ok(())
+}
+
+/// Refused connections still being answered; past this many, one is just closed.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
+/// Answers `503` with a JSON error and closes. What the client already sent is read and
+/// dropped for up to a second first, so the close is a clean one and the client reads the
+/// answer (closing over unread data would reset the connection and lose it).
+fn refuse(stream: TcpStream, refusal: Refusal, in_flight: &Arc<tokio::sync::Semaphore>) {
+    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+        return;
+    };
+    let body = serde_json::json!({ "error": refusal.message() }).to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let answered = async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            std::io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), answered).await;
+        drop(permit);
+    });
+}
+
+/// Logs refused connections at most every few seconds, with the count in between.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, peer: SocketAddr, refusal: Refusal) {
+        self.since += 1;
+        if self.last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(client = %peer, refused = self.since, "connection refused: {}", refusal.message());
+        self.last = Some(Instant::now());
+        self.since = 0;
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, so the connection cap, not the file
+/// limit, is what turns clients away; answers the soft limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_count_in_all_and_by_client_and_come_back() {
+        let open = Arc::new(Mutex::new(Open::default()));
+        let limits = Limits {
+            max_connections: 3,
+            max_connections_per_client: 2,
+            idle_timeout: Duration::from_secs(1),
+        };
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = take_slot(&open, a, &limits).unwrap();
+        let _a2 = take_slot(&open, a, &limits).unwrap();
+        assert_eq!(
+            take_slot(&open, a, &limits).err(),
+            Some(Refusal::ClientFull(2))
+        );
+        let _b1 = take_slot(&open, b, &limits).unwrap();
+        assert_eq!(take_slot(&open, b, &limits).err(), Some(Refusal::Full(3)));
+        drop(a1);
+        assert!(take_slot(&open, b, &limits).is_ok());
+    }
+}

@@ -1,0 +1,217 @@
+//! Requests an attacker or a bad day sends, against the server in this process: each is
+//! answered with a JSON error or refused, and none makes the server grow, lie or stall.
+
+use std::time::{Duration, Instant};
+
+use quilt_testkit::control::ControlServer;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let s = ControlServer::start(&[]).await;
+    let size = async || {
+        let r = s.client.get(s.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    };
+    // Every label set the loop below may use exists before the baseline is taken.
+    let first = Method::from_bytes(b"FIRST").unwrap();
+    s.client
+        .request(first, s.url("/api/nodes"))
+        .send()
+        .await
+        .unwrap();
+    size().await;
+    let before = size().await;
+    for i in 0..500 {
+        let method = Method::from_bytes(format!("M{i:04}X").as_bytes()).unwrap();
+        let r = s
+            .client
+            .request(method, s.url("/api/nodes"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405);
+    }
+    let after = size().await;
+    assert!(!after.contains("M0001X"), "a made-up method became a label");
+    assert!(
+        after.len() < before.len() + 256,
+        "/metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+}
+
+/// Sends `raw` on a fresh connection and answers everything the server writes back
+/// until it closes the connection (at most 10 s).
+async fn exchange(s: &ControlServer, raw: &[u8]) -> String {
+    let addr = s.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status and the JSON body of a raw HTTP answer.
+fn parse_answer(answer: &str) -> (u16, Value) {
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an http answer: {answer:?}"));
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("body {body:?}: {e}"));
+    (status, json)
+}
+
+#[tokio::test]
+async fn odd_ids_paths_headers_and_methods_get_bounded_json_errors() {
+    let s = ControlServer::start(&[]).await;
+    for id in [
+        "node-9223372036854775808",
+        "node-18446744073709551615",
+        "%FF",
+        "node-%FF%FE",
+    ] {
+        let answer = exchange(
+            &s,
+            format!("GET /api/nodes/{id} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        let (status, body) = parse_answer(&answer);
+        assert_eq!(status, 404, "{id}: {answer}");
+        assert!(
+            body["error"].as_str().unwrap().contains("not found"),
+            "{body}"
+        );
+        let answer = exchange(
+            &s,
+            format!("POST /api/nodes/{id}/heartbeat HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(parse_answer(&answer).0, 404, "{id}: {answer}");
+    }
+    let big = "a".repeat(20 * 1024);
+    let answer = exchange(
+        &s,
+        format!("GET /health HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let (status, body) = parse_answer(&answer);
+    assert_eq!(status, 431, "{answer}");
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+    let method = "X".repeat(60 * 1024);
+    let answer = exchange(
+        &s,
+        format!("{method} /api/nodes HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(answer.len() < 2048, "{} bytes echoed", answer.len());
+}
+
+#[tokio::test]
+async fn idle_connections_and_slow_headers_are_closed() {
+    let s = ControlServer::start(&["--idle-timeout", "1s"]).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    for stream in [&mut idle, &mut slow] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+            .await
+            .expect("closed by the server")
+            .unwrap();
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A connection that sends requests in time is served.
+    let r = s.client.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_answered_408() {
+    let s = ControlServer::start(&["--request-timeout", "1s"]).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"POST /api/nodes/register HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"hostname\":")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("an answer before the client finishes")
+        .unwrap();
+    let (status, body) = parse_answer(&String::from_utf8_lossy(&answer[..n]));
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(list_len(&s).await, 0, "nothing registered");
+}
+
+async fn list_len(s: &ControlServer) -> usize {
+    let v: Value = s
+        .client
+        .get(s.url("/api/nodes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["nodes"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn past_the_connection_caps_a_clear_503_and_health_still_answers_others() {
+    let s = ControlServer::start(&[
+        "--max-connections",
+        "40",
+        "--max-connections-per-client",
+        "20",
+    ])
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = exchange(&s, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let (status, body) = parse_answer(&answer);
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        body["error"].as_str().unwrap().contains("20 connections"),
+        "{body}"
+    );
+    // Another client address is served.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = other.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    drop(held);
+    // Slots come back when connections close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = s.client.get(s.url("/health")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
