@@ -29,6 +29,8 @@ pub enum ApiError {
     Timeout(std::time::Duration),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -47,6 +49,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Store(e) => ApiError::Store(e),
             RegistryError::Denied(e) => ApiError::Auth(e),
             RegistryError::Stopped => ApiError::ShuttingDown,
+            e @ RegistryError::MacTaken { .. } => ApiError::Conflict(e.to_string()),
         }
     }
 }
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
             ApiError::Watch(_) => StatusCode::GONE,

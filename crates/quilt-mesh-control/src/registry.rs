@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::auth::AuthError;
-use crate::model::{NewNode, Node, NodeId, NodeToken, now_ms};
+use crate::model::{MacAddr, NewNode, Node, NodeId, NodeToken, now_ms};
 use crate::store::{Registration, Revision, Store, StoreError};
 use crate::watch::Hub;
 
@@ -23,6 +23,14 @@ pub enum RegistryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Denied(#[from] AuthError),
+    #[error(
+        "vtep_mac {mac} is already {holder}'s (host {holder_ip}); every node needs a VXLAN device MAC of its own"
+    )]
+    MacTaken {
+        mac: MacAddr,
+        holder: NodeId,
+        holder_ip: std::net::Ipv4Addr,
+    },
     #[error("the registry is shutting down")]
     Stopped,
 }
@@ -121,6 +129,17 @@ impl Registry {
         token: NodeToken,
     ) -> Result<Registration, RegistryError> {
         self.call(move |store, hub| {
+            // Two nodes with one MAC would redirect each other's traffic on every peer.
+            if let Some(mac) = new.vtep_mac
+                && let Some(holder) = store.mac_holder(mac)?
+                && holder.host_ip != new.host_ip
+            {
+                return Err(RegistryError::MacTaken {
+                    mac,
+                    holder: holder.id,
+                    holder_ip: holder.host_ip,
+                });
+            }
             let registration = store.register(&new, token, now_ms())?;
             hub.publish(registration.change.clone());
             Ok(registration)

@@ -8,13 +8,15 @@ use quilt_api::types::{EventType, RegisterRequest, Status};
 use quilt_api::{ControlClient, ControlError};
 use quilt_testkit::control::ControlServer;
 
+/// A registration of `host_ip` (`A.B.C.D`) with a MAC of its own, `02:00:00:00:00:DD`.
 fn request(hostname: &str, host_ip: &str) -> RegisterRequest {
+    let last: u8 = host_ip.rsplit('.').next().unwrap().parse().unwrap();
     RegisterRequest {
         hostname: hostname.into(),
         host_ip: host_ip.into(),
         cpu_cores: Some(2),
         ram_mb: None,
-        vtep_mac: Some("02:00:00:00:00:07".into()),
+        vtep_mac: Some(format!("02:00:00:00:00:{last:02x}")),
     }
 }
 
@@ -39,7 +41,7 @@ async fn calls_fail_over_past_a_dead_replica_and_stay_with_the_live_one() {
     let answer = client.register(&request("a", "192.168.9.1")).await.unwrap();
     assert!(answer.created);
     assert_eq!(answer.node.status, Status::Up);
-    assert_eq!(answer.node.vtep_mac.as_deref(), Some("02:00:00:00:00:07"));
+    assert_eq!(answer.node.vtep_mac.as_deref(), Some("02:00:00:00:00:01"));
     let list = client.list().await.unwrap();
     assert_eq!(list.nodes, vec![answer.node.clone()]);
     client

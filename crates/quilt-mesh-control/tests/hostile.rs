@@ -215,3 +215,47 @@ async fn past_the_connection_caps_a_clear_503_and_health_still_answers_others() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_vtep_mac_held_by_another_node_is_refused_409() {
+    let s = ControlServer::start(&[]).await;
+    let register = async |host_ip: &str, mac: &str| {
+        let r = s
+            .client
+            .post(s.url("/api/nodes/register"))
+            .json(&serde_json::json!({"hostname": "h", "host_ip": host_ip, "vtep_mac": mac}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let mac_a = "02:00:00:00:00:0a";
+    assert_eq!(register("192.168.1.1", mac_a).await.0, 200);
+    let (status, body) = register("192.168.1.2", mac_a).await;
+    assert_eq!(status, 409, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains(mac_a) && error.contains("node-1") && error.contains("192.168.1.1"),
+        "{error}"
+    );
+    assert_eq!(list_len(&s).await, 1, "the refused node was not added");
+    // The holder renews with its own MAC; the other node takes one of its own, and may not
+    // switch to the holder's later.
+    assert_eq!(register("192.168.1.1", mac_a).await.0, 200);
+    assert_eq!(register("192.168.1.2", "02:00:00:00:00:0b").await.0, 200);
+    assert_eq!(register("192.168.1.2", mac_a).await.0, 409);
+    let v: Value = s
+        .client
+        .get(s.url("/api/nodes/node-2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["vtep_mac"], "02:00:00:00:00:0b",
+        "the refused renewal changed nothing"
+    );
+}

@@ -9,7 +9,7 @@ use super::{
     Change, ChangeKind, Registration, Revision, Store, StoreError, count, exhausted,
     lowest_free_index,
 };
-use crate::model::{NewNode, Node, NodeId, NodeStatus, NodeToken};
+use crate::model::{MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken};
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -95,6 +95,14 @@ impl Store for MemoryStore {
         node.status = NodeStatus::Up;
         let node = node.clone();
         Ok(Some(self.change(ChangeKind::Updated, node)))
+    }
+
+    fn mac_holder(&mut self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
+        Ok(self
+            .nodes
+            .values()
+            .find(|n| n.vtep_mac == Some(mac))
+            .cloned())
     }
 
     fn get(&mut self, id: NodeId) -> Result<Option<Node>, StoreError> {

@@ -16,7 +16,7 @@ pub mod sqlite;
 use ipnet::Ipv4Net;
 use quilt_common::ClusterNetwork;
 
-use crate::model::{NewNode, Node, NodeId, NodeStatus, NodeToken};
+use crate::model::{MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken};
 
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
@@ -75,6 +75,14 @@ pub enum StoreError {
     },
     #[error("database holds a bad record: {0}")]
     Corrupt(String),
+    #[error(
+        "database file {} is not a Quilt Mesh database: {why}; restore it from a backup, or move it away to start a new cluster",
+        path.display()
+    )]
+    NotOurs {
+        path: std::path::PathBuf,
+        why: String,
+    },
     #[error("database error: {0}")]
     Backend(String),
 }
@@ -107,6 +115,9 @@ pub trait Store: Send + 'static {
     fn heartbeat(&mut self, id: NodeId, now_ms: u64) -> Result<Option<Change>, StoreError>;
 
     fn get(&mut self, id: NodeId) -> Result<Option<Node>, StoreError>;
+
+    /// A node whose VTEP MAC is `mac`, if there is one.
+    fn mac_holder(&mut self, mac: MacAddr) -> Result<Option<Node>, StoreError>;
 
     /// Every node, ordered by id, and the revision the list is current at.
     fn list(&mut self) -> Result<(Vec<Node>, Revision), StoreError>;
@@ -310,7 +321,22 @@ pub(crate) mod contract {
         ));
     }
 
+    pub fn the_holder_of_a_mac_is_found(s: &mut dyn Store) {
+        let mac = parse_mac("02:00:00:00:00:0a").unwrap();
+        let mut new = new_node("a", "10.0.0.1");
+        new.vtep_mac = Some(mac);
+        let a = s.register(&new, token(), 1000).unwrap().node;
+        s.register(&new_node("b", "10.0.0.2"), token(), 1000)
+            .unwrap();
+        assert_eq!(s.mac_holder(mac).unwrap().map(|n| n.id), Some(a.id));
+        let other = parse_mac("02:00:00:00:00:0b").unwrap();
+        assert_eq!(s.mac_holder(other).unwrap(), None);
+        s.delete(a.id).unwrap();
+        assert_eq!(s.mac_holder(mac).unwrap(), None);
+    }
+
     pub fn run_all(mut make: impl FnMut(ClusterNetwork) -> Box<dyn Store>) {
+        the_holder_of_a_mac_is_found(make(plan("10.42.0.0/16", 24)).as_mut());
         leases_start_at_the_second_subnet_and_fill_gaps(make(plan("10.42.0.0/16", 24)).as_mut());
         the_same_host_ip_gets_its_lease_back(make(plan("10.42.0.0/16", 24)).as_mut());
         a_tiny_cluster_runs_out_cleanly(make(plan("10.99.0.0/22", 24)).as_mut());

@@ -24,33 +24,13 @@ use ipnet::Ipv4Net;
 use quilt_common::ClusterNetwork;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
-use super::{Change, ChangeKind, Registration, Revision, Store, StoreError, exhausted};
-use crate::model::{NewNode, Node, NodeId, NodeStatus, NodeToken, hostname_from_stored, parse_mac};
+mod schema;
 
-/// Schema migrations in order; the position (from 1) is the version.
-const MIGRATIONS: &[&str] = &[
-    // 1: nodes, leases and the counters
-    "CREATE TABLE meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-     );
-     CREATE TABLE nodes (
-        id                INTEGER PRIMARY KEY AUTOINCREMENT,
-        hostname          TEXT    NOT NULL,
-        host_ip           TEXT    NOT NULL UNIQUE,
-        subnet            TEXT    NOT NULL UNIQUE,
-        subnet_index      INTEGER NOT NULL UNIQUE CHECK (subnet_index >= 1),
-        cpu_cores         INTEGER NOT NULL,
-        ram_mb            INTEGER NOT NULL,
-        vtep_mac          TEXT,
-        status            TEXT    NOT NULL CHECK (status IN ('up', 'down')),
-        registered_at     INTEGER NOT NULL,
-        last_heartbeat_ms INTEGER NOT NULL,
-        token             TEXT    NOT NULL
-     );
-     CREATE INDEX nodes_status_heartbeat ON nodes (status, last_heartbeat_ms);
-     INSERT INTO meta (key, value) VALUES ('revision', '0');",
-];
+use super::{Change, ChangeKind, Registration, Revision, Store, StoreError, exhausted};
+use crate::model::{
+    MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken, hostname_from_stored, parse_mac,
+};
+use schema::{check_is_sqlite, check_plan, has_table, migrate, read_revision};
 
 const COLUMNS: &str = "id, hostname, host_ip, subnet, cpu_cores, ram_mb, vtep_mac, status, registered_at, last_heartbeat_ms, token";
 
@@ -86,7 +66,15 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies pending migrations and
     /// checks that it was made for the same cluster plan.
+    ///
+    /// A new database is made only where no file exists: an existing file that is not a
+    /// Quilt Mesh database (empty, not SQLite, another program's SQLite) is refused, so a
+    /// damaged or truncated file never silently starts a new cluster.
     pub fn open(path: &Path, plan: ClusterNetwork) -> Result<Self, StoreError> {
+        let existed = path.exists();
+        if existed {
+            check_is_sqlite(path)?;
+        }
         OpenOptions::new()
             .create(true)
             .append(true)
@@ -100,6 +88,12 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.set_prepared_statement_cache_capacity(32);
+        if existed && !has_table(&conn, "schema_migrations")? {
+            return Err(StoreError::NotOurs {
+                path: path.to_path_buf(),
+                why: "it is an SQLite database without Quilt Mesh's tables".into(),
+            });
+        }
         migrate(&mut conn)?;
         check_plan(&mut conn, plan)?;
         let revision = read_revision(&conn)?;
@@ -147,80 +141,6 @@ impl SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version    INTEGER PRIMARY KEY,
-            applied_at INTEGER NOT NULL
-         )",
-    )?;
-    let applied: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        [],
-        |r| r.get(0),
-    )?;
-    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-    if applied > known {
-        return Err(StoreError::Backend(format!(
-            "database schema version {applied} is newer than this program knows ({known}); use a newer quilt-mesh-control"
-        )));
-    }
-    for (version, sql) in (1..)
-        .zip(MIGRATIONS)
-        .skip(usize::try_from(applied).unwrap_or(0))
-    {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(sql)?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-            params![version, crate::model::now_ms() / 1000],
-        )?;
-        tx.commit()?;
-        tracing::info!(version, "applied database migration");
-    }
-    Ok(())
-}
-
-fn check_plan(conn: &mut Connection, plan: ClusterNetwork) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let get = |key: &str| -> Result<Option<String>, StoreError> {
-        Ok(tx
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?)
-    };
-    let cidr = plan.cidr().to_string();
-    let prefix = plan.node_prefix_len().to_string();
-    match (get("cluster_cidr")?, get("node_prefix_len")?) {
-        (Some(stored_cidr), Some(stored_prefix)) => {
-            if stored_cidr != cidr || stored_prefix != prefix {
-                return Err(StoreError::PlanMismatch {
-                    stored_cidr,
-                    stored_prefix,
-                    cidr: plan.cidr(),
-                    prefix: plan.node_prefix_len(),
-                });
-            }
-        }
-        _ => {
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('cluster_cidr', ?1), ('node_prefix_len', ?2)",
-                params![cidr, prefix],
-            )?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-fn read_revision(conn: &Connection) -> Result<Revision, StoreError> {
-    let text: String =
-        conn.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
-            r.get(0)
-        })?;
-    text.parse()
-        .map_err(|_| StoreError::Corrupt(format!("revision {text:?} is not a number")))
 }
 
 /// Writes the revision reached after `count` more changes; the caller commits.
@@ -421,6 +341,10 @@ impl Store for SqliteStore {
             self.flush_heartbeats()?;
         }
         Ok(None)
+    }
+
+    fn mac_holder(&mut self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
+        Ok(get_where(&self.conn, "vtep_mac = ?1", &mac.to_string())?.map(|n| self.overlay(n)))
     }
 
     fn get(&mut self, id: NodeId) -> Result<Option<Node>, StoreError> {
