@@ -119,7 +119,11 @@ pub struct WatchEvent {
 /// `GET /health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`, or `degraded` (see `reason`).
     pub status: String,
+    /// Why the server is degraded, such as database writes failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Every error answer.

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::AuthError;
 use crate::model::{MacAddr, NewNode, Node, NodeId, NodeToken, now_ms};
-use crate::store::{Registration, Revision, Store, StoreError};
+use crate::store::{Registration, Revision, Store, StoreError, WriteHealth};
 use crate::watch::Hub;
 
 /// Why a registry call failed.
@@ -50,6 +50,7 @@ enum Message {
 pub struct Registry {
     sender: mpsc::Sender<Message>,
     hub: Arc<Hub>,
+    write_health: WriteHealth,
 }
 
 /// Owns the registry thread: [`RegistryThread::stop`] ends it after the jobs already queued.
@@ -78,6 +79,7 @@ impl Registry {
     ) -> std::io::Result<(Registry, RegistryThread)> {
         let (sender, receiver) = mpsc::channel::<Message>();
         let thread_hub = hub.clone();
+        let write_health = store.write_health();
         let handle = std::thread::Builder::new()
             .name("quilt-registry".into())
             .spawn(move || {
@@ -98,6 +100,7 @@ impl Registry {
             Registry {
                 sender: sender.clone(),
                 hub,
+                write_health,
             },
             RegistryThread { sender, handle },
         ))
@@ -105,6 +108,11 @@ impl Registry {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Whether the store's writes work (read without waiting for the registry thread).
+    pub fn write_health(&self) -> &WriteHealth {
+        &self.write_health
     }
 
     /// Runs `f` on the registry thread and returns its result.

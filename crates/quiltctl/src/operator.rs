@@ -124,6 +124,9 @@ async fn delete_node(cp: &ControlClient, id: &str, json: bool) -> anyhow::Result
 pub struct StatusReport {
     pub control_plane: String,
     pub health: String,
+    /// Why the control plane is degraded, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
     pub nodes: Counts,
     pub revision: u64,
     pub leases: Leases,
@@ -157,6 +160,7 @@ async fn status(cp: &ControlClient, args: &StatusArgs, json: bool) -> anyhow::Re
     let report = StatusReport {
         control_plane: cp.urls().join(","),
         health: health.status,
+        health_reason: health.reason,
         nodes: Counts {
             total: list.nodes.len(),
             up,
@@ -176,6 +180,9 @@ async fn status(cp: &ControlClient, args: &StatusArgs, json: bool) -> anyhow::Re
     } else {
         let r = &report;
         println!("control plane  {} ({})", r.control_plane, r.health);
+        if let Some(reason) = &r.health_reason {
+            println!("               {reason}");
+        }
         println!(
             "nodes          {} ({} up, {} down), revision {}",
             r.nodes.total, r.nodes.up, r.nodes.down, r.revision

@@ -9,10 +9,19 @@ use super::AppState;
 use super::types::Health;
 use crate::error::ApiError;
 
-pub async fn health() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-    })
+/// `ok`, or `degraded` with the reason while database writes fail (reads, heartbeats,
+/// liveness and the watch stream go on meanwhile). Always 200: the server answers.
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
+    match state.registry.write_health().problem() {
+        None => Json(Health {
+            status: "ok".into(),
+            reason: None,
+        }),
+        Some(reason) => Json(Health {
+            status: "degraded".into(),
+            reason: Some(reason),
+        }),
+    }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {

@@ -2,6 +2,7 @@
 //!
 //! - [`sqlite`]: the durable store (one file, WAL, schema migrations).
 //! - [`memory`]: the same behaviour in memory, for tests.
+//! - [`write_health`]: whether writes work, for `/health` and the log.
 //!
 //! A store is owned by one thread (see [`crate::registry`]) and called synchronously, so
 //! methods take `&mut self`. Every change that watchers must see comes back as a
@@ -12,6 +13,7 @@
 
 pub mod memory;
 pub mod sqlite;
+pub mod write_health;
 
 use ipnet::Ipv4Net;
 use quilt_common::ClusterNetwork;
@@ -20,6 +22,7 @@ use crate::model::{MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken};
 
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
+pub use write_health::WriteHealth;
 
 /// A position in the history of changes: it grows by one for every [`Change`].
 pub use quilt_api::types::Revision;
@@ -135,6 +138,11 @@ pub trait Store: Send + 'static {
     /// registry calls this when it has been idle for a while.
     fn flush(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Whether writes work, shared with whoever reports health.
+    fn write_health(&self) -> WriteHealth {
+        WriteHealth::default()
     }
 }
 

@@ -26,7 +26,9 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 mod schema;
 
-use super::{Change, ChangeKind, Registration, Revision, Store, StoreError, exhausted};
+use super::{
+    Change, ChangeKind, Registration, Revision, Store, StoreError, WriteHealth, exhausted,
+};
 use crate::model::{
     MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken, hostname_from_stored, parse_mac,
 };
@@ -51,6 +53,9 @@ pub struct SqliteStore {
     revision: Revision,
     /// Heartbeat times (unix ms) of up nodes not yet written.
     pending: HashMap<NodeId, u64>,
+    /// Statuses decided while writes failed, already published, not yet written.
+    unwritten: HashMap<NodeId, NodeStatus>,
+    health: WriteHealth,
     last_flush: std::time::Instant,
 }
 
@@ -102,16 +107,35 @@ impl SqliteStore {
             plan,
             revision,
             pending: HashMap::new(),
+            unwritten: HashMap::new(),
+            health: WriteHealth::default(),
             last_flush: std::time::Instant::now(),
         })
     }
 
-    /// Writes the heartbeat times held in memory, in one transaction.
+    /// Writes what is held in memory (heartbeat times, and statuses decided while writes
+    /// failed, with the revision they took) in one transaction; a failure is recorded in
+    /// the store's [`WriteHealth`].
     pub fn flush_heartbeats(&mut self) -> Result<(), StoreError> {
         self.last_flush = std::time::Instant::now();
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.unwritten.is_empty() {
             return Ok(());
         }
+        match self.write_soft_state() {
+            Ok(()) => {
+                self.pending.clear();
+                self.unwritten.clear();
+                self.health.worked();
+                Ok(())
+            }
+            Err(e) => {
+                self.health.failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_soft_state(&mut self) -> Result<(), StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -122,16 +146,47 @@ impl SqliteStore {
             for (id, ms) in &self.pending {
                 stmt.execute(params![ms, id.number()])?;
             }
+            let mut stmt = tx.prepare_cached("UPDATE nodes SET status = ?1 WHERE id = ?2")?;
+            for (id, status) in &self.unwritten {
+                stmt.execute(params![status.as_str(), id.number()])?;
+            }
+        }
+        if !self.unwritten.is_empty() {
+            advance_revision(&tx, self.revision, 0)?;
         }
         tx.commit()?;
-        self.pending.clear();
         Ok(())
     }
 
-    /// Shows heartbeat times not yet written.
+    /// Marks down, in memory only, every up node not heard from since `cutoff_ms`: what
+    /// the monitor decides while writes fail. The changes take revisions as written ones
+    /// do and are written with them once writes work again.
+    fn mark_down_unwritten(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError> {
+        let (nodes, _) = self.list()?;
+        let mut changes = Vec::new();
+        for mut node in nodes {
+            if node.status != NodeStatus::Up || node.last_heartbeat_ms >= cutoff_ms {
+                continue;
+            }
+            node.status = NodeStatus::Down;
+            self.unwritten.insert(node.id, NodeStatus::Down);
+            self.revision += 1;
+            changes.push(Change {
+                revision: self.revision,
+                kind: ChangeKind::Updated,
+                node,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// Shows heartbeat times and statuses not yet written.
     fn overlay(&self, mut node: Node) -> Node {
         if let Some(ms) = self.pending.get(&node.id) {
             node.last_heartbeat_ms = node.last_heartbeat_ms.max(*ms);
+        }
+        if let Some(status) = self.unwritten.get(&node.id) {
+            node.status = *status;
         }
         node
     }
@@ -320,6 +375,9 @@ impl Store for SqliteStore {
     }
 
     fn heartbeat(&mut self, id: NodeId, now_ms: u64) -> Result<Option<Change>, StoreError> {
+        if self.unwritten.get(&id) == Some(&NodeStatus::Down) {
+            return self.bring_up(id, now_ms).map(Some);
+        }
         // The common case, an up node, only touches memory.
         if let Some(ms) = self.pending.get_mut(&id) {
             *ms = (*ms).max(now_ms);
@@ -338,7 +396,8 @@ impl Store for SqliteStore {
             }
         }
         if self.last_flush.elapsed() >= HEARTBEAT_FLUSH {
-            self.flush_heartbeats()?;
+            // A failure is recorded and retried; the heartbeat itself is taken.
+            let _ = self.flush_heartbeats();
         }
         Ok(None)
     }
@@ -382,7 +441,42 @@ impl Store for SqliteStore {
     }
 
     fn mark_down_before(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError> {
-        self.flush_heartbeats()?;
+        // Liveness is decided even when nothing can be written.
+        if self.flush_heartbeats().is_err() {
+            return self.mark_down_unwritten(cutoff_ms);
+        }
+        match self.mark_down_written(cutoff_ms) {
+            Ok(changes) => Ok(changes),
+            Err(e) => {
+                self.health.failed(&e);
+                self.mark_down_unwritten(cutoff_ms)
+            }
+        }
+    }
+
+    fn count_by_status(&mut self) -> Result<(u64, u64), StoreError> {
+        if !self.unwritten.is_empty() {
+            return Ok(super::count(&self.list()?.0));
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT COALESCE(SUM(status = 'up'), 0), COALESCE(SUM(status = 'down'), 0) FROM nodes",
+        )?;
+        Ok(stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        // A failure is in the write health, logged there at a bounded rate.
+        let _ = self.flush_heartbeats();
+        Ok(())
+    }
+
+    fn write_health(&self) -> WriteHealth {
+        self.health.clone()
+    }
+}
+
+impl SqliteStore {
+    fn mark_down_written(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError> {
         let current = self.revision;
         let tx = self.begin()?;
         let stale = {
@@ -420,22 +514,36 @@ impl Store for SqliteStore {
             })
             .collect())
     }
-
-    fn count_by_status(&mut self) -> Result<(u64, u64), StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT COALESCE(SUM(status = 'up'), 0), COALESCE(SUM(status = 'down'), 0) FROM nodes",
-        )?;
-        Ok(stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
-    }
-
-    fn flush(&mut self) -> Result<(), StoreError> {
-        self.flush_heartbeats()
-    }
 }
 
 impl SqliteStore {
-    /// Marks a down node up on its heartbeat: a change.
+    /// Marks a down node up on its heartbeat: a change, published even when it cannot be
+    /// written yet.
     fn bring_up(&mut self, id: NodeId, now_ms: u64) -> Result<Change, StoreError> {
+        match self.bring_up_written(id, now_ms) {
+            Err(StoreError::NotFound(id)) => Err(StoreError::NotFound(id)),
+            Err(e) => {
+                self.health.failed(&e);
+                let node = get_where(&self.conn, "id = ?1", &id.number())?
+                    .ok_or(StoreError::NotFound(id))?;
+                self.unwritten.insert(id, NodeStatus::Up);
+                self.pending.insert(id, now_ms);
+                self.revision += 1;
+                Ok(Change {
+                    revision: self.revision,
+                    kind: ChangeKind::Updated,
+                    node: self.overlay(node),
+                })
+            }
+            Ok(change) => {
+                self.unwritten.remove(&id);
+                Ok(change)
+            }
+        }
+    }
+
+    fn bring_up_written(&mut self, id: NodeId, now_ms: u64) -> Result<Change, StoreError> {
+        self.flush_heartbeats()?;
         let current = self.revision;
         let tx = self.begin()?;
         let changed = tx
