@@ -13,6 +13,7 @@ pub mod control {
     pub const DB_PATH: &str = "db-path";
     pub const HEARTBEAT_TIMEOUT: &str = "heartbeat-timeout";
     pub const JOIN_TOKEN: &str = "join-token";
+    pub const JOIN_TOKEN_FILE: &str = "join-token-file";
     pub const LOG_LEVEL: &str = "log-level";
 }
 
@@ -33,6 +34,7 @@ pub mod agent {
     pub const UNDERLAY_INTERFACE: &str = "underlay-interface";
     pub const STATE_DIR: &str = "state-dir";
     pub const JOIN_TOKEN: &str = "join-token";
+    pub const JOIN_TOKEN_FILE: &str = "join-token-file";
     pub const HEARTBEAT_INTERVAL: &str = "heartbeat-interval";
     pub const RESYNC_INTERVAL: &str = "resync-interval";
     pub const LOG_LEVEL: &str = "log-level";

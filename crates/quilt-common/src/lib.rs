@@ -8,6 +8,7 @@
 //! - [`logging`]: the one way binaries install a `tracing` subscriber.
 //! - [`mac`]: the one MAC address type (parse, print, serde).
 //! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`.
+//! - [`secret_file`]: tokens in owner-only files, never on a command line.
 //! - [`shutdown`]: a future that completes on SIGTERM or SIGINT.
 
 pub mod cluster;
@@ -17,6 +18,7 @@ pub mod flags;
 pub mod logging;
 pub mod mac;
 pub mod metrics_endpoint;
+pub mod secret_file;
 pub mod shutdown;
 
 pub use cluster::{ClusterError, ClusterNetwork};

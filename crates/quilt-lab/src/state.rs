@@ -131,15 +131,17 @@ impl LabState {
     /// Writes the state atomically.
     pub fn save(&self) -> Result<(), LabError> {
         let path = self.state_path();
-        let tmp = self.dir.join("state.json.tmp");
         let err = |e: std::io::Error| LabError::State {
             path: path.clone(),
             message: e.to_string(),
         };
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let text = serde_json::to_string_pretty(self).expect("state serializes");
-        std::fs::write(&tmp, text).map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)
+        // It holds the join token: readable by root only.
+        quilt_common::secret_file::write(&path, text.as_bytes()).map_err(|e| LabError::State {
+            path: path.clone(),
+            message: e.to_string(),
+        })
     }
 
     pub fn host(&self, index: u16) -> Option<&HostState> {

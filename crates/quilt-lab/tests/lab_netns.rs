@@ -187,6 +187,29 @@ fn three_nodes_reach_full_mesh_and_leave_nothing_behind() {
             "{c:?}"
         );
     }
+    // Secrets: files that hold one are root's only, and no command line shows one.
+    let state = lab.state();
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&state.state_path()), 0o600, "state.json");
+    assert_eq!(mode(&state.dir.join("data/join-token")), 0o600);
+    for h in 1..=3 {
+        let agent_json = state.dir.join(format!("data/h{h}/agent/agent.json"));
+        assert_eq!(mode(&agent_json), 0o600, "{}", agent_json.display());
+    }
+    let pids = state
+        .hosts
+        .iter()
+        .flat_map(|h| [h.runtime_pid, h.agent_pid])
+        .chain([state.control_pid])
+        .flatten();
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(!cmdline.contains(&state.join_token), "pid {pid}: {cmdline}");
+    }
     lab.down(true).expect("down");
     assert_nothing_left(&name, root.path());
 }

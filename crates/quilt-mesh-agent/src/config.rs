@@ -62,9 +62,14 @@ pub struct Config {
     )]
     pub state_dir: PathBuf,
 
-    /// Bearer token the control plane requires to register.
-    #[arg(long = flags::JOIN_TOKEN, env = "QUILT_JOIN_TOKEN", hide_env_values = true)]
+    /// Bearer token the control plane requires to register. Prefer `--join-token-file`:
+    /// a command line is readable by every user of the machine.
+    #[arg(long = flags::JOIN_TOKEN, env = "QUILT_JOIN_TOKEN", hide_env_values = true, conflicts_with = "join_token_file")]
     pub join_token: Option<String>,
+
+    /// A file holding the join token (mode 0600 or stricter; refused when others can read it).
+    #[arg(long = flags::JOIN_TOKEN_FILE, env = "QUILT_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
 
     /// How often to send heartbeats (keep it well within the control plane's timeout).
     #[arg(long = flags::HEARTBEAT_INTERVAL, env = "QUILT_AGENT_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = quilt_common::duration::parse)]
@@ -96,5 +101,16 @@ impl Config {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "localhost".to_string())
         })
+    }
+}
+
+impl Config {
+    /// The join token: from `--join-token-file` (read now, so a rotated file is seen at
+    /// the next start), else `--join-token`.
+    pub fn join_token(&self) -> Result<Option<String>, quilt_common::secret_file::SecretFileError> {
+        match &self.join_token_file {
+            Some(path) => quilt_common::secret_file::read(path).map(Some),
+            None => Ok(self.join_token.clone()),
+        }
     }
 }

@@ -13,12 +13,12 @@ use tracing::{debug, warn};
 use crate::Config;
 use crate::peers::Peer;
 
-/// A client of the control planes `config` names, registering with its join token.
+/// A client of the control planes `config` names, registering with `join_token`.
 /// Unary calls (register, list, heartbeat, leave) give up after 5 s, well within a
 /// heartbeat timeout; the watch stream is bounded only by the server.
-pub fn client(config: &Config) -> Result<ControlClient, ControlError> {
+pub fn client(config: &Config, join_token: Option<String>) -> Result<ControlClient, ControlError> {
     ControlClient::builder(config.control_planes.clone())
-        .join_token(config.join_token.clone())
+        .join_token(join_token)
         .timeouts(quilt_api::Timeouts {
             connect: Duration::from_secs(2),
             request: Duration::from_secs(5),

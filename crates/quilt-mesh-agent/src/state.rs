@@ -1,7 +1,9 @@
-//! What the agent keeps across restarts, in `agent.json` in the state folder, written
-//! atomically (temporary file, fsync, rename).
+//! What the agent keeps across restarts, in `agent.json` in the state folder: it holds
+//! the node token, so it is written readable by root only (0600) and atomically
+//! (temporary file, fsync, rename), and a file an older version left readable by others
+//! is made 0600 when it is loaded.
 
-use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -55,8 +57,11 @@ fn path(dir: &Path) -> PathBuf {
 pub fn load_or_create(dir: &Path) -> Result<AgentState, StateError> {
     let file = path(dir);
     match std::fs::read(&file) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|source| StateError::Corrupt { path: file, source }),
+        Ok(bytes) => {
+            make_private(&file)?;
+            serde_json::from_slice(&bytes)
+                .map_err(|source| StateError::Corrupt { path: file, source })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let state = AgentState {
                 vtep_mac: Mac::random_local()
@@ -72,22 +77,36 @@ pub fn load_or_create(dir: &Path) -> Result<AgentState, StateError> {
     }
 }
 
-/// Writes the state atomically.
+/// Writes the state atomically, readable by its owner only.
 pub fn save(dir: &Path, state: &AgentState) -> Result<(), StateError> {
-    let write = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StateError::Write { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(write(dir))?;
+    std::fs::create_dir_all(dir).map_err(|source| StateError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let json = serde_json::to_vec_pretty(state).expect("the state is plain data");
     let file = path(dir);
-    let temp = dir.join("agent.json.tmp");
-    {
-        let mut out = std::fs::File::create(&temp).map_err(write(&temp))?;
-        let json = serde_json::to_vec_pretty(state).expect("the state is plain data");
-        out.write_all(&json).map_err(write(&temp))?;
-        out.sync_all().map_err(write(&temp))?;
+    quilt_common::secret_file::write(&file, &json).map_err(|e| StateError::Write {
+        path: file,
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Makes `file` readable by its owner only, if it is not already.
+fn make_private(file: &Path) -> Result<(), StateError> {
+    let write_error = |source| StateError::Write {
+        path: file.to_path_buf(),
+        source,
+    };
+    let mode = std::fs::metadata(file)
+        .map_err(write_error)?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(file = %file.display(), mode = format!("{mode:04o}"), "the state file holds the node token and was readable by others; it is now 0600");
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+            .map_err(write_error)?;
     }
-    std::fs::rename(&temp, &file).map_err(write(&file))?;
     Ok(())
 }
 
@@ -104,6 +123,21 @@ mod tests {
         second.node_id = Some("node-3".into());
         save(dir.path(), &second).unwrap();
         assert_eq!(load_or_create(dir.path()).unwrap(), second);
+    }
+
+    #[test]
+    fn the_file_holding_the_token_is_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mut state = load_or_create(dir.path()).unwrap();
+        state.node_token = Some("t0ken".into());
+        save(dir.path(), &state).unwrap();
+        let file = dir.path().join("agent.json");
+        assert_eq!(mode(&file), 0o600);
+        // A file an older version left 0644 is tightened when loaded.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_create(dir.path()).unwrap(), state);
+        assert_eq!(mode(&file), 0o600);
     }
 
     #[test]

@@ -47,9 +47,14 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
 
     /// Token that registering nodes must present as `Authorization: Bearer <token>`.
-    /// Without it the control plane runs open.
-    #[arg(long = flags::JOIN_TOKEN, env = "QUILT_CONTROL_JOIN_TOKEN", hide_env_values = true)]
+    /// Without it (or `--join-token-file`) the control plane runs open. Prefer the file:
+    /// a command line is readable by every user of the machine.
+    #[arg(long = flags::JOIN_TOKEN, env = "QUILT_CONTROL_JOIN_TOKEN", hide_env_values = true, conflicts_with = "join_token_file")]
     pub join_token: Option<String>,
+
+    /// A file holding the join token (mode 0600 or stricter; refused when others can read it).
+    #[arg(long = flags::JOIN_TOKEN_FILE, env = "QUILT_CONTROL_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
 
     /// Log level or filter (`info`, `debug`, `info,quilt_mesh_control=debug`); RUST_LOG wins.
     #[arg(long = flags::LOG_LEVEL, env = "QUILT_CONTROL_LOG_LEVEL", default_value = "info")]
@@ -94,12 +99,26 @@ pub enum ConfigError {
     EmptyJoinToken,
     #[error("heartbeat timeout {0:?} is too short; it must be at least 10ms")]
     TimeoutTooShort(Duration),
+    #[error(transparent)]
+    JoinTokenFile(#[from] quilt_common::secret_file::SecretFileError),
 }
 
 impl Config {
     /// A configuration with every default, for tests and embedding.
     pub fn defaults() -> Self {
         <Self as clap::Parser>::parse_from(["quilt-mesh-control"])
+    }
+
+    /// The join token: from `--join-token-file` (read now), else `--join-token`.
+    pub fn join_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match &self.join_token_file {
+            Some(path) => Some(quilt_common::secret_file::read(path)?),
+            None => self.join_token.clone(),
+        };
+        if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::EmptyJoinToken);
+        }
+        Ok(token)
     }
 
     /// Checks the flags together and answers the cluster's address plan.

@@ -67,7 +67,7 @@ pub async fn run_with_store(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let policy = Policy::new(config.join_token.clone());
+    let policy = Policy::new(config.join_token()?);
     if policy.is_open() {
         tracing::warn!(
             "no join token configured: any client can register nodes; set --join-token to require one"

@@ -259,3 +259,40 @@ async fn a_vtep_mac_held_by_another_node_is_refused_409() {
         "the refused renewal changed nothing"
     );
 }
+
+#[tokio::test]
+async fn the_join_token_comes_from_a_private_file_never_a_readable_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("join-token");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quilt-mesh-control"))
+        .args(["--listen", "127.0.0.1:0", "--join-token-file"])
+        .arg(&file)
+        .arg("--db-path")
+        .arg(dir.path().join("db"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("mode 0644") && stderr.contains("join-token"),
+        "{stderr}"
+    );
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = ControlServer::start(&["--join-token-file", file.to_str().unwrap()]).await;
+    let register = |token: Option<&str>| {
+        let mut r = s
+            .client
+            .post(s.url("/api/nodes/register"))
+            .json(&serde_json::json!({"hostname": "h", "host_ip": "10.0.0.1"}));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(register(None).await.unwrap().status(), 401);
+    assert_eq!(register(Some("from-a-file")).await.unwrap().status(), 200);
+}

@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
@@ -90,6 +91,20 @@ fn stop_process(pid: u32, netns: &str, what: &str, children: &mut [Child]) -> Re
     }
 }
 
+/// The lab's join token in a file only root can read, written if missing, for the
+/// daemons' `--join-token-file`: a token on a command line is readable by every user.
+fn join_token_file(state: &LabState) -> Result<PathBuf, LabError> {
+    let dir = state.dir.join("data");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LabError::setup(format!("create {}", dir.display()), e))?;
+    let path = dir.join("join-token");
+    if !path.exists() {
+        quilt_common::secret_file::write(&path, state.join_token.as_bytes())
+            .map_err(|e| LabError::setup("write the lab's join token", e))?;
+    }
+    Ok(path)
+}
+
 /// Starts the control plane on host 1 (its log is appended to) and records its pid.
 pub(super) fn start_control_of(state: &mut LabState) -> Result<Child, LabError> {
     let h1 = state.hosts[0].clone();
@@ -104,8 +119,8 @@ pub(super) fn start_control_of(state: &mut LabState) -> Result<Child, LabError> 
         dir.join("control.db").into(),
         arg(control::HEARTBEAT_TIMEOUT).into(),
         format!("{}ms", state.heartbeat_timeout_ms).into(),
-        arg(control::JOIN_TOKEN).into(),
-        state.join_token.clone().into(),
+        arg(control::JOIN_TOKEN_FILE).into(),
+        join_token_file(state)?.into(),
         arg(control::LOG_LEVEL).into(),
         state.log_level.clone().into(),
     ];
@@ -172,8 +187,8 @@ pub fn start_agent_of(state: &mut LabState, host: u16) -> Result<Child, LabError
         UNDERLAY_IF.into(),
         arg(agent::STATE_DIR).into(),
         state_dir.into(),
-        arg(agent::JOIN_TOKEN).into(),
-        state.join_token.clone().into(),
+        arg(agent::JOIN_TOKEN_FILE).into(),
+        join_token_file(state)?.into(),
         arg(agent::HEARTBEAT_INTERVAL).into(),
         format!("{}ms", state.heartbeat_interval_ms).into(),
         arg(agent::RESYNC_INTERVAL).into(),

@@ -78,7 +78,7 @@ pub async fn run<O: Overlay>(
         "quilt-mesh-agent starting"
     );
     let mut agent = Agent {
-        control: control::client(&config)?,
+        control: control::client(&config, config.join_token()?)?,
         runtime: RuntimeClient::new(&config.runtime_addr)?,
         spec_template: VxlanSpec {
             name: config.vxlan_interface.clone(),
