@@ -158,9 +158,10 @@ pub async fn serve(
 /// Refused connections still being answered; past this many, one is just closed.
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
-/// Answers `503` with a JSON error and closes. What the client already sent is read and
-/// dropped for up to a second first, so the close is a clean one and the client reads the
-/// answer (closing over unread data would reset the connection and lose it).
+/// Answers `503` with a JSON error and closes: after the client's request head has
+/// arrived (so a client sees an answer to its request, not bytes it did not ask for),
+/// or after a second. What the client sends meanwhile is read and dropped, so the close is
+/// a clean one (closing over unread data would reset the connection and lose the answer).
 fn refuse(stream: TcpStream, refusal: Refusal, in_flight: &Arc<tokio::sync::Semaphore>) {
     let Ok(permit) = in_flight.clone().try_acquire_owned() else {
         return;
@@ -173,11 +174,21 @@ fn refuse(stream: TcpStream, refusal: Refusal, in_flight: &Arc<tokio::sync::Sema
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = stream;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
         let answered = async {
             stream.write_all(answer.as_bytes()).await?;
             stream.shutdown().await?;
-            let mut sink = [0u8; 4096];
-            while stream.read(&mut sink).await? > 0 {}
+            while stream.read(&mut buf).await? > 0 {}
             std::io::Result::Ok(())
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), answered).await;

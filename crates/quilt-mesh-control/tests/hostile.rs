@@ -161,16 +161,10 @@ async fn a_body_sent_too_slowly_is_answered_408() {
 }
 
 async fn list_len(s: &ControlServer) -> usize {
-    let v: Value = s
-        .client
-        .get(s.url("/api/nodes"))
-        .send()
-        .await
+    s.get_json("/api/nodes").await["nodes"]
+        .as_array()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["nodes"].as_array().unwrap().len()
+        .len()
 }
 
 #[tokio::test]
@@ -245,15 +239,7 @@ async fn a_vtep_mac_held_by_another_node_is_refused_409() {
     assert_eq!(register("192.168.1.1", mac_a).await.0, 200);
     assert_eq!(register("192.168.1.2", "02:00:00:00:00:0b").await.0, 200);
     assert_eq!(register("192.168.1.2", mac_a).await.0, 409);
-    let v: Value = s
-        .client
-        .get(s.url("/api/nodes/node-2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = s.get_json("/api/nodes/node-2").await;
     assert_eq!(
         v["vtep_mac"], "02:00:00:00:00:0b",
         "the refused renewal changed nothing"

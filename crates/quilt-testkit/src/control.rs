@@ -90,6 +90,12 @@ impl ControlServer {
             .unwrap();
     }
 
+    /// `GET path`, answered JSON (any status).
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        r.json().await.unwrap()
+    }
+
     /// Registers `host_ip` (no token) and answers the JSON.
     pub async fn register(&self, hostname: &str, host_ip: &str) -> Value {
         let r = self

@@ -33,7 +33,7 @@ pub fn run(args: ControlArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
     }
     let fd_limit = raise_fd_limit(args.watchers)?;
     let dir = scratch::temp_dir()?;
-    let mut server = Server::start(&binary, dir.path())?;
+    let mut server = Server::start(&binary, dir.path(), &args)?;
     let result = tokio::runtime::Runtime::new()?.block_on(measure(&args, &server, fd_limit));
     server.stop();
     result?;
@@ -48,11 +48,14 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &Path, dir: &Path) -> anyhow::Result<Self> {
+    fn start(binary: &Path, dir: &Path, args: &ControlArgs) -> anyhow::Result<Self> {
         let ready = dir.join("ready");
         let child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0", "--log-level", "error"])
             .args(["--node-prefix-len", "26", "--heartbeat-timeout", "5m"])
+            // Every watcher is a connection from this one address.
+            .arg("--max-connections-per-client")
+            .arg((args.watchers + 2 * args.concurrency + 16).to_string())
             .arg("--db-path")
             .arg(dir.join("bench.db"))
             .arg("--ready-file")
