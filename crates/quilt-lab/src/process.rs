@@ -78,6 +78,7 @@ pub fn run_bounded(
     }
     let mut out_pipe = child.stdout.take().expect("piped");
     let mut err_pipe = child.stderr.take().expect("piped");
+    let pid = Pid::from_raw(child.id() as i32);
     std::thread::scope(|scope| {
         let out = scope.spawn(move || {
             let mut s = String::new();
@@ -89,26 +90,33 @@ pub fn run_bounded(
             let _ = err_pipe.read_to_string(&mut s);
             s
         });
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Ok(status),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Err(format!("killed after {:.1} s", timeout.as_secs_f64()));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => break Err(format!("cannot wait: {e}")),
+        // The waiter wakes the moment the child exits; past the deadline it is killed.
+        let (done, exited) = std::sync::mpsc::channel();
+        let waiter = scope.spawn(move || {
+            let status = child.wait();
+            let _ = done.send(());
+            status
+        });
+        let killed = match exited.recv_timeout(timeout) {
+            Ok(()) => false,
+            Err(_) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                true
             }
         };
+        let status = waiter.join().expect("the waiter does not panic");
         let stdout = out.join().unwrap_or_default();
         let stderr = err.join().unwrap_or_default();
-        status.map(|status| Output {
-            status,
-            stdout,
-            stderr,
-        })
+        if killed {
+            return Err(format!("killed after {:.1} s", timeout.as_secs_f64()));
+        }
+        status
+            .map(|status| Output {
+                status,
+                stdout,
+                stderr,
+            })
+            .map_err(|e| format!("cannot wait: {e}"))
     })
 }
 
