@@ -161,6 +161,7 @@ pub fn run(args: RuntimeArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
         args.routes,
         rss_kb as f64 / 1024.0
     );
+    scratch::release_kept();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -224,6 +225,7 @@ fn ip_batch(n: u32, nexthops: bool) -> anyhow::Result<Duration> {
         .status()?;
     let elapsed = started.elapsed();
     let _ = std::fs::remove_file(&path);
+    scratch::keep(ns);
     if !status.success() {
         bail!("ip -batch failed");
     }
@@ -316,6 +318,7 @@ pub(super) fn with_runtime<T: Send + 'static>(
     });
     let _ = child.kill();
     let _ = child.wait();
+    scratch::keep(ns);
     let _ = std::io::stdout().flush();
     Ok((result??,))
 }

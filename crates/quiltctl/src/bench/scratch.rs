@@ -17,6 +17,21 @@ const PREFIX: &str = "qbench";
 /// Daemons started outside a bench namespace, stopped on interrupt.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
+/// Namespaces a phase is done with, deleted only at the end: the kernel tears a
+/// namespace down in the background, and a teardown of 10,000 routes would slow the
+/// phases measured after it.
+static KEPT: Mutex<Vec<OwnedNetns>> = Mutex::new(Vec::new());
+
+/// Keeps `ns` until [`release_kept`] (or an interrupt) deletes it.
+pub fn keep(ns: OwnedNetns) {
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(ns);
+}
+
+/// Deletes the namespaces [`keep`] holds.
+pub fn release_kept() {
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// A name no other run uses: `qbench-PID-N`.
 pub fn unique_name() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
