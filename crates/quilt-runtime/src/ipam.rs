@@ -1,9 +1,43 @@
-//! Container address allocation: which address of the node subnet comes next.
+//! Container address allocation: which address of the node subnet comes next, which
+//! addresses are in use, and which are used twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+
+use crate::model::{DesiredState, owner};
+
+/// Every address in use: those allocated and those attachments hold (an attachment whose
+/// allocation was lost still uses its address, so it is never handed out again).
+pub fn in_use(desired: &DesiredState) -> BTreeSet<Ipv4Addr> {
+    desired
+        .allocations
+        .values()
+        .copied()
+        .chain(desired.attachments.values().map(|a| a.address.addr()))
+        .collect()
+}
+
+/// Addresses used by more than one owner (allocations and attachments together), with
+/// their users in order. Empty when the state is sound.
+pub fn double_uses(desired: &DesiredState) -> Vec<(Ipv4Addr, Vec<String>)> {
+    let mut users: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+    for (held_by, address) in &desired.allocations {
+        users.entry(*address).or_default().insert(held_by.clone());
+    }
+    for record in desired.attachments.values() {
+        users
+            .entry(record.address.addr())
+            .or_default()
+            .insert(owner(&record.container_id, &record.ifname));
+    }
+    users
+        .into_iter()
+        .filter(|(_, held_by)| held_by.len() > 1)
+        .map(|(address, held_by)| (address, held_by.into_iter().collect()))
+        .collect()
+}
 
 /// The gateway of a node subnet: its first host address (`.1`), held by the bridge.
 pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
