@@ -89,15 +89,23 @@ fn a_state_file_that_is_not_a_database_is_refused_at_start() {
         ),
     ] {
         std::fs::write(&db, &content).unwrap();
-        let output = host
+        let mut child = host
             .ns
             .command(quilt_testkit::bins::binary("quilt-runtime"))
             .args(["--grpc-addr", "127.0.0.1:50051", "--state-dir"])
             .arg(host.state_path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
             .unwrap();
+        // A runtime that starts on the file keeps running: stop it after a while so the
+        // test fails rather than hangs (and the namespace is still removed).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{what}: started on it\n{stderr}");
         assert!(
