@@ -188,3 +188,43 @@ fn colliding_container_ids_never_share_a_veth() {
     }
     assert_eq!(host_ifnames(&host), Vec::<String>::new());
 }
+
+#[test]
+fn a_container_veth_deleted_by_hand_is_recreated_by_reconcile() {
+    if !privileged_or_skip("a_container_veth_deleted_by_hand_is_recreated_by_reconcile") {
+        return;
+    }
+    let host = host_with_subnet();
+    let c1 = OwnedNetns::create(&unique_name("qch")).unwrap();
+    let added = cni(&host, "ADD", "c1", &path(&c1), &conf());
+    assert!(added.ok, "{}", added.stdout);
+    let veth = host_ifnames(&host).remove(0);
+    host.ns.ip(&["link", "del", &veth]).unwrap();
+    assert!(
+        c1.ip(&["link", "show", "eth0"]).is_err(),
+        "the peer went too"
+    );
+    let mut prev = conf();
+    prev["prevResult"] = added.json();
+    // The runtime reconciles every 500 ms; wait (bounded) until CHECK passes again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut check = cni(&host, "CHECK", "c1", &path(&c1), &prev);
+    while !check.ok && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        check = cni(&host, "CHECK", "c1", &path(&c1), &prev);
+    }
+    assert!(check.ok, "not repaired: {}\n{}", check.stdout, host.log());
+    assert!(
+        host.log().contains("container veth recreated"),
+        "{}",
+        host.log()
+    );
+    let inside = c1.ip(&["-4", "addr", "show", "eth0"]).unwrap();
+    let address = added.json()["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(inside.contains(&address), "{inside}");
+    let del = cni(&host, "DEL", "c1", &path(&c1), &conf());
+    assert!(del.ok, "{}", del.stdout);
+}
