@@ -67,6 +67,10 @@ pub enum RuntimeError {
     )]
     OwnedByAttachment { owner: String },
     #[error(
+        "owner {owner} is reserved for container attachments (prefix attach:); AttachContainer allocates their addresses"
+    )]
+    ReservedOwner { owner: String },
+    #[error(
         "container {container_id} interface {ifname} is already attached in namespace {attached}, not {requested}; detach it first"
     )]
     AlreadyAttached {

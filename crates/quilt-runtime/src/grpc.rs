@@ -119,7 +119,8 @@ pub fn error_kind(e: &RuntimeError) -> pb::ErrorKind {
         RuntimeError::Invalid(_)
         | RuntimeError::BadField { .. }
         | RuntimeError::AlreadyAttached { .. }
-        | RuntimeError::OwnedByAttachment { .. } => pb::ErrorKind::InvalidArgument,
+        | RuntimeError::OwnedByAttachment { .. }
+        | RuntimeError::ReservedOwner { .. } => pb::ErrorKind::InvalidArgument,
         RuntimeError::MtuAboveOverlay { .. } => pb::ErrorKind::InvalidConfig,
         RuntimeError::NoSubnet => pb::ErrorKind::NotReady,
         RuntimeError::PoolExhausted(_) => pb::ErrorKind::Exhausted,

@@ -74,6 +74,42 @@ mod tests {
     }
 
     #[test]
+    fn an_address_held_by_an_attachment_and_another_owner_is_a_double_use() {
+        use crate::model::Attachment;
+        let address = Ipv4Addr::new(10, 42, 1, 2);
+        let mut desired = DesiredState::default();
+        desired.attachments.insert(
+            ("c1".into(), "eth0".into()),
+            Attachment {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                netns: "/run/netns/c1".into(),
+                host_ifname: "qv000000000001".into(),
+                address: "10.42.1.2/24".parse().unwrap(),
+                gateway: Ipv4Addr::new(10, 42, 1, 1),
+                mac: String::new(),
+                host_mac: String::new(),
+                mtu: 1450,
+            },
+        );
+        desired.allocations.insert(owner("c1", "eth0"), address);
+        assert!(double_uses(&desired).is_empty(), "consistent state");
+        desired.allocations.remove(&owner("c1", "eth0"));
+        assert!(
+            in_use(&desired).contains(&address),
+            "the attachment still uses it"
+        );
+        desired.allocations.insert("other".into(), address);
+        assert_eq!(
+            double_uses(&desired),
+            vec![(
+                address,
+                vec!["attach:c1/eth0".to_string(), "other".to_string()]
+            )]
+        );
+    }
+
+    #[test]
     fn reuses_the_lowest_released_address() {
         let subnet: Ipv4Net = "10.42.1.0/29".parse().unwrap();
         let used: BTreeSet<_> = [2, 4]

@@ -80,6 +80,9 @@ async fn release_ip_keeps_an_attached_containers_address() {
     assert!(err.to_string().contains("DetachContainer"), "{err}");
     let other = rt.allocate("other").await.unwrap();
     assert_ne!(other.address, a.address, "two owners, one address");
+    // Nor can AllocateIp answer the attachment's address to someone else.
+    let err = rt.allocate(&owner).await.unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
     assert_eq!(
         rt.desired().await.allocations.get(&owner),
         Some(&a.address.addr())

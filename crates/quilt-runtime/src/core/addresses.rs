@@ -14,7 +14,14 @@ use crate::{RuntimeError, ipam};
 
 impl<K: Kernel> Runtime<K> {
     /// An address for `owner` from the node subnet; the same owner gets the same one.
+    /// Owners `attach:...` are the runtime's own (one per attachment) and refused here:
+    /// answering one would hand an attached container's address to a second user.
     pub async fn allocate(&self, owner: &str) -> Result<Lease, RuntimeError> {
+        if owner.starts_with(OWNER_PREFIX) {
+            return Err(RuntimeError::ReservedOwner {
+                owner: owner.to_string(),
+            });
+        }
         let mut inner = self.inner.lock().await;
         self.allocate_in(&mut inner, owner).map(|(lease, _)| lease)
     }
