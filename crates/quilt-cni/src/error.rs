@@ -71,6 +71,7 @@ impl CniError {
     pub fn from_runtime(kind: ErrorKind, error: String) -> Self {
         let code = match kind {
             ErrorKind::InvalidArgument => code::INVALID_ENVIRONMENT,
+            ErrorKind::InvalidConfig => code::INVALID_CONFIG,
             ErrorKind::NotReady => code::TRY_AGAIN_LATER,
             ErrorKind::Exhausted => code::POOL_EXHAUSTED,
             ErrorKind::Kernel => code::KERNEL,

@@ -30,24 +30,43 @@ where
     run_in_file(name, file, f)
 }
 
+/// How long [`check_path`] waits for a namespace path to be looked at before it gives up
+/// (a path on a hung file system, say). Looking at a namespace file takes microseconds.
+pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Opens `netns` and checks that it is a container's network namespace: a network
 /// namespace file of the nsfs file system (as `/run/netns/NAME` and `/proc/PID/ns/net`
 /// are), and not the namespace this process itself runs in (the host's).
+///
+/// It never waits on what the path names: the file type and file system are looked at
+/// first (a FIFO, socket, device or directory is refused without being opened), and the
+/// open itself is non-blocking, so a path swapped for a FIFO in between cannot hold it.
 pub fn open_path(netns: &Path) -> Result<File, KernelError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let shown = netns.display().to_string();
-    let file = File::open(netns).map_err(|e| KernelError::Netns {
+    let refuse = |message: String| KernelError::Netns {
         name: shown.clone(),
-        message: format!("cannot open: {e}"),
-    })?;
-    let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| KernelError::Netns {
-        name: shown.clone(),
-        message: format!("cannot stat: {e}"),
-    })?;
+        message,
+    };
+    let metadata = std::fs::metadata(netns).map_err(|e| refuse(format!("cannot open: {e}")))?;
+    if !metadata.file_type().is_file() {
+        return Err(refuse(format!(
+            "not a network namespace (a {})",
+            file_kind(&metadata.file_type())
+        )));
+    }
+    let fs = nix::sys::statfs::statfs(netns).map_err(|e| refuse(format!("cannot stat: {e}")))?;
     if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
-        return Err(KernelError::Netns {
-            name: shown,
-            message: "not a network namespace".to_string(),
-        });
+        return Err(refuse("not a network namespace".to_string()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(netns)
+        .map_err(|e| refuse(format!("cannot open: {e}")))?;
+    let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| refuse(format!("cannot stat: {e}")))?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(refuse("not a network namespace".to_string()));
     }
     // An nsfs file of another kind (mnt, pid, ...) is refused by setns with the network
     // type; the probe runs on a thread of its own that ends at once.
@@ -58,18 +77,64 @@ pub fn open_path(netns: &Path) -> Result<File, KernelError> {
             .unwrap_or(Err(nix::errno::Errno::EINVAL))
     });
     if probe.is_err() {
-        return Err(KernelError::Netns {
-            name: shown,
-            message: "a namespace but not a network namespace".to_string(),
-        });
+        return Err(refuse(
+            "a namespace but not a network namespace".to_string(),
+        ));
     }
     if same_file(&file, Path::new("/proc/self/ns/net")) {
-        return Err(KernelError::Netns {
-            name: shown,
-            message: "the host's own network namespace, not a container's".to_string(),
-        });
+        return Err(refuse(
+            "the host's own network namespace, not a container's".to_string(),
+        ));
     }
     Ok(file)
+}
+
+/// `O_NONBLOCK | O_NOCTTY`: an open that never waits for a writer or takes a terminal.
+fn libc_flags() -> i32 {
+    (nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY).bits()
+}
+
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "fifo"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else {
+        "file that is not a regular file"
+    }
+}
+
+/// [`open_path`] as a check, on a thread of its own, answered within [`CHECK_TIMEOUT`]:
+/// the caller (a tokio task) never waits longer, whatever the path is. A look that is
+/// still stuck after that (a hung file system) is abandoned on its thread.
+pub async fn check_path(netns: &Path) -> Result<(), KernelError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let path = netns.to_path_buf();
+    let shown = netns.display().to_string();
+    std::thread::Builder::new()
+        .name("netns-check".into())
+        .spawn(move || {
+            let _ = tx.send(open_path(&path).map(drop));
+        })
+        .map_err(|e| KernelError::io("start a thread to check a namespace path", e))?;
+    match tokio::time::timeout(CHECK_TIMEOUT, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(KernelError::Netns {
+            name: shown,
+            message: "the check of the path failed".to_string(),
+        }),
+        Err(_) => Err(KernelError::Netns {
+            name: shown,
+            message: format!("not answered within {CHECK_TIMEOUT:?}"),
+        }),
+    }
 }
 
 fn same_file(file: &File, other: &Path) -> bool {

@@ -62,6 +62,32 @@ pub enum RuntimeError {
         ifname: String,
         problem: String,
     },
+    #[error(
+        "owner {owner} is the address of a container attachment; it is released by DetachContainer, not ReleaseIp"
+    )]
+    OwnedByAttachment { owner: String },
+    #[error(
+        "owner {owner} is reserved for container attachments (prefix attach:); AttachContainer allocates their addresses"
+    )]
+    ReservedOwner { owner: String },
+    #[error(
+        "container {container_id} interface {ifname} is already attached in namespace {attached}, not {requested}; detach it first"
+    )]
+    AlreadyAttached {
+        container_id: String,
+        ifname: String,
+        attached: String,
+        requested: String,
+    },
+    #[error("mtu {mtu} is above the overlay mtu {overlay}")]
+    MtuAboveOverlay { mtu: u32, overlay: u32 },
+    #[error("a batch of {count} routes is more than the limit of {cap} per InjectRoutes call")]
+    BatchTooLarge { count: usize, cap: usize },
+    #[error("no free host veth name for container {container_id} interface {ifname}")]
+    NoHostName {
+        container_id: String,
+        ifname: String,
+    },
     #[error("kernel: {0}")]
     Kernel(#[from] KernelError),
     #[error("{name} exists as a {kind}, not a bridge; it is left alone")]

@@ -107,7 +107,7 @@ fn outcome<T>(method: &str, result: &Result<T, RuntimeError>) -> (bool, String) 
     match result {
         Ok(_) => (true, String::new()),
         Err(e) => {
-            tracing::debug!(method, error = %e, "request refused");
+            tracing::info!(method, error = %e, "request refused");
             (false, e.to_string())
         }
     }
@@ -116,7 +116,12 @@ fn outcome<T>(method: &str, result: &Result<T, RuntimeError>) -> (bool, String) 
 /// The one mapping from a runtime error to the kind container clients (quilt-cni) read.
 pub fn error_kind(e: &RuntimeError) -> pb::ErrorKind {
     match e {
-        RuntimeError::Invalid(_) | RuntimeError::BadField { .. } => pb::ErrorKind::InvalidArgument,
+        RuntimeError::Invalid(_)
+        | RuntimeError::BadField { .. }
+        | RuntimeError::AlreadyAttached { .. }
+        | RuntimeError::OwnedByAttachment { .. }
+        | RuntimeError::ReservedOwner { .. } => pb::ErrorKind::InvalidArgument,
+        RuntimeError::MtuAboveOverlay { .. } => pb::ErrorKind::InvalidConfig,
         RuntimeError::NoSubnet => pb::ErrorKind::NotReady,
         RuntimeError::PoolExhausted(_) => pb::ErrorKind::Exhausted,
         RuntimeError::NotAttached { .. } => pb::ErrorKind::NotFound,
@@ -296,7 +301,11 @@ impl<K: Kernel> QuiltRuntime for GrpcService<K> {
         request: Request<pb::InjectRoutesRequest>,
     ) -> Result<Response<pb::InjectRoutesResponse>, Status> {
         let r = request.into_inner();
-        self.observed("InjectRoutes", |_| async move {
+        self.observed("InjectRoutes", |method| async move {
+            if let Err(e) = self.rules.batch_len(r.routes.len()) {
+                tracing::info!(method, error = %e, "request refused");
+                return Err(Status::invalid_argument(e.to_string()));
+            }
             let results = self.inject(&r.routes).await;
             Ok(pb::InjectRoutesResponse { results })
         })
@@ -375,11 +384,10 @@ impl<K: Kernel> QuiltRuntime for GrpcService<K> {
         _request: Request<pb::ListAllocationsRequest>,
     ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
         self.observed("ListAllocations", |_| async {
-            let desired = self.runtime.desired().await;
+            let (subnet, allocations) = self.runtime.allocations().await;
             Ok(pb::ListAllocationsResponse {
-                subnet: desired.subnet.map(|s| s.to_string()).unwrap_or_default(),
-                allocations: desired
-                    .allocations
+                subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
+                allocations: allocations
                     .into_iter()
                     .map(|(owner, address)| pb::Allocation {
                         owner,

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub allocated_ips: Gauge,
     pub reconcile_runs: Counter,
     pub reconcile_repairs: Counter,
+    /// Addresses the last reconcile pass found used by more than one owner.
+    pub address_conflicts: Gauge,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,7 @@ impl Metrics {
         let allocated_ips = Gauge::default();
         let reconcile_runs = Counter::default();
         let reconcile_repairs = Counter::default();
+        let address_conflicts = Gauge::default();
         registry.register(
             "rpc_requests",
             "gRPC calls by method and result (ok, refused)",
@@ -82,6 +85,11 @@ impl Metrics {
             "Kernel changes made by reconcile passes",
             reconcile_repairs.clone(),
         );
+        registry.register(
+            "address_conflicts",
+            "Container addresses used by more than one owner, as the last reconcile pass found",
+            address_conflicts.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             rpc_requests,
@@ -90,6 +98,7 @@ impl Metrics {
             allocated_ips,
             reconcile_runs,
             reconcile_repairs,
+            address_conflicts,
         }
     }
 

@@ -60,6 +60,8 @@ pub struct Lease {
 pub struct ReconcileReport {
     pub repairs: usize,
     pub failures: usize,
+    /// Addresses found used by more than one owner (reported, not changed).
+    pub conflicts: usize,
 }
 
 /// A checked request to attach one container interface.
@@ -112,11 +114,29 @@ pub fn owner(container_id: &str, ifname: &str) -> String {
     format!("{OWNER_PREFIX}{container_id}/{ifname}")
 }
 
-/// The host side name of a container interface's veth: `qv` and 12 hex digits of a
-/// stable hash (FNV-1a 64) of the container id and ifname; 14 bytes, under the kernel's 15.
+/// The host side name a container interface's veth is first tried under: `qv` and 12 hex
+/// digits of a stable hash (FNV-1a 64) of the container id and ifname; 14 bytes, under
+/// the kernel's 15. Names collide (48 bits): the name actually used is the one recorded
+/// in the [`Attachment`], never derived again.
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    host_ifname_candidate(container_id, ifname, 0)
+}
+
+/// How many names attach tries for one container interface before it gives up.
+pub const HOST_IFNAME_CANDIDATES: u32 = 8;
+
+/// The `attempt`-th name tried for a container interface's host veth: attempt 0 is
+/// [`host_ifname`], each later one hashes the attempt number in too.
+pub fn host_ifname_candidate(container_id: &str, ifname: &str, attempt: u32) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+    let salt = attempt.to_be_bytes();
+    let salt: &[u8] = if attempt == 0 { &[] } else { &salt };
+    for byte in container_id
+        .bytes()
+        .chain([0])
+        .chain(ifname.bytes())
+        .chain(salt.iter().copied())
+    {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }

@@ -17,6 +17,11 @@ pub const MAX_IFNAME_LEN: usize = 15;
 /// Longest network namespace path accepted.
 pub const MAX_NETNS_PATH_LEN: usize = 4096;
 
+/// Most routes one InjectRoutes call may carry; a larger batch is refused whole
+/// (INVALID_ARGUMENT). The runtime applies a batch in slices of
+/// [`crate::core::ROUTES_PER_SLICE`], letting other calls in between them.
+pub const MAX_ROUTES_PER_BATCH: usize = 65_536;
+
 /// The rules RPC input must follow: the cluster's address plan and the interfaces
 /// routes may use.
 #[derive(Debug, Clone)]
@@ -60,6 +65,17 @@ impl Rules {
         })
     }
 
+    /// The size of an InjectRoutes batch: at most [`MAX_ROUTES_PER_BATCH`].
+    pub fn batch_len(&self, count: usize) -> Result<(), RuntimeError> {
+        if count > MAX_ROUTES_PER_BATCH {
+            return Err(RuntimeError::BatchTooLarge {
+                count,
+                cap: MAX_ROUTES_PER_BATCH,
+            });
+        }
+        Ok(())
+    }
+
     /// A route destination: a node subnet of the cluster.
     pub fn destination(&self, raw: &str) -> Result<Ipv4Net, RuntimeError> {
         Ok(self.cluster.parse_node_subnet("destination", raw)?)
@@ -82,7 +98,8 @@ impl Rules {
     }
 
     /// An AttachContainer request. Whether the path is a network namespace is checked
-    /// by the kernel layer when the veth is made.
+    /// by the core through the kernel layer ([`quilt_kernel::Kernel::check_netns`]),
+    /// before it takes its lock.
     pub fn attach(
         &self,
         container_id: &str,

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::model::{Attachment, DesiredState, ManagedRoute};
 
@@ -27,9 +27,28 @@ pub enum StoreError {
         #[source]
         io: std::io::Error,
     },
+    /// An existing state file that is not a runtime database; it is never replaced by a
+    /// new one (that would silently forget the node's subnet, routes and containers).
+    #[error(
+        "state file {} exists but is not a quilt-runtime database ({reason}); it is left as it is: restore it from a backup, or move it away to start with empty state",
+        path.display()
+    )]
+    NotADatabase { path: PathBuf, reason: String },
+    #[error("cannot read state file {}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        io: std::io::Error,
+    },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
+
+/// The first bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// The state file's name inside the state folder.
+pub const FILE_NAME: &str = "runtime.db";
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -57,13 +76,38 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) `runtime.db` in `dir` and brings its schema up to date.
+    /// Opens `runtime.db` in `dir` and brings its schema up to date. Where no file exists
+    /// a new database is made (under another name, then renamed into place, so a crash
+    /// never leaves a half-made one); an existing file that is not a runtime database
+    /// (empty, not SQLite, no schema) is refused and left untouched.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|io| StoreError::CreateDir {
             dir: dir.to_path_buf(),
             io,
         })?;
-        let conn = Connection::open(dir.join("runtime.db"))?;
+        let path = dir.join(FILE_NAME);
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => check_header(&path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path)?,
+            Err(io) => return Err(StoreError::Unreadable { path, io }),
+        }
+        let not_a_database = |e: rusqlite::Error| StoreError::NotADatabase {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(not_a_database)?;
+        if version == 0 {
+            return Err(StoreError::NotADatabase {
+                path,
+                reason: "an SQLite database without the runtime's schema".into(),
+            });
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let mut store = Self { conn };
@@ -72,20 +116,7 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let applied: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (index, migration) in MIGRATIONS
-            .iter()
-            .enumerate()
-            .skip(usize::try_from(applied).unwrap_or(0))
-        {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(migration)?;
-            tx.pragma_update(None, "user_version", (index + 1) as i64)?;
-            tx.commit()?;
-        }
-        Ok(())
+        migrate(&mut self.conn)
     }
 
     /// Reads the whole desired state. Rows that no longer parse are skipped with a warning.
@@ -288,9 +319,107 @@ impl Store {
     }
 }
 
+/// Applies the migrations `conn` has not had yet.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (index, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(applied).unwrap_or(0))
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Refuses a state file that cannot be an SQLite database: empty, or without the header.
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let unreadable = |io| StoreError::Unreadable {
+        path: path.to_path_buf(),
+        io,
+    };
+    let mut head = Vec::with_capacity(SQLITE_HEADER.len());
+    std::fs::File::open(path)
+        .map_err(unreadable)?
+        .take(SQLITE_HEADER.len() as u64)
+        .read_to_end(&mut head)
+        .map_err(unreadable)?;
+    let reason = match head.len() {
+        0 => "it is empty (0 bytes)".to_string(),
+        _ if head.as_slice() != SQLITE_HEADER => {
+            "it does not start with the SQLite header".to_string()
+        }
+        _ => return Ok(()),
+    };
+    Err(StoreError::NotADatabase {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Makes a new database at `path` with the current schema: built under a temporary name
+/// in the same folder and renamed into place.
+fn create(path: &Path) -> Result<(), StoreError> {
+    let fresh = path.with_extension("db.new");
+    let _ = std::fs::remove_file(&fresh);
+    {
+        let mut conn = Connection::open(&fresh)?;
+        migrate(&mut conn)?;
+    }
+    std::fs::rename(&fresh, path).map_err(|io| StoreError::Unreadable {
+        path: path.to_path_buf(),
+        io,
+    })?;
+    tracing::info!(path = %path.display(), "created a new state database");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_is_not_a_runtime_database_is_refused_and_left_alone() {
+        let foreign = {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("foreign.db");
+            Connection::open(&path)
+                .unwrap()
+                .execute_batch("CREATE TABLE t (x INTEGER);")
+                .unwrap();
+            std::fs::read(&path).unwrap()
+        };
+        let random: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+        for (content, reason) in [
+            (Vec::new(), "empty (0 bytes)"),
+            (random, "SQLite header"),
+            (foreign, "without the runtime's schema"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(FILE_NAME);
+            std::fs::write(&path, &content).unwrap();
+            let err = Store::open(dir.path()).err().expect("refused").to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(reason), "{err}");
+            assert_eq!(std::fs::read(&path).unwrap(), content, "{reason}: changed");
+        }
+    }
+
+    #[test]
+    fn a_new_database_is_made_only_where_no_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path())
+            .unwrap()
+            .set_subnet("10.42.1.0/24".parse().unwrap())
+            .unwrap();
+        let reopened = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(reopened.subnet, Some("10.42.1.0/24".parse().unwrap()));
+        assert!(!dir.path().join("runtime.db.new").exists());
+    }
 
     #[test]
     fn state_survives_reopening() {

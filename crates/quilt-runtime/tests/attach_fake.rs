@@ -157,10 +157,16 @@ async fn attachments_survive_a_restart_and_orphans_are_swept() {
         rt.configure_subnet("10.42.1.0/24".parse().unwrap())
             .await
             .unwrap();
-        // What a crash between the allocation and the record leaves behind.
-        rt.allocate(&model::owner("crashed", "eth0")).await.unwrap();
         rt.attach(&request("a", "/ns/a")).await.unwrap()
     };
+    // What a crash between the allocation and the record leaves behind.
+    Store::open(dir.path())
+        .unwrap()
+        .put_allocation(
+            &model::owner("crashed", "eth0"),
+            "10.42.1.9".parse().unwrap(),
+        )
+        .unwrap();
     let kernel = kernel_with(&["/ns/a"]);
     let rt = runtime(dir.path(), kernel);
     let desired = rt.desired().await;

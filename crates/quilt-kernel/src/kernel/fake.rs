@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
 
@@ -29,6 +29,8 @@ struct State {
     veths: BTreeMap<String, (PathBuf, String)>,
     /// Container namespaces that exist, with their interfaces.
     namespaces: BTreeMap<PathBuf, BTreeMap<String, ContainerView>>,
+    /// Namespace paths whose check waits until released (a path that would block).
+    stalled: BTreeMap<PathBuf, Arc<tokio::sync::Notify>>,
     /// Operations (`create_veth_into`, `configure_container`, ...) that fail once.
     failures: BTreeSet<String>,
 }
@@ -163,6 +165,14 @@ impl FakeKernel {
             state.ports.remove(&host);
             state.links.remove(&host);
         }
+    }
+
+    /// Makes [`Kernel::check_netns`] of `netns` wait until the answered `Notify` is
+    /// notified, as a path on a hung file system would.
+    pub fn stall_netns_check(&self, netns: impl Into<PathBuf>) -> Arc<tokio::sync::Notify> {
+        let release = Arc::new(tokio::sync::Notify::new());
+        self.state().stalled.insert(netns.into(), release.clone());
+        release
     }
 
     /// The interface `ifname` inside the namespace at `netns`, as the fake holds it.
@@ -329,6 +339,21 @@ impl Kernel for FakeKernel {
         state.ports.insert(port.to_string(), bridge.to_string());
         state.operations.push(format!("set {port} master {bridge}"));
         Ok(())
+    }
+
+    async fn check_netns(&self, netns: &Path) -> Result<(), KernelError> {
+        let stall = self.state().stalled.get(netns).cloned();
+        if let Some(release) = stall {
+            release.notified().await;
+        }
+        if self.state().namespaces.contains_key(netns) {
+            Ok(())
+        } else {
+            Err(KernelError::Netns {
+                name: netns.display().to_string(),
+                message: "not a network namespace".to_string(),
+            })
+        }
     }
 
     async fn create_veth_into(&self, veth: &VethSpec) -> Result<(), KernelError> {

@@ -74,6 +74,11 @@ pub trait Kernel: Send + Sync + 'static {
         bridge: &str,
     ) -> impl Future<Output = Result<(), KernelError>> + Send;
 
+    /// Checks that `netns` names a container's network namespace, without ever waiting on
+    /// what the path names (a FIFO, a hung file system) for longer than a bounded time;
+    /// callers run it before they hold anything others wait for.
+    fn check_netns(&self, netns: &Path) -> impl Future<Output = Result<(), KernelError>> + Send;
+
     /// Creates the veth pair `veth` in one step: the host side up on its bridge, the peer
     /// already inside the container namespace under its final name (down, unconfigured).
     /// Fails without leaving anything behind when the namespace is not one or a name is taken.

@@ -1,7 +1,7 @@
 //! Container address allocation: AllocateIp and ReleaseIp, and the same under a lock
 //! the caller already holds (for attach, detach and reconcile).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -9,12 +9,19 @@ use quilt_kernel::Kernel;
 use tracing::info;
 
 use super::{Inner, Runtime};
-use crate::model::Lease;
+use crate::model::{Lease, OWNER_PREFIX};
 use crate::{RuntimeError, ipam};
 
 impl<K: Kernel> Runtime<K> {
     /// An address for `owner` from the node subnet; the same owner gets the same one.
+    /// Owners `attach:...` are the runtime's own (one per attachment) and refused here:
+    /// answering one would hand an attached container's address to a second user.
     pub async fn allocate(&self, owner: &str) -> Result<Lease, RuntimeError> {
+        if owner.starts_with(OWNER_PREFIX) {
+            return Err(RuntimeError::ReservedOwner {
+                owner: owner.to_string(),
+            });
+        }
         let mut inner = self.inner.lock().await;
         self.allocate_in(&mut inner, owner).map(|(lease, _)| lease)
     }
@@ -34,7 +41,7 @@ impl<K: Kernel> Runtime<K> {
         if let Some(address) = inner.desired.allocations.get(owner) {
             return Ok((lease(*address), false));
         }
-        let used: BTreeSet<Ipv4Addr> = inner.desired.allocations.values().copied().collect();
+        let used = ipam::in_use(&inner.desired);
         let address = ipam::next_free(subnet, &used).ok_or(RuntimeError::PoolExhausted(subnet))?;
         inner.with_store(|s| s.put_allocation(owner, address))?;
         inner.desired.allocations.insert(owner.to_string(), address);
@@ -58,8 +65,21 @@ impl<K: Kernel> Runtime<K> {
         Ok(())
     }
 
-    /// Gives `owner`'s address back; nothing held is success.
+    /// The node subnet and every allocation (without copying the rest of the state).
+    pub async fn allocations(&self) -> (Option<Ipv4Net>, BTreeMap<String, Ipv4Addr>) {
+        let inner = self.inner.lock().await;
+        (inner.desired.subnet, inner.desired.allocations.clone())
+    }
+
+    /// Gives `owner`'s address back; nothing held is success. An attachment's address
+    /// (owner `attach:<id>/<ifname>`) is refused: only detaching releases it, so it can
+    /// never be handed to a second owner while the container still uses it.
     pub async fn release(&self, owner: &str) -> Result<(), RuntimeError> {
+        if owner.starts_with(OWNER_PREFIX) {
+            return Err(RuntimeError::OwnedByAttachment {
+                owner: owner.to_string(),
+            });
+        }
         let mut inner = self.inner.lock().await;
         self.release_in(&mut inner, owner)
     }

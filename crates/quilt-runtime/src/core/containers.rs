@@ -3,11 +3,18 @@
 //! container interface, an address allocation, a veth pair (host side a port of the
 //! bridge, peer inside the container namespace) and a record in the store.
 //!
-//! Attach order, each step undone when a later one fails: bridge (kept: it is the
-//! node's), address, veth pair created directly in the container namespace, container
-//! side configured, record stored. A crash between the address and the record leaves an
-//! allocation without a record; reconcile frees it (and any veth of that name).
+//! Attach order, each step undone when a later one fails: namespace path checked (before
+//! the lock, bounded in time), bridge (kept: it is the node's), host name chosen, address,
+//! veth pair created directly in the container namespace, container side configured,
+//! record stored. A crash between the address and the record leaves an allocation
+//! without a record; reconcile frees it (and unrecorded veths of its candidate names).
+//!
+//! Host veth names are a 48-bit hash of container id and ifname, so two containers can
+//! derive the same one. The name is chosen once at attach (another candidate when the
+//! first is recorded or held) and stored; every later operation (detach, check, repair)
+//! uses the recorded name of exactly that container id and ifname, never a derived one.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::{Inner, Runtime};
 use crate::model::{
-    AttachRequest, Attachment, OWNER_PREFIX, ReconcileReport, format_mac, host_ifname, owner,
+    AttachRequest, Attachment, HOST_IFNAME_CANDIDATES, format_mac, host_ifname_candidate, owner,
 };
 use crate::{RuntimeError, ipam};
 
@@ -62,36 +69,57 @@ impl<K: Kernel> Runtime<K> {
     }
 
     /// Attaches a container interface (see the module doc). The same container and
-    /// ifname again answer the recorded attachment.
+    /// ifname again in the same namespace answer the recorded attachment; in another
+    /// namespace they are refused.
+    ///
+    /// The namespace path is looked at first, before the lock, within a bounded time
+    /// ([`Kernel::check_netns`]): a path that would block (a FIFO, a hung file system)
+    /// holds up only this call.
     pub async fn attach(&self, request: &AttachRequest) -> Result<Attachment, RuntimeError> {
+        self.kernel
+            .check_netns(&request.netns)
+            .await
+            .map_err(attach_error)?;
         let mut inner = self.inner.lock().await;
         let key = (request.container_id.clone(), request.ifname.clone());
-        if let Some(existing) = inner.desired.attachments.get(&key).cloned() {
+        let existing = inner.desired.attachments.get(&key).cloned();
+        if let Some(existing) = &existing {
+            if existing.netns != request.netns {
+                return Err(RuntimeError::AlreadyAttached {
+                    container_id: existing.container_id.clone(),
+                    ifname: existing.ifname.clone(),
+                    attached: existing.netns.display().to_string(),
+                    requested: request.netns.display().to_string(),
+                });
+            }
             if self.kernel.link(&existing.host_ifname).await?.is_some() {
                 debug!(container_id = %existing.container_id, ifname = %existing.ifname, "already attached");
-                return Ok(existing);
+                return Ok(existing.clone());
             }
-            // The veth is gone (the namespace was destroyed): attach afresh, keeping the address.
+            // The veth is gone: attach afresh under the recorded name, keeping the address.
             warn!(container_id = %existing.container_id, ifname = %existing.ifname, "attachment lost its veth; attaching again");
         }
         let subnet = inner.desired.subnet.ok_or(RuntimeError::NoSubnet)?;
         let overlay_mtu = self.overlay_mtu().await?;
         let mtu = match request.mtu {
             Some(mtu) if mtu > overlay_mtu => {
-                return Err(RuntimeError::BadField {
-                    field: "mtu",
-                    value: mtu.to_string(),
-                    reason: format!("above the overlay mtu {overlay_mtu}"),
+                return Err(RuntimeError::MtuAboveOverlay {
+                    mtu,
+                    overlay: overlay_mtu,
                 });
             }
             Some(mtu) => mtu,
             None => overlay_mtu,
         };
         self.ensure_bridge(subnet).await?;
+        let host = match &existing {
+            Some(record) => record.host_ifname.clone(),
+            None => self.free_host_name(&recorded(&inner), request).await?,
+        };
         let owner = owner(&request.container_id, &request.ifname);
         let (lease, fresh) = self.allocate_in(&mut inner, &owner)?;
         match self
-            .attach_kernel(request, lease.address, lease.gateway, mtu)
+            .attach_kernel(request, &host, lease.address, lease.gateway, mtu)
             .await
         {
             Ok(record) => match inner.with_store(|s| s.put_attachment(&record)) {
@@ -124,20 +152,75 @@ impl<K: Kernel> Runtime<K> {
         }
     }
 
+    /// The first of a container interface's candidate host names that no attachment
+    /// records and no link holds. A veth of that name that no attachment records is the
+    /// leftover of an unfinished attach (every finished one is recorded, and attaches are
+    /// serialised): it is removed and its name used. A link of another kind is left alone
+    /// and the next name tried.
+    async fn free_host_name(
+        &self,
+        taken: &BTreeSet<String>,
+        request: &AttachRequest,
+    ) -> Result<String, RuntimeError> {
+        for attempt in 0..HOST_IFNAME_CANDIDATES {
+            let name = host_ifname_candidate(&request.container_id, &request.ifname, attempt);
+            if taken.contains(&name) {
+                debug!(host_ifname = %name, container_id = %request.container_id, "host name taken by another attachment; trying the next");
+                continue;
+            }
+            match self.kernel.link(&name).await? {
+                None => return Ok(name),
+                Some(link) if link.kind == Some(LinkKind::Veth) => {
+                    self.kernel.delete_link(&name).await?;
+                    info!(host_ifname = %name, "removed a leftover veth of an unfinished attach");
+                    return Ok(name);
+                }
+                Some(_) => {
+                    debug!(host_ifname = %name, "host name held by a link that is not ours; trying the next");
+                }
+            }
+        }
+        Err(RuntimeError::NoHostName {
+            container_id: request.container_id.clone(),
+            ifname: request.ifname.clone(),
+        })
+    }
+
+    /// Removes the unrecorded veths an unfinished attach of `container_id`/`ifname` may
+    /// have left under its candidate names (never a name an attachment records).
+    pub(super) async fn sweep_leftovers(
+        &self,
+        taken: &BTreeSet<String>,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<usize, RuntimeError> {
+        let mut removed = 0;
+        for attempt in 0..HOST_IFNAME_CANDIDATES {
+            let name = host_ifname_candidate(container_id, ifname, attempt);
+            if taken.contains(&name) {
+                continue;
+            }
+            if let Some(link) = self.kernel.link(&name).await?
+                && link.kind == Some(LinkKind::Veth)
+                && self.kernel.delete_link(&name).await?
+            {
+                info!(host_ifname = %name, %container_id, %ifname, "removed a leftover veth of an unfinished attach");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// The kernel part of attach; on failure it removes the veth it made.
-    async fn attach_kernel(
+    pub(super) async fn attach_kernel(
         &self,
         request: &AttachRequest,
+        host: &str,
         address: Ipv4Net,
         gateway: Ipv4Addr,
         mtu: u32,
     ) -> Result<Attachment, RuntimeError> {
-        let host = host_ifname(&request.container_id, &request.ifname);
-        if self.kernel.delete_link(&host).await? {
-            // Left by a crash between veth and record: the name is derived from this very
-            // container interface, so it is ours.
-            info!(host_ifname = %host, "removed a leftover veth of an unfinished attach");
-        }
+        let host = host.to_string();
         let veth = VethSpec {
             host: host.clone(),
             bridge: self.containers.bridge.clone(),
@@ -195,18 +278,24 @@ impl<K: Kernel> Runtime<K> {
     }
 
     /// Removes a container interface's veth, address and record. Nothing attached is
-    /// success; answers whether something was.
+    /// success; answers whether something was. It acts on the record of exactly this
+    /// container id and ifname: without one, no link is touched but the leftovers of an
+    /// unfinished attach that holds an address (see [`Runtime::sweep_leftovers`]).
     pub async fn detach(&self, container_id: &str, ifname: &str) -> Result<bool, RuntimeError> {
         let mut inner = self.inner.lock().await;
         let key = (container_id.to_string(), ifname.to_string());
         let owner = owner(container_id, ifname);
         let record = inner.desired.attachments.get(&key).cloned();
-        let host = record
-            .as_ref()
-            .map(|r| r.host_ifname.clone())
-            .unwrap_or_else(|| host_ifname(container_id, ifname));
-        let deleted = self.kernel.delete_link(&host).await?;
         let held = inner.desired.allocations.contains_key(&owner);
+        let deleted = match &record {
+            Some(record) => self.kernel.delete_link(&record.host_ifname).await?,
+            None if held => {
+                self.sweep_leftovers(&recorded(&inner), container_id, ifname)
+                    .await?
+                    > 0
+            }
+            None => false,
+        };
         if record.is_some() || held {
             inner.with_store(|s| s.delete_attachment(container_id, ifname, &owner))?;
             inner.desired.attachments.remove(&key);
@@ -216,7 +305,8 @@ impl<K: Kernel> Runtime<K> {
                 .set(inner.desired.allocations.len() as i64);
         }
         let was_attached = record.is_some();
-        if was_attached || deleted {
+        if was_attached || deleted || held {
+            let host = record.map(|r| r.host_ifname).unwrap_or_default();
             info!(%container_id, %ifname, host_ifname = %host, "container detached");
         } else {
             debug!(%container_id, %ifname, "nothing attached; detach is a no-op");
@@ -316,81 +406,20 @@ impl<K: Kernel> Runtime<K> {
         }
         Ok(record)
     }
+}
 
-    /// The container part of a reconcile pass: the bridge exists as wanted (its ports
-    /// re-added when it was recreated), and allocations an unfinished attach left
-    /// without a record are freed with their veth.
-    pub(super) async fn reconcile_containers(&self, inner: &mut Inner) -> ReconcileReport {
-        let mut report = ReconcileReport::default();
-        let Some(subnet) = inner.desired.subnet else {
-            return report;
-        };
-        match self.ensure_bridge(subnet).await {
-            Ok(true) => {
-                report.repairs += 1;
-                for record in inner.desired.attachments.values() {
-                    match self
-                        .kernel
-                        .set_bridge_port(&record.host_ifname, &self.containers.bridge)
-                        .await
-                    {
-                        Ok(()) => report.repairs += 1,
-                        Err(KernelError::NoSuchLink(_)) => {}
-                        Err(e) => {
-                            warn!(host_ifname = %record.host_ifname, error = %e, "could not put a container veth back on the bridge");
-                            report.failures += 1;
-                        }
-                    }
-                }
-            }
-            Ok(false) => {}
-            Err(e) => {
-                warn!(error = %e, "could not set up the container bridge");
-                report.failures += 1;
-            }
-        }
-        let orphans: Vec<String> = inner
-            .desired
-            .allocations
-            .keys()
-            .filter(|held_by| held_by.starts_with(OWNER_PREFIX))
-            .filter(|held_by| {
-                !inner
-                    .desired
-                    .attachments
-                    .values()
-                    .any(|r| &owner(&r.container_id, &r.ifname) == *held_by)
-            })
-            .cloned()
-            .collect();
-        for orphan in orphans {
-            let Some((container_id, ifname)) = orphan[OWNER_PREFIX.len()..].rsplit_once('/') else {
-                continue;
-            };
-            let host = host_ifname(container_id, ifname);
-            match self.kernel.delete_link(&host).await {
-                Ok(_) => match self.release_in(inner, &orphan) {
-                    Ok(()) => {
-                        info!(owner = %orphan, "repaired: freed the address of an unfinished attach");
-                        report.repairs += 1;
-                    }
-                    Err(e) => {
-                        warn!(owner = %orphan, error = %e, "could not free an unfinished attach's address");
-                        report.failures += 1;
-                    }
-                },
-                Err(e) => {
-                    warn!(host_ifname = %host, error = %e, "could not delete an unfinished attach's veth");
-                    report.failures += 1;
-                }
-            }
-        }
-        report
-    }
+/// The host names attachments record.
+pub(super) fn recorded(inner: &Inner) -> BTreeSet<String> {
+    inner
+        .desired
+        .attachments
+        .values()
+        .map(|r| r.host_ifname.clone())
+        .collect()
 }
 
 /// Kernel failures of attach; a namespace that cannot be entered is the caller's input.
-fn attach_error(e: KernelError) -> RuntimeError {
+pub(super) fn attach_error(e: KernelError) -> RuntimeError {
     match e {
         KernelError::Netns { name, message } => RuntimeError::BadField {
             field: "netns_path",

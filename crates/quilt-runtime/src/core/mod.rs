@@ -3,7 +3,8 @@
 //!
 //! One struct, [`Runtime`], with one `impl` block per concern in a child module:
 //! `routes` (node subnet and routes), `addresses` (container address allocation),
-//! `containers` (bridge, veths, attachments) and `reconcile` (repairing the kernel).
+//! `containers` (bridge, veths, attachments), `container_repair` (the container part of
+//! reconcile) and `reconcile` (repairing the kernel).
 //! Their fields are private to this module, so nothing else in the crate can reach the
 //! store or the desired state behind the lock.
 //!
@@ -13,6 +14,7 @@
 //! daemons' one rule for blocking work, [`quilt_kernel::blocking`].
 
 mod addresses;
+mod container_repair;
 mod containers;
 mod reconcile;
 mod routes;
@@ -27,6 +29,10 @@ use crate::RuntimeError;
 use crate::metrics::Metrics;
 use crate::model::{ContainerSettings, DesiredState};
 use crate::store::{Store, StoreError};
+
+/// How many routes of an InjectRoutes batch are applied under one hold of the lock; the
+/// lock is let go between slices, so other calls get in while a large batch is applied.
+pub const ROUTES_PER_SLICE: usize = 512;
 
 /// What the lock guards: the store and the desired state it holds, always in step.
 struct Inner {

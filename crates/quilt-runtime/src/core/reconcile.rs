@@ -62,6 +62,7 @@ impl<K: Kernel> Runtime<K> {
         let containers = self.reconcile_containers(&mut inner).await;
         report.repairs += containers.repairs;
         report.failures += containers.failures;
+        report.conflicts = containers.conflicts;
         self.metrics.reconcile_runs.inc();
         self.metrics.reconcile_repairs.inc_by(report.repairs as u64);
         Ok(report)

@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use quilt_kernel::{Kernel, KernelError, Route};
 use tracing::{debug, info, warn};
 
-use super::Runtime;
+use super::{ROUTES_PER_SLICE, Runtime};
 use crate::model::{ManagedRoute, RouteChange, RouteStatus};
 use crate::{ROUTE_PROTOCOL, RuntimeError};
 
@@ -55,9 +55,30 @@ impl<K: Kernel> Runtime<K> {
         Ok(())
     }
 
-    /// Adds or replaces each route and records the successful ones as desired, in one
-    /// transaction, before answering. Results come in request order.
+    /// Adds or replaces each route and records the successful ones as desired before
+    /// answering. Results come in request order.
+    ///
+    /// A batch is applied in slices of [`ROUTES_PER_SLICE`], in order, each under one
+    /// hold of the lock and recorded in one transaction; between slices the lock is let
+    /// go, so a large batch never holds up other callers for longer than one slice. A
+    /// destination named twice still ends as its last request says.
     pub async fn inject_routes(
+        &self,
+        requests: &[ManagedRoute],
+    ) -> Vec<Result<RouteChange, RuntimeError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        for (index, slice) in requests.chunks(ROUTES_PER_SLICE).enumerate() {
+            if index > 0 {
+                // Let the callers waiting for the lock (queued fairly) in first.
+                tokio::task::yield_now().await;
+            }
+            results.extend(self.inject_slice(slice).await);
+        }
+        results
+    }
+
+    /// One slice of [`Runtime::inject_routes`], under the lock, in one transaction.
+    async fn inject_slice(
         &self,
         requests: &[ManagedRoute],
     ) -> Vec<Result<RouteChange, RuntimeError>> {

@@ -190,6 +190,10 @@ impl Kernel for NetlinkKernel {
         self.attach_port(port, bridge).await
     }
 
+    async fn check_netns(&self, netns: &Path) -> Result<(), KernelError> {
+        crate::netns::check_path(netns).await
+    }
+
     async fn create_veth_into(&self, veth: &VethSpec) -> Result<(), KernelError> {
         self.create_veth(veth).await
     }
