@@ -7,7 +7,7 @@
 //! - `cni`: container attach and detach through the quilt-cni binary;
 //! - `convergence` and `dataplane`: on a lab.
 //!
-//! The benchmarks outside a lab make their namespaces and folders through [`scratch`].
+//! The benchmarks outside a lab make their namespaces and folders through `scratch`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
