@@ -280,7 +280,7 @@ impl<K: Kernel> Runtime<K> {
     /// Removes a container interface's veth, address and record. Nothing attached is
     /// success; answers whether something was. It acts on the record of exactly this
     /// container id and ifname: without one, no link is touched but the leftovers of an
-    /// unfinished attach that holds an address (see [`Runtime::sweep_leftovers`]).
+    /// unfinished attach that holds an address (see `Runtime::sweep_leftovers`).
     pub async fn detach(&self, container_id: &str, ifname: &str) -> Result<bool, RuntimeError> {
         let mut inner = self.inner.lock().await;
         let key = (container_id.to_string(), ifname.to_string());
