@@ -2,94 +2,23 @@
 //! overlay's, container ids whose host veth names collide, a second ADD elsewhere. The
 //! runtime runs in a fresh "host" namespace; containers are namespaces of their own.
 
-use std::io::Write;
-use std::process::Stdio;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use quilt_kernel::netns;
+use common::{Answer, exec, host_with_subnet, path, quilt_conf};
 use quilt_proto as pb;
 use quilt_testkit::netns::{OwnedNetns, privileged_or_skip, unique_name};
 use quilt_testkit::runtime::RuntimeHost;
 use serde_json::{Value, json};
 
-/// What one plugin invocation answered.
-struct Answer {
-    ok: bool,
-    stdout: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not json ({e}): {}", self.stdout))
-    }
-
-    fn code(&self) -> u64 {
-        assert!(!self.ok, "expected a failure, got {}", self.stdout);
-        self.json()["code"].as_u64().expect("error code")
-    }
-}
-
-/// Runs quilt-cni inside the host namespace as an engine would. A plugin that has not
-/// answered after a minute is killed (so a frozen runtime fails the test, not hangs it).
+/// quilt-cni with `command` for container `id` (ifname eth0), as an engine runs it.
 fn cni(host: &RuntimeHost, command: &str, id: &str, netns: &str, conf: &Value) -> Answer {
-    let mut child = host
-        .ns
-        .command(env!("CARGO_BIN_EXE_quilt-cni"))
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run quilt-cni");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    Answer {
-        ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    }
+    exec(host, "quilt-cni", command, id, netns, "eth0", conf)
 }
 
 fn conf() -> Value {
-    json!({"cniVersion": "1.0.0", "name": "quilt", "type": "quilt-cni", "runtime_address": "http://127.0.0.1:50051"})
-}
-
-fn host_with_subnet() -> RuntimeHost {
-    let mut host = RuntimeHost::new();
-    host.start();
-    host.call(|mut c| async move {
-        let r = c
-            .configure_node_subnet(pb::ConfigureNodeSubnetRequest {
-                subnet: "10.42.1.0/24".into(),
-            })
-            .await?
-            .into_inner();
-        assert!(r.success, "{}", r.error);
-        Ok(())
-    })
-    .unwrap();
-    host
-}
-
-fn path(ns: &OwnedNetns) -> String {
-    netns::path(ns.name()).display().to_string()
+    quilt_conf()
 }
 
 fn host_ifnames(host: &RuntimeHost) -> Vec<String> {

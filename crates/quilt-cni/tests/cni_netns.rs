@@ -2,88 +2,19 @@
 //! configuration on stdin), against quilt-runtime running in a fresh "host" namespace;
 //! containers are namespaces of their own. Nothing touches the machine's namespace.
 
-use std::io::Write;
+mod common;
+
 use std::process::Stdio;
 
+use common::{
+    Answer, REFERENCE_PLUGINS, allocations, attachments, configure, exec, host_with_subnet, path,
+    quilt_conf,
+};
 use nix::sys::signal::Signal;
-use quilt_kernel::netns;
 use quilt_proto as pb;
 use quilt_testkit::netns::{OwnedNetns, privileged_or_skip, unique_name};
 use quilt_testkit::runtime::RuntimeHost;
 use serde_json::{Value, json};
-
-const SUBNET: &str = "10.42.1.0/24";
-const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
-
-/// What one plugin invocation answered.
-struct Answer {
-    ok: bool,
-    stdout: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not json ({e}): {}", self.stdout))
-    }
-
-    fn code(&self) -> u64 {
-        assert!(!self.ok, "expected a failure, got {}", self.stdout);
-        self.json()["code"].as_u64().expect("error code")
-    }
-}
-
-/// Runs `plugin` inside the host namespace as an engine would.
-fn exec(
-    host: &RuntimeHost,
-    plugin: &str,
-    command: &str,
-    container_id: &str,
-    netns: &str,
-    ifname: &str,
-    conf: &Value,
-) -> Answer {
-    let binary = if plugin == "quilt-cni" {
-        env!("CARGO_BIN_EXE_quilt-cni").to_string()
-    } else {
-        format!("{REFERENCE_PLUGINS}/{plugin}")
-    };
-    let cni_path = format!(
-        "{}:{REFERENCE_PLUGINS}",
-        std::path::Path::new(env!("CARGO_BIN_EXE_quilt-cni"))
-            .parent()
-            .unwrap()
-            .display()
-    );
-    let mut child = host
-        .ns
-        .command(&binary)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", cni_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    Answer {
-        ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    }
-}
-
-fn quilt_conf() -> Value {
-    json!({"cniVersion": "1.0.0", "name": "quilt", "type": "quilt-cni", "runtime_address": "http://127.0.0.1:50051"})
-}
 
 fn with_prev(mut conf: Value, prev: &Value) -> Value {
     conf["prevResult"] = prev.clone();
@@ -117,31 +48,6 @@ fn add(host: &RuntimeHost, id: &str, c: &OwnedNetns) -> Value {
     a.json()
 }
 
-fn path(ns: &OwnedNetns) -> String {
-    netns::path(ns.name()).display().to_string()
-}
-
-fn host_with_subnet() -> RuntimeHost {
-    let mut host = RuntimeHost::new();
-    host.start();
-    configure(&host);
-    host
-}
-
-fn configure(host: &RuntimeHost) {
-    host.call(|mut c| async move {
-        let r = c
-            .configure_node_subnet(pb::ConfigureNodeSubnetRequest {
-                subnet: SUBNET.into(),
-            })
-            .await?
-            .into_inner();
-        assert!(r.success, "{}", r.error);
-        Ok(())
-    })
-    .unwrap();
-}
-
 fn ping(from: &OwnedNetns, to: &str) -> bool {
     from.command("ping")
         .args(["-c", "1", "-W", "2", to])
@@ -150,26 +56,6 @@ fn ping(from: &OwnedNetns, to: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-fn allocations(host: &RuntimeHost) -> Vec<pb::Allocation> {
-    host.call(|mut c| async move {
-        Ok(c.list_allocations(pb::ListAllocationsRequest {})
-            .await?
-            .into_inner()
-            .allocations)
-    })
-    .unwrap()
-}
-
-fn attachments(host: &RuntimeHost) -> Vec<pb::Attachment> {
-    host.call(|mut c| async move {
-        Ok(c.list_attachments(pb::ListAttachmentsRequest {})
-            .await?
-            .into_inner()
-            .attachments)
-    })
-    .unwrap()
 }
 
 fn host_links(host: &RuntimeHost) -> String {
