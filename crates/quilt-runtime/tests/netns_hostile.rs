@@ -34,14 +34,8 @@ fn a_fifo_or_other_non_namespace_path_is_refused_without_freezing() {
         "/dev/null".to_string(),
         host.state_path().display().to_string(),
     ];
+    host.configure_subnet("10.42.1.0/24");
     host.call(|mut c| async move {
-        let r = c
-            .configure_node_subnet(pb::ConfigureNodeSubnetRequest {
-                subnet: "10.42.1.0/24".into(),
-            })
-            .await?
-            .into_inner();
-        assert!(r.success, "{}", r.error);
         for path in &paths {
             // The deadline only keeps a frozen runtime from hanging the test.
             let answer = tokio::time::timeout(

@@ -93,6 +93,25 @@ impl RuntimeHost {
         std::fs::read_to_string(self.state_path().join("runtime.log")).unwrap_or_default()
     }
 
+    /// Gives the runtime node subnet `subnet`; panics with the runtime's refusal.
+    pub fn configure_subnet(&self, subnet: &str) {
+        let subnet = subnet.to_string();
+        let answer = self
+            .call(|mut c| async move {
+                Ok(
+                    c.configure_node_subnet(quilt_proto::ConfigureNodeSubnetRequest { subnet })
+                        .await?
+                        .into_inner(),
+                )
+            })
+            .expect("ConfigureNodeSubnet answers");
+        assert!(
+            answer.success,
+            "ConfigureNodeSubnet refused: {}",
+            answer.error
+        );
+    }
+
     /// Runs `f` with a gRPC client connected from inside the namespace.
     pub fn call<T: Send, F>(
         &self,

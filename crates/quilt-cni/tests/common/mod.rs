@@ -112,17 +112,7 @@ pub fn host_with_subnet() -> RuntimeHost {
 
 /// Gives the runtime node subnet [`SUBNET`].
 pub fn configure(host: &RuntimeHost) {
-    host.call(|mut c| async move {
-        let r = c
-            .configure_node_subnet(pb::ConfigureNodeSubnetRequest {
-                subnet: SUBNET.into(),
-            })
-            .await?
-            .into_inner();
-        assert!(r.success, "{}", r.error);
-        Ok(())
-    })
-    .unwrap();
+    host.configure_subnet(SUBNET);
 }
 
 pub fn allocations(host: &RuntimeHost) -> Vec<pb::Allocation> {
