@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 
 use crate::lines::lines;
 use crate::types::{
-    ErrorBody, Health, NodeInfo, NodeList, RegisterRequest, RegisterResponse, Revision, WatchEvent,
+    ErrorBody, Health, HeartbeatRequest, NodeCondition, NodeInfo, NodeList, RegisterRequest,
+    RegisterResponse, Revision, WatchEvent,
 };
 
 /// How long calls may take. The watch stream has no overall limit: it lasts until the
@@ -269,12 +270,29 @@ impl ControlClient {
         Self::parse("the node list", answer).await
     }
 
-    /// Tells the control plane node `node_id` is alive, with its own token. A 404 is
-    /// [`ControlError::UnknownNode`]; a refused token (401/403) is
+    /// Tells the control plane node `node_id` is alive, with its own token, and what is
+    /// wrong with it if anything (`condition`; none sends the original empty body). A 404
+    /// is [`ControlError::UnknownNode`]; a refused token (401/403) is
     /// [`ControlError::StaleToken`]: register again.
-    pub async fn heartbeat(&self, node_id: &str, token: &str) -> Result<(), ControlError> {
+    pub async fn heartbeat(
+        &self,
+        node_id: &str,
+        token: &str,
+        condition: Option<&NodeCondition>,
+    ) -> Result<(), ControlError> {
         let path = format!("/api/nodes/{node_id}/heartbeat");
-        let (url, response) = self.call(Method::POST, &path, Some(token)).await?;
+        let timeout = self.timeouts.request;
+        let (url, response) = self
+            .send(Method::POST, &path, |builder| {
+                let builder = builder.timeout(timeout).bearer_auth(token);
+                match condition {
+                    Some(condition) => builder.json(&HeartbeatRequest {
+                        condition: Some(condition.clone()),
+                    }),
+                    None => builder,
+                }
+            })
+            .await?;
         match response.status() {
             s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Err(ControlError::UnknownNode(node_id.to_string())),

@@ -25,12 +25,40 @@ pub struct RegisterRequest {
     /// The node's VXLAN device MAC, `aa:bb:cc:dd:ee:ff`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<String>,
+    /// The subnet the node's runtime already holds (containers have addresses of it):
+    /// a wish the control plane grants when that subnet is free. Sent only then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
 }
 
 impl RegisterRequest {
-    /// The body's field names, in the order the documents list them.
-    pub const FIELDS: &'static [&'static str] =
-        &["hostname", "host_ip", "cpu_cores", "ram_mb", "vtep_mac"];
+    /// The body's field names, in the order the documents list them (then additions).
+    pub const FIELDS: &'static [&'static str] = &[
+        "hostname",
+        "host_ip",
+        "cpu_cores",
+        "ram_mb",
+        "vtep_mac",
+        "subnet",
+    ];
+}
+
+/// Why a node that is up cannot do its work, as its agent reports it on heartbeats
+/// (for example `SubnetInUse`). A heartbeat without one says the node is healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCondition {
+    /// A short CamelCase word a program can match on.
+    pub reason: String,
+    /// What an operator reads: what is wrong and what would fix it.
+    pub message: String,
+}
+
+/// The optional body of `POST /api/nodes/{id}/heartbeat` (an addition: an empty body,
+/// as the original agents send, is a healthy node).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<NodeCondition>,
 }
 
 /// `"up"` or `"down"`.
@@ -65,6 +93,9 @@ pub struct NodeInfo {
     pub last_heartbeat: u64,
     /// Absent until the node registers one.
     pub vtep_mac: Option<String>,
+    /// What the node's agent last reported as wrong; absent when nothing is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<NodeCondition>,
 }
 
 /// The answer to a registration: the node, its credential and the cluster plan.
@@ -144,6 +175,7 @@ mod tests {
             cpu_cores: Some(1),
             ram_mb: Some(2),
             vtep_mac: Some("02:00:00:00:00:01".into()),
+            subnet: Some("10.42.3.0/24".into()),
         };
         let value = serde_json::to_value(&full).unwrap();
         let mut keys: Vec<&str> = value

@@ -77,7 +77,10 @@ impl CniError {
             ErrorKind::Kernel => code::KERNEL,
             ErrorKind::NotFound => code::UNKNOWN_CONTAINER,
             ErrorKind::Mismatch => code::CHECK_FAILED,
-            ErrorKind::Internal | ErrorKind::Unspecified => code::RUNTIME_INTERNAL,
+            // Only ConfigureNodeSubnet answers SubnetInUse; a container call never does.
+            ErrorKind::Internal | ErrorKind::Unspecified | ErrorKind::SubnetInUse => {
+                code::RUNTIME_INTERNAL
+            }
         };
         Self::new(code, error)
     }

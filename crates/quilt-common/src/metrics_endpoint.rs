@@ -1,11 +1,13 @@
-//! Serving a Prometheus registry at `GET /metrics`, the same way for every daemon.
+//! Serving a Prometheus registry at `GET /metrics`, and the daemon's [`Health`] at
+//! `GET /health`, the same way for every daemon.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -21,15 +23,46 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     })
 }
 
-/// Serves `registry` as Prometheus text at `/metrics` on `listener` until `shutdown`.
+/// Whether a daemon does its work, as `GET /health` tells: healthy, or degraded for a
+/// reason an operator can act on. Cheap to clone; every clone is the same state.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<Mutex<Option<String>>>);
+
+impl Health {
+    /// Marks the daemon degraded for `reason`.
+    pub fn degraded(&self, reason: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+    }
+
+    /// Marks the daemon healthy.
+    pub fn healthy(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why the daemon is degraded, if it is.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[derive(Clone)]
+struct Served {
+    registry: Arc<Registry>,
+    health: Health,
+}
+
+/// Serves `registry` as Prometheus text at `/metrics` and `health` at `/health` on
+/// `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render))
-        .with_state(registry);
+        .route("/health", get(report_health))
+        .with_state(Served { registry, health });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -41,10 +74,20 @@ pub struct MetricsEndpoint {
 }
 
 /// Serves `registry` at `addr` (nothing when `None`) on a task of its own until `stop`
-/// turns true. Binding fails here, naming the address.
+/// turns true, with `/health` always healthy. Binding fails here, naming the address.
 pub async fn spawn(
     addr: Option<SocketAddr>,
     registry: Arc<Registry>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<MetricsEndpoint> {
+    spawn_with_health(addr, registry, Health::default(), stop).await
+}
+
+/// [`spawn`], with `/health` answering what `health` says.
+pub async fn spawn_with_health(
+    addr: Option<SocketAddr>,
+    registry: Arc<Registry>,
+    health: Health,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<MetricsEndpoint> {
     let Some(addr) = addr else {
@@ -52,7 +95,7 @@ pub async fn spawn(
     };
     let listener = bind(addr).await?;
     tracing::info!(metrics_addr = %addr, "serving metrics at /metrics");
-    let task = tokio::spawn(serve(listener, registry, async move {
+    let task = tokio::spawn(serve(listener, registry, health, async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     }));
     Ok(MetricsEndpoint { task: Some(task) })
@@ -79,12 +122,40 @@ pub fn encode(registry: &Registry) -> String {
     text
 }
 
-async fn render(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+async fn render(State(served): State<Served>) -> impl IntoResponse {
     (
         [(
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        encode(&registry),
+        encode(&served.registry),
     )
+}
+
+/// `GET /health`'s answer, in the words the control plane's `/health` uses.
+#[derive(serde::Serialize)]
+struct HealthBody {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// 200 `{"status":"ok"}`, or 503 `{"status":"degraded","reason":...}`.
+async fn report_health(State(served): State<Served>) -> impl IntoResponse {
+    match served.health.reason() {
+        None => (
+            StatusCode::OK,
+            axum::Json(HealthBody {
+                status: "ok",
+                reason: None,
+            }),
+        ),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(HealthBody {
+                status: "degraded",
+                reason: Some(reason),
+            }),
+        ),
+    }
 }

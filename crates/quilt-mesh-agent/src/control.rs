@@ -135,6 +135,7 @@ pub(crate) mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             vtep_mac: mac.map(str::to_string),
+            condition: None,
         }
     }
 

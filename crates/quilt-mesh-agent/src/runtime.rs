@@ -16,6 +16,10 @@ pub enum RuntimeCallError {
     Unreachable { address: String, message: String },
     #[error("runtime refused {what}: {message}")]
     Refused { what: String, message: String },
+    /// The runtime keeps subnet `current`: containers hold addresses of it, and a
+    /// runtime never re-addresses running containers.
+    #[error("runtime keeps node subnet {current}: {message}")]
+    SubnetInUse { current: Ipv4Net, message: String },
 }
 
 /// A route the runtime manages, as `ListRoutes` reports it.
@@ -94,11 +98,22 @@ impl RuntimeClient {
             .await
             .map_err(|s| self.unreachable(s))?
             .into_inner();
-        Self::check(
-            format!("node subnet {subnet}"),
-            answer.success,
-            answer.error,
-        )
+        let current = answer.current_subnet.parse::<Ipv4Net>().ok();
+        match current {
+            Some(current)
+                if !answer.success && answer.error_kind == pb::ErrorKind::SubnetInUse as i32 =>
+            {
+                Err(RuntimeCallError::SubnetInUse {
+                    current,
+                    message: answer.error,
+                })
+            }
+            _ => Self::check(
+                format!("node subnet {subnet}"),
+                answer.success,
+                answer.error,
+            ),
+        }
     }
 
     /// Adds or replaces every route in one `InjectRoutes` call; answers one result per

@@ -100,6 +100,7 @@ async fn register_peer(control: &str, n: u8) -> String {
         cpu_cores: None,
         ram_mb: None,
         vtep_mac: Some(format!("02:00:00:00:00:{n:02x}")),
+        subnet: None,
     };
     let answer = control_client(control).register(&request).await.unwrap();
     answer.node.node_id
@@ -367,4 +368,189 @@ async fn a_foreign_link_is_left_alone_and_one_refused_route_holds_up_no_other_pe
     stop_agent.send(()).unwrap();
     agent.await.unwrap().unwrap();
     drop(cluster.servers);
+}
+
+/// The runtime's gRPC client for `runtime`.
+async fn runtime_client(
+    runtime: SocketAddr,
+) -> quilt_proto::quilt_runtime_client::QuiltRuntimeClient<tonic::transport::Channel> {
+    quilt_proto::connect::connect(&runtime.to_string(), Default::default())
+        .await
+        .unwrap()
+}
+
+/// A free loopback port for the agent's metrics and health endpoint.
+fn free_loopback_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The agent's own node as the control plane lists it.
+async fn own_node(control: &str) -> Option<quilt_api::types::NodeInfo> {
+    let list = control_client(control).list().await.unwrap();
+    list.nodes.into_iter().find(|n| n.hostname == "self")
+}
+
+/// `GET /health` of the agent: status code and body.
+async fn agent_health(addr: SocketAddr) -> (u16, String) {
+    let answer = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.text().await.unwrap())
+}
+
+/// Issue 11, point 13: the node is deleted while its agent is away and a newcomer takes
+/// its subnet; the node's containers keep their addresses. The returning agent is held
+/// with a condition the operator sees (node list, agent /health), and joins on its own
+/// once the operator frees the old subnet (here: deletes the newcomer), or once the
+/// containers are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_subnet_was_taken_is_held_visibly_and_recovers_when_the_operator_acts() {
+    let cluster = cluster().await;
+    let health_addr = free_loopback_addr();
+    let health_flag = health_addr.to_string();
+    let config = || {
+        agent_config(
+            &cluster,
+            "self",
+            &[
+                "--heartbeat-interval",
+                "200ms",
+                "--metrics-addr",
+                &health_flag,
+            ],
+        )
+    };
+    let overlay = FakeOverlay::new();
+    overlay.add_underlay("eth0", Ipv4Addr::new(192, 168, 77, 11), 1500);
+    let (stop_agent, agent) = start_agent(config(), &overlay);
+    eventually(Duration::from_secs(10), "the node joins", async || {
+        own_node(&cluster.control).await.is_some()
+    })
+    .await;
+    let first = own_node(&cluster.control).await.unwrap();
+    assert_eq!(first.subnet.to_string(), "10.42.1.0/24");
+    let mut runtime = runtime_client(cluster.runtime).await;
+    eventually(
+        Duration::from_secs(10),
+        "the runtime configured",
+        async || {
+            runtime
+                .clone()
+                .allocate_ip(quilt_proto::AllocateIpRequest {
+                    owner: "container-a".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .success
+        },
+    )
+    .await;
+
+    // Away: the operator deletes the node and a newcomer takes 10.42.1.0/24.
+    stop_agent.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    let operator = control_client(&cluster.control);
+    operator.delete_node(&first.node_id).await.unwrap();
+    let newcomer = register_peer(&cluster.control, 1).await;
+
+    // Back: leased another subnet, refused by the runtime, held and saying so.
+    let (stop_agent, agent) = start_agent(config(), &overlay);
+    eventually(
+        Duration::from_secs(10),
+        "the condition reported",
+        async || {
+            own_node(&cluster.control)
+                .await
+                .and_then(|n| n.condition)
+                .is_some_and(|c| c.reason == "SubnetInUse")
+        },
+    )
+    .await;
+    let held = own_node(&cluster.control).await.unwrap();
+    assert_eq!(held.subnet.to_string(), "10.42.2.0/24");
+    let message = held.condition.unwrap().message;
+    assert!(
+        message.contains("10.42.2.0/24") && message.contains("10.42.1.0/24"),
+        "{message}"
+    );
+    let (status, body) = agent_health(health_addr).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("degraded") && body.contains("SubnetInUse"),
+        "{body}"
+    );
+    assert!(
+        routes(cluster.runtime).await.is_empty(),
+        "a held node programs no peer"
+    );
+
+    // The operator deletes the newcomer: the node asks for its old subnet and gets it.
+    operator.delete_node(&newcomer).await.unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the old subnet back, condition gone",
+        async || {
+            own_node(&cluster.control)
+                .await
+                .is_some_and(|n| n.subnet.to_string() == "10.42.1.0/24" && n.condition.is_none())
+        },
+    )
+    .await;
+    let (status, body) = agent_health(health_addr).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    stop_agent.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+
+    // Again, but this time the containers go: the runtime takes the new subnet.
+    let me = own_node(&cluster.control).await.unwrap();
+    operator.delete_node(&me.node_id).await.unwrap();
+    let newcomer = register_peer(&cluster.control, 1).await;
+    let (stop_agent, agent) = start_agent(config(), &overlay);
+    eventually(Duration::from_secs(10), "held again", async || {
+        own_node(&cluster.control)
+            .await
+            .and_then(|n| n.condition)
+            .is_some()
+    })
+    .await;
+    let released = runtime
+        .release_ip(quilt_proto::ReleaseIpRequest {
+            owner: "container-a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(released.success, "{}", released.error);
+    eventually(
+        Duration::from_secs(15),
+        "joined on the new subnet",
+        async || {
+            own_node(&cluster.control)
+                .await
+                .is_some_and(|n| n.subnet.to_string() != "10.42.1.0/24" && n.condition.is_none())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the newcomer is a peer",
+        async || {
+            routes(cluster.runtime).await
+                == vec![("10.42.1.0/24".to_string(), "10.42.1.0".to_string())]
+        },
+    )
+    .await;
+    let _ = newcomer;
+    assert_eq!(agent_health(health_addr).await.0, 200);
+    stop_agent.send(()).unwrap();
+    agent.await.unwrap().unwrap();
 }

@@ -99,6 +99,7 @@ async fn a_resync_with_a_thousand_peers_makes_a_bounded_number_of_runtime_calls(
                     cpu_cores: None,
                     ram_mb: None,
                     vtep_mac: Some(format!("02:00:00:00:{:02x}:{:02x}", n / 256, n % 256)),
+                    subnet: None,
                 };
                 client.register(&request).await.unwrap();
             }

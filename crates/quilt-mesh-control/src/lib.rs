@@ -66,7 +66,7 @@ pub async fn run_with_store(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config.validate()?;
+    let plan = config.validate()?;
     let policy = Policy::new(config.join_token()?);
     if policy.is_open() {
         tracing::warn!(
@@ -91,7 +91,7 @@ pub async fn run_with_store(
         registry,
         policy: Arc::new(policy),
         metrics,
-        cluster_cidr: config.cluster_cidr,
+        plan,
         heartbeat_timeout: config.heartbeat_timeout,
         stopping: stop_rx,
     };

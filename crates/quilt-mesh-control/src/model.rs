@@ -246,6 +246,70 @@ impl NodeStatus {
     }
 }
 
+/// What a node's agent reports as wrong with it (`SubnetInUse`, say), validated: the
+/// reason a CamelCase word of at most [`Condition::MAX_REASON`] characters, the message
+/// printable text of at most [`Condition::MAX_MESSAGE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    reason: String,
+    message: String,
+}
+
+impl Condition {
+    pub const MAX_REASON: usize = 64;
+    pub const MAX_MESSAGE: usize = 1024;
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// One string for a store column: the reason, a newline, the message.
+    pub fn to_stored(&self) -> String {
+        format!("{}\n{}", self.reason, self.message)
+    }
+
+    /// Reads [`Self::to_stored`] back; `None` for a value it cannot have written.
+    pub fn from_stored(s: &str) -> Option<Self> {
+        let (reason, message) = s.split_once('\n')?;
+        parse_condition(reason, message).ok()
+    }
+}
+
+/// Parses a heartbeat's `condition` fields.
+pub fn parse_condition(reason: &str, message: &str) -> Result<Condition, FieldError> {
+    let reason_ok = reason.len() <= Condition::MAX_REASON
+        && reason.starts_with(|c: char| c.is_ascii_uppercase())
+        && reason.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !reason_ok {
+        return Err(FieldError::new(format!(
+            "condition.reason {:?} is not a CamelCase word of at most {} letters and digits",
+            excerpt(reason),
+            Condition::MAX_REASON
+        )));
+    }
+    if message.chars().count() > Condition::MAX_MESSAGE {
+        return Err(FieldError::new(format!(
+            "condition.message is {} characters long, more than {}",
+            message.chars().count(),
+            Condition::MAX_MESSAGE
+        )));
+    }
+    if message.chars().any(char::is_control) {
+        return Err(FieldError::new(format!(
+            "condition.message {:?} holds control characters",
+            excerpt(message)
+        )));
+    }
+    Ok(Condition {
+        reason: reason.to_string(),
+        message: message.to_string(),
+    })
+}
+
 /// A registration, already validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewNode {
@@ -254,6 +318,9 @@ pub struct NewNode {
     pub cpu_cores: u32,
     pub ram_mb: u64,
     pub vtep_mac: Option<MacAddr>,
+    /// The subnet the node's runtime holds, a node subnet of the cluster (never its first):
+    /// leased to the node when free, see [`crate::store::Store::register`].
+    pub wanted_subnet: Option<Ipv4Net>,
 }
 
 /// A node as the registry holds it.
@@ -272,6 +339,8 @@ pub struct Node {
     /// Unix milliseconds (the API shows seconds; the monitor needs finer steps).
     pub last_heartbeat_ms: u64,
     pub token: NodeToken,
+    /// What the node's agent last reported as wrong, if anything.
+    pub condition: Option<Condition>,
 }
 
 impl NewNode {
@@ -290,14 +359,15 @@ impl NewNode {
             registered_at: now_ms / 1000,
             last_heartbeat_ms: now_ms,
             token,
+            condition: None,
         }
     }
 }
 
 impl Node {
-    /// This node after a registration `new` of the same host: it keeps its id, subnet and
-    /// registration time (and its VTEP MAC when `new` names none), takes the new hostname,
-    /// resources and `token`, and is up and heard from at `now_ms`.
+    /// This node after a registration `new` of the same host: it keeps its id, subnet,
+    /// condition and registration time (and its VTEP MAC when `new` names none), takes the
+    /// new hostname, resources and `token`, and is up and heard from at `now_ms`.
     pub fn renewed(&self, new: &NewNode, token: NodeToken, now_ms: u64) -> Node {
         Node {
             hostname: new.hostname.clone(),
@@ -312,7 +382,8 @@ impl Node {
     }
 
     /// Whether a change from `self` to `other` is something watchers are told about:
-    /// membership, status, subnet or VTEP MAC (heartbeat timestamps alone are not).
+    /// membership, status, subnet, VTEP MAC or condition (heartbeat timestamps alone are
+    /// not).
     /// Other registration fields (hostname, cpu, ram) count too, so a watcher's copy of
     /// the node stays equal to what `GET /api/nodes` answers.
     pub fn differs_for_watchers(&self, other: &Node) -> bool {
@@ -323,6 +394,7 @@ impl Node {
             || self.host_ip != other.host_ip
             || self.cpu_cores != other.cpu_cores
             || self.ram_mb != other.ram_mb
+            || self.condition != other.condition
     }
 }
 
@@ -355,6 +427,7 @@ pub(crate) fn test_node(id: u64, token: &str) -> Node {
         registered_at: 0,
         last_heartbeat_ms: 0,
         token: NodeToken::from_stored(token.into()),
+        condition: None,
     }
 }
 

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::auth::AuthError;
-use crate::model::{MacAddr, NewNode, Node, NodeId, NodeToken, now_ms};
+use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeToken, now_ms};
 use crate::store::{Registration, Revision, Store, StoreError, WriteHealth};
 use crate::watch::Hub;
 
@@ -155,18 +155,31 @@ impl Registry {
         .await
     }
 
-    /// Records a heartbeat from node `id` once `authorize` accepts the node.
+    /// Records a heartbeat from node `id`, with what it reports as wrong (`condition`),
+    /// once `authorize` accepts the node.
     pub async fn heartbeat(
         &self,
         id: NodeId,
+        condition: Option<Condition>,
         authorize: impl FnOnce(&Node) -> Result<(), AuthError> + Send + 'static,
     ) -> Result<Node, RegistryError> {
         self.call(move |store, hub| {
             let mut node = store.get(id)?.ok_or(StoreError::NotFound(id))?;
             authorize(&node)?;
             let now = now_ms();
-            match store.heartbeat(id, now)? {
+            match store.heartbeat(id, now, condition.as_ref())? {
                 Some(change) => {
+                    if change.node.condition != node.condition {
+                        match &change.node.condition {
+                            Some(c) => tracing::warn!(
+                                node = %id, reason = c.reason(), message = c.message(),
+                                "node reports a condition"
+                            ),
+                            None => {
+                                tracing::info!(node = %id, "node reports no condition any more")
+                            }
+                        }
+                    }
                     node = change.node.clone();
                     hub.publish([change]);
                 }

@@ -17,6 +17,7 @@ fn request(hostname: &str, host_ip: &str) -> RegisterRequest {
         cpu_cores: Some(2),
         ram_mb: None,
         vtep_mac: Some(format!("02:00:00:00:00:{last:02x}")),
+        subnet: None,
     }
 }
 
@@ -45,7 +46,7 @@ async fn calls_fail_over_past_a_dead_replica_and_stay_with_the_live_one() {
     let list = client.list().await.unwrap();
     assert_eq!(list.nodes, vec![answer.node.clone()]);
     client
-        .heartbeat(&answer.node.node_id, &answer.node_token)
+        .heartbeat(&answer.node.node_id, &answer.node_token, None)
         .await
         .unwrap();
 
@@ -103,16 +104,19 @@ async fn refusals_arrive_typed() {
     assert!(!second.created);
     let id = &first.node.node_id;
     assert!(matches!(
-        joined.heartbeat(id, &first.node_token).await,
+        joined.heartbeat(id, &first.node_token, None).await,
         Err(ControlError::StaleToken(i)) if &i == id
     ));
-    joined.heartbeat(id, &second.node_token).await.unwrap();
+    joined
+        .heartbeat(id, &second.node_token, None)
+        .await
+        .unwrap();
 
     // Leaving twice is fine; a heartbeat after it names the unknown node.
     joined.leave(id, &second.node_token).await.unwrap();
     joined.leave(id, &second.node_token).await.unwrap();
     assert!(matches!(
-        joined.heartbeat(id, &second.node_token).await,
+        joined.heartbeat(id, &second.node_token, None).await,
         Err(ControlError::UnknownNode(i)) if &i == id
     ));
 

@@ -86,6 +86,7 @@ fn node(n: u8) -> RegisterRequest {
         cpu_cores: None,
         ram_mb: None,
         vtep_mac: None,
+        subnet: None,
     }
 }
 
@@ -106,7 +107,7 @@ async fn a_full_disk_still_marks_dead_nodes_down_and_says_why() {
         let (id, token) = (alive.node.node_id.clone(), alive.node_token.clone());
         tokio::spawn(async move {
             while Instant::now() < until {
-                let _ = client.heartbeat(&id, &token).await;
+                let _ = client.heartbeat(&id, &token, None).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })

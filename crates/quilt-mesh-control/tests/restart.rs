@@ -135,6 +135,7 @@ fn request(hostname: &str, host_ip: &str) -> RegisterRequest {
         cpu_cores: None,
         ram_mb: None,
         vtep_mac: None,
+        subnet: None,
     }
 }
 

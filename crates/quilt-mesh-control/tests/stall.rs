@@ -38,6 +38,7 @@ async fn a_pause_of_the_control_plane_marks_no_live_node_down() {
             cpu_cores: None,
             ram_mb: None,
             vtep_mac: None,
+            subnet: None,
         };
         let answer = client.register(&request).await.unwrap();
         nodes.push((answer.node.node_id, answer.node_token));
@@ -53,7 +54,7 @@ async fn a_pause_of_the_control_plane_marks_no_live_node_down() {
             let client = client.clone();
             tokio::spawn(async move {
                 while Instant::now() < until {
-                    let _ = client.heartbeat(&id, &token).await;
+                    let _ = client.heartbeat(&id, &token, None).await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             })

@@ -113,7 +113,8 @@ fn outcome<T>(method: &str, result: &Result<T, RuntimeError>) -> (bool, String) 
     }
 }
 
-/// The one mapping from a runtime error to the kind container clients (quilt-cni) read.
+/// The one mapping from a runtime error to the kind clients read (quilt-cni for
+/// container requests, the agent for ConfigureNodeSubnet).
 pub fn error_kind(e: &RuntimeError) -> pb::ErrorKind {
     match e {
         RuntimeError::Invalid(_)
@@ -126,6 +127,7 @@ pub fn error_kind(e: &RuntimeError) -> pb::ErrorKind {
         RuntimeError::PoolExhausted(_) => pb::ErrorKind::Exhausted,
         RuntimeError::NotAttached { .. } => pb::ErrorKind::NotFound,
         RuntimeError::Mismatch { .. } => pb::ErrorKind::Mismatch,
+        RuntimeError::SubnetInUse { .. } => pb::ErrorKind::SubnetInUse,
         RuntimeError::Kernel(_)
         | RuntimeError::NoSuchInterface(_)
         | RuntimeError::BridgeTaken { .. } => pb::ErrorKind::Kernel,
@@ -133,7 +135,7 @@ pub fn error_kind(e: &RuntimeError) -> pb::ErrorKind {
     }
 }
 
-/// `(success, error, error_kind)` of a container request.
+/// `(success, error, error_kind)` of a request whose answer carries a kind.
 fn container_outcome<T>(method: &str, result: &Result<T, RuntimeError>) -> (bool, String, i32) {
     let (success, error) = outcome(method, result);
     let kind = match result {
@@ -255,8 +257,14 @@ impl<K: Kernel> QuiltRuntime for GrpcService<K> {
                 Ok(subnet) => self.runtime.configure_subnet(subnet).await,
                 Err(e) => Err(e),
             };
-            let (success, error) = outcome(method, &result);
-            Ok(pb::ConfigureNodeSubnetResponse { success, error })
+            let (success, error, error_kind) = container_outcome(method, &result);
+            let current_subnet = self.runtime.subnet().await;
+            Ok(pb::ConfigureNodeSubnetResponse {
+                success,
+                error,
+                error_kind,
+                current_subnet: current_subnet.map(|s| s.to_string()).unwrap_or_default(),
+            })
         })
         .await
     }

@@ -82,6 +82,9 @@ async fn nodes(cp: &ControlClient, json: bool) -> anyhow::Result<ExitCode> {
                 n.subnet.to_string(),
                 n.status.as_str().to_string(),
                 format!("{} ago", table::age(now.saturating_sub(n.last_heartbeat))),
+                n.condition
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |c| c.reason.clone()),
             ]
         })
         .collect();
@@ -94,13 +97,20 @@ async fn nodes(cp: &ControlClient, json: bool) -> anyhow::Result<ExitCode> {
                 "HOST IP",
                 "SUBNET",
                 "STATUS",
-                "LAST HEARTBEAT"
+                "LAST HEARTBEAT",
+                "CONDITION"
             ],
             &rows
         )
     );
     if list.nodes.is_empty() {
         println!("(no nodes)");
+    }
+    // What each condition means, in its agent's words.
+    for n in &list.nodes {
+        if let Some(c) = &n.condition {
+            println!("{} {}: {}", n.node_id, c.reason, c.message);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

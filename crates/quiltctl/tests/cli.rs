@@ -124,14 +124,15 @@ impl Site {
         command.output().unwrap()
     }
 
-    /// Registers a node the way an agent does.
-    fn register(&self, hostname: &str, host_ip: &str) {
+    /// Registers a node the way an agent does; answers its id and token.
+    fn register(&self, hostname: &str, host_ip: &str) -> (String, String) {
         let request = RegisterRequest {
             hostname: hostname.into(),
             host_ip: host_ip.into(),
             cpu_cores: Some(2),
             ram_mb: None,
             vtep_mac: None,
+            subnet: None,
         };
         block_on_in(self.ns.name(), async || {
             ControlClient::builder(["http://127.0.0.1:8080"])
@@ -140,6 +141,20 @@ impl Site {
                 .build()
                 .unwrap()
                 .register(&request)
+                .await
+                .map(|a| (a.node.node_id, a.node_token))
+                .unwrap()
+        })
+    }
+
+    /// Sends node `id`'s heartbeat reporting `condition`, as a held agent does.
+    fn heartbeat(&self, id: &str, token: &str, condition: &quilt_api::types::NodeCondition) {
+        block_on_in(self.ns.name(), async || {
+            ControlClient::builder(["http://127.0.0.1:8080"])
+                .no_proxy()
+                .build()
+                .unwrap()
+                .heartbeat(id, token, Some(condition))
                 .await
                 .unwrap();
         });
@@ -197,7 +212,7 @@ fn nodes_status_and_node_delete_against_a_running_control_plane() {
     let bins = daemons();
     let mut site = Site::new();
     site.start_control(&bins);
-    site.register("worker-1", "192.168.61.11");
+    let (first, first_token) = site.register("worker-1", "192.168.61.11");
     site.register("worker-2", "192.168.61.12");
 
     let list: NodeList =
@@ -222,7 +237,26 @@ fn nodes_status_and_node_delete_against_a_running_control_plane() {
             && lines[1].contains("up"),
         "{table}"
     );
-    assert!(lines[1].trim_end().ends_with("ago"), "{table}");
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cells[cells.len() - 2..], ["ago", "-"], "{table}");
+
+    // A node whose agent reports a condition shows it, and what it means.
+    site.heartbeat(
+        &first,
+        &first_token,
+        &quilt_api::types::NodeCondition {
+            reason: "SubnetInUse".into(),
+            message: "the runtime keeps 10.42.9.0/24".into(),
+        },
+    );
+    let table = stdout(&site.quiltctl(&["nodes", CP], &[]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].trim_end().ends_with("CONDITION"), "{table}");
+    assert!(lines[1].trim_end().ends_with("SubnetInUse"), "{table}");
+    assert!(
+        table.contains("node-1 SubnetInUse: the runtime keeps 10.42.9.0/24"),
+        "{table}"
+    );
 
     // A control plane that does not answer is skipped for the next one.
     let fallback = site.quiltctl(

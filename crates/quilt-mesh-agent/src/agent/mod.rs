@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
-use quilt_common::metrics_endpoint;
+use quilt_api::types::NodeCondition;
+use quilt_common::metrics_endpoint::{self, Health};
 use quilt_kernel::overlay::{Overlay, VxlanSpec};
 use tokio::sync::watch;
 use tracing::info;
@@ -69,9 +70,14 @@ pub async fn run<O: Overlay>(
         let _ = stop_tx.send(true);
     });
     let metrics = Arc::new(Metrics::new());
-    let metrics_endpoint =
-        metrics_endpoint::spawn(config.metrics_addr, metrics.registry.clone(), stop.clone())
-            .await?;
+    let health = Health::default();
+    let metrics_endpoint = metrics_endpoint::spawn_with_health(
+        config.metrics_addr,
+        metrics.registry.clone(),
+        health.clone(),
+        stop.clone(),
+    )
+    .await?;
     info!(
         host_ip = %config.host_ip, underlay = %underlay.name, vtep_mac = %state.vtep_mac,
         control_planes = ?config.control_planes, runtime = %config.runtime_addr,
@@ -101,6 +107,8 @@ pub async fn run<O: Overlay>(
         dirty: false,
         synced: false,
         retry_at: Instant::now(),
+        health,
+        held: None,
     };
     let result = agent.main_loop(stop).await;
     if result.is_ok() && agent.config.leave_on_exit {
@@ -145,7 +153,24 @@ struct Agent<O> {
     synced: bool,
     /// When a reconcile that had failures may be tried again.
     retry_at: Instant,
+    /// What `/health` answers.
+    health: Health,
+    /// Why the node cannot join yet (the runtime keeps another subnet), while it is so.
+    held: Option<Held>,
 }
+
+/// A node held out of the mesh: its runtime refuses the leased subnet. The agent
+/// reports `condition` on heartbeats and in `/health`, and registers again every
+/// [`HELD_RETRY`] asking for `wanted_subnet` (the runtime's), until one side gives way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    condition: NodeCondition,
+    /// The subnet the runtime keeps, when it said which.
+    wanted_subnet: Option<Ipv4Net>,
+}
+
+/// How often a held node registers again and retries its runtime.
+const HELD_RETRY: Duration = Duration::from_secs(5);
 
 /// Sleeps for `duration`; answers true if asked to stop meanwhile.
 async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, duration: Duration) -> bool {

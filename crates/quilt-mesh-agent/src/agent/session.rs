@@ -5,13 +5,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ipnet::Ipv4Net;
-use quilt_api::types::{EventType, RegisterRequest, WatchEvent};
+use quilt_api::types::{EventType, NodeCondition, RegisterRequest, WatchEvent};
 use quilt_kernel::overlay::Overlay;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::apply::Trigger;
-use super::{Agent, CHECK_INTERVAL, Registered, sleep_or_stop};
+use super::{Agent, CHECK_INTERVAL, HELD_RETRY, Held, Registered, sleep_or_stop};
 use crate::control::ControlError;
 use crate::device::{self, DeviceChange, DeviceError};
 use crate::error::AgentError;
@@ -34,6 +34,15 @@ enum SessionEnd {
     Reregister,
 }
 
+/// How preparing the node ended.
+enum Prepared {
+    /// The device and the runtime are set for the leased subnet.
+    Ready,
+    /// The runtime refused the subnet: the node is held; register again.
+    Held,
+    Stopped,
+}
+
 impl<O: Overlay> Agent<O> {
     pub(super) async fn main_loop(
         &mut self,
@@ -43,8 +52,10 @@ impl<O: Overlay> Agent<O> {
             let Some(registered) = self.register(&mut stop).await? else {
                 return Ok(());
             };
-            if !self.prepare_node(&registered, &mut stop).await {
-                return Ok(());
+            match self.prepare_node(&registered, &mut stop).await {
+                Prepared::Ready => {}
+                Prepared::Held => continue,
+                Prepared::Stopped => return Ok(()),
             }
             match self.session(&registered, &mut stop).await {
                 SessionEnd::Stop => return Ok(()),
@@ -66,18 +77,31 @@ impl<O: Overlay> Agent<O> {
                 .map(|n| n.get() as u32),
             ram_mb: memory_mb(),
             vtep_mac: Some(self.state.vtep_mac.to_string()),
+            // Only a held node asks for a subnet; otherwise the body is the original one.
+            subnet: self
+                .held
+                .as_ref()
+                .and_then(|h| h.wanted_subnet)
+                .map(|s| s.to_string()),
         };
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.control.register(&request).await {
                 Ok(answer) => {
                     let node = answer.node;
+                    let same = self.state.subnet == Some(node.subnet)
+                        && self.state.node_id.as_deref() == Some(node.node_id.as_str());
                     if let Some(old) = self.state.subnet
                         && old != node.subnet
                     {
                         warn!(%old, new = %node.subnet, "the control plane leased this node another subnet");
                     }
-                    info!(node_id = %node.node_id, subnet = %node.subnet, renewed = !answer.created, "registered with the control plane");
+                    if same && self.held.is_some() {
+                        // A held node registers every few seconds; say only what changes.
+                        debug!(node_id = %node.node_id, subnet = %node.subnet, "registered again while held");
+                    } else {
+                        info!(node_id = %node.node_id, subnet = %node.subnet, renewed = !answer.created, "registered with the control plane");
+                    }
                     let registered = Registered {
                         node_id: node.node_id,
                         token: answer.node_token,
@@ -106,13 +130,13 @@ impl<O: Overlay> Agent<O> {
         }
     }
 
-    /// Builds the device and configures the runtime, retrying until both are done;
-    /// answers false when stopped first.
+    /// Builds the device and configures the runtime, retrying until both are done or the
+    /// runtime refuses the subnet (then the node is held: see [`Agent::hold`]).
     async fn prepare_node(
         &mut self,
         registered: &Registered,
         stop: &mut watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Prepared {
         let subnet = registered.subnet;
         loop {
             match self.ensure_device(subnet).await {
@@ -120,22 +144,36 @@ impl<O: Overlay> Agent<O> {
                 Err(e) => warn!(error = %e, "cannot set up the vxlan device; retrying"),
             }
             if sleep_or_stop(stop, Duration::from_secs(1)).await {
-                return false;
+                return Prepared::Stopped;
             }
         }
         let mut warned = false;
         loop {
-            let pause = match self.runtime.configure_subnet(subnet).await {
+            let held = match self.runtime.configure_subnet(subnet).await {
                 Ok(()) => {
                     info!(%subnet, "runtime configured with the node subnet");
-                    return true;
+                    self.release();
+                    return Prepared::Ready;
                 }
-                // The runtime answered no: retrying fast will not change that; say it
-                // every time so the operator sees why the node does not join.
-                Err(e @ RuntimeCallError::Refused { .. }) => {
-                    warn!(error = %e, "the runtime refused the node subnet; retrying in 5 s");
-                    Duration::from_secs(5)
-                }
+                Err(RuntimeCallError::SubnetInUse { current, message }) => Held {
+                    condition: NodeCondition {
+                        reason: "SubnetInUse".into(),
+                        message: format!(
+                            "the control plane leased {subnet}, but the runtime keeps {current} for the containers it runs ({message}); \
+                             the runtime never re-addresses running containers: remove them, or delete the node that holds {current}, \
+                             and this node joins on its own"
+                        ),
+                    },
+                    wanted_subnet: Some(current),
+                },
+                // The runtime answered no: retrying fast will not change that.
+                Err(e @ RuntimeCallError::Refused { .. }) => Held {
+                    condition: NodeCondition {
+                        reason: "RuntimeRefusedSubnet".into(),
+                        message: format!("the runtime refused node subnet {subnet}: {e}"),
+                    },
+                    wanted_subnet: None,
+                },
                 Err(e) => {
                     if !warned {
                         warn!(error = %e, "cannot configure the runtime yet; retrying");
@@ -143,12 +181,52 @@ impl<O: Overlay> Agent<O> {
                     } else {
                         debug!(error = %e, "runtime still not configured");
                     }
-                    Duration::from_millis(250)
+                    if sleep_or_stop(stop, Duration::from_millis(250)).await {
+                        return Prepared::Stopped;
+                    }
+                    continue;
                 }
             };
-            if sleep_or_stop(stop, pause).await {
-                return false;
-            }
+            return self.hold(registered, held, stop).await;
+        }
+    }
+
+    /// Holds the node out of the mesh for `held`: says so (once, loudly, and in
+    /// `/health`), reports it on a heartbeat, then waits [`HELD_RETRY`] before the caller
+    /// registers again (asking for the runtime's subnet) and retries the runtime.
+    async fn hold(
+        &mut self,
+        registered: &Registered,
+        held: Held,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Prepared {
+        if self.held.as_ref() != Some(&held) {
+            warn!(
+                reason = %held.condition.reason,
+                "node held out of the mesh: {}; retrying every {} s",
+                held.condition.message,
+                HELD_RETRY.as_secs()
+            );
+        }
+        self.health.degraded(format!(
+            "{}: {}",
+            held.condition.reason, held.condition.message
+        ));
+        self.held = Some(held);
+        // A control plane that no longer knows the node is met by the next registration.
+        let _ = self.heartbeat(registered).await;
+        if sleep_or_stop(stop, HELD_RETRY).await {
+            return Prepared::Stopped;
+        }
+        Prepared::Held
+    }
+
+    /// Ends a hold once the runtime took the subnet; the next heartbeat clears the
+    /// condition on the control plane.
+    fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            info!(reason = %held.condition.reason, "the node is no longer held; joining the mesh");
+            self.health.healthy();
         }
     }
 
@@ -238,9 +316,10 @@ impl<O: Overlay> Agent<O> {
 
     /// Sends a heartbeat; answers true when the control plane no longer knows this node.
     async fn heartbeat(&self, registered: &Registered) -> bool {
+        let condition = self.held.as_ref().map(|h| &h.condition);
         match self
             .control
-            .heartbeat(&registered.node_id, &registered.token)
+            .heartbeat(&registered.node_id, &registered.token, condition)
             .await
         {
             Ok(()) => false,

@@ -20,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ipnet::Ipv4Net;
+use quilt_common::ClusterNetwork;
 use tokio::sync::watch as signal;
 
 use crate::auth::Policy;
@@ -34,7 +34,8 @@ pub struct AppState {
     pub registry: Registry,
     pub policy: Arc<Policy>,
     pub metrics: Arc<Metrics>,
-    pub cluster_cidr: Ipv4Net,
+    /// The cluster CIDR and node prefix length leases are made from.
+    pub plan: ClusterNetwork,
     pub heartbeat_timeout: Duration,
     /// Turns true when the server stops; watch streams end then.
     pub stopping: signal::Receiver<bool>,

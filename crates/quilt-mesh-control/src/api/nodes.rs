@@ -50,13 +50,14 @@ pub async fn register(
     let result = async {
         let presented = bearer(headers.get(AUTHORIZATION))?;
         state.policy.register(presented.as_deref())?;
-        let new = request::register(&request::body(body)?)?;
+        let new = request::register(&request::body(body)?, &state.plan)?;
+        let wish = new.wanted_subnet;
         let token = NodeToken::generate()
             .map_err(|e| ApiError::Internal(format!("cannot read /dev/urandom: {e}")))?;
-        Ok::<_, ApiError>(state.registry.register(new, token).await?)
+        Ok::<_, ApiError>((state.registry.register(new, token).await?, wish))
     }
     .await;
-    let registration = match result {
+    let (registration, new_wish) = match result {
         Ok(r) => r,
         Err(e) => {
             state.metrics.registered("refused");
@@ -69,6 +70,11 @@ pub async fn register(
         "renewed"
     });
     let n = &registration.node;
+    if let Some(wanted) = new_wish
+        && wanted != n.subnet
+    {
+        tracing::info!(node = %n.id, host_ip = %n.host_ip, %wanted, subnet = %n.subnet, "the subnet the node asked for is taken; it keeps its lease");
+    }
     if registration.created {
         tracing::info!(node = %n.id, host_ip = %n.host_ip, subnet = %n.subnet, "node registered");
     } else {
@@ -77,7 +83,7 @@ pub async fn register(
     Ok(Json(RegisterResponse {
         node: node_info(n),
         node_token: n.token.as_str().to_string(),
-        cluster_cidr: state.cluster_cidr,
+        cluster_cidr: state.plan.cidr(),
         heartbeat_timeout_ms: u64::try_from(state.heartbeat_timeout.as_millis())
             .unwrap_or(u64::MAX),
         created: registration.created,
@@ -88,12 +94,16 @@ pub async fn heartbeat(
     State(state): State<AppState>,
     PathNodeId(id): PathNodeId,
     headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let presented = bearer(headers.get(AUTHORIZATION))?;
+    let condition = request::heartbeat(&request::body(body)?)?;
     let policy = state.policy.clone();
     let node = state
         .registry
-        .heartbeat(id, move |node| policy.heartbeat(node, presented.as_deref()))
+        .heartbeat(id, condition, move |node| {
+            policy.heartbeat(node, presented.as_deref())
+        })
         .await?;
     state.metrics.heartbeats.inc();
     let info = node_info(&node);

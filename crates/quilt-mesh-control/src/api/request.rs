@@ -8,10 +8,15 @@ use axum::http::StatusCode;
 use quilt_common::cluster::excerpt;
 use serde_json::Value;
 
-use super::types::RegisterRequest;
+use ipnet::Ipv4Net;
+use quilt_common::ClusterNetwork;
+
+use super::types::{HeartbeatRequest, RegisterRequest};
 
 use crate::error::ApiError;
-use crate::model::{FieldError, NewNode, parse_host_ip, parse_hostname, parse_mac};
+use crate::model::{
+    Condition, FieldError, NewNode, parse_condition, parse_host_ip, parse_hostname, parse_mac,
+};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -103,8 +108,9 @@ fn explain_register(value: &Value, refusal: serde_json::Error) -> FieldError {
 }
 
 /// `POST /api/nodes/register` body to a validated registration: the body is read into
-/// the published [`RegisterRequest`], then each field is checked.
-pub fn register(body: &[u8]) -> Result<NewNode, ApiError> {
+/// the published [`RegisterRequest`], then each field is checked (`subnet` against the
+/// cluster `plan`).
+pub fn register(body: &[u8], plan: &ClusterNetwork) -> Result<NewNode, ApiError> {
     let value = json(body)?;
     let request: RegisterRequest = match serde_json::from_value(value.clone()) {
         Ok(request) => request,
@@ -125,15 +131,63 @@ pub fn register(body: &[u8]) -> Result<NewNode, ApiError> {
         cpu_cores: request.cpu_cores.unwrap_or(0),
         ram_mb: request.ram_mb.unwrap_or(0),
         vtep_mac: request.vtep_mac.as_deref().map(parse_mac).transpose()?,
+        wanted_subnet: request
+            .subnet
+            .as_deref()
+            .map(|s| wanted_subnet(s, plan))
+            .transpose()?,
     })
+}
+
+/// The `subnet` a registration asks for: a node subnet of the cluster, not its first.
+fn wanted_subnet(value: &str, plan: &ClusterNetwork) -> Result<Ipv4Net, FieldError> {
+    let subnet = plan
+        .parse_node_subnet("subnet", value)
+        .map_err(|e| FieldError(e.to_string()))?;
+    if plan.index_of(subnet) == Some(0) {
+        return Err(FieldError(format!(
+            "subnet {subnet} is the cluster's first node subnet, which is never leased"
+        )));
+    }
+    Ok(subnet)
+}
+
+/// `POST /api/nodes/{id}/heartbeat` body to the condition it reports: an empty body (what
+/// the original agents send) or one without `condition` is a healthy node.
+pub fn heartbeat(body: &[u8]) -> Result<Option<Condition>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value = json(body)?;
+    if !value.is_object() {
+        return Err(FieldError(format!(
+            "heartbeat body must be a json object or empty, not {}",
+            kind(&value)
+        ))
+        .into());
+    }
+    let request: HeartbeatRequest = serde_json::from_value(value).map_err(|e| {
+        FieldError(format!(
+            "condition must be {{\"reason\": string, \"message\": string}}: {}",
+            excerpt(&e.to_string())
+        ))
+    })?;
+    Ok(request
+        .condition
+        .map(|c| parse_condition(&c.reason, &c.message))
+        .transpose()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn plan() -> ClusterNetwork {
+        ClusterNetwork::new("10.42.0.0/16".parse().unwrap(), 24).unwrap()
+    }
+
     fn err(body: &str) -> (StatusCode, String) {
-        let e = register(body.as_bytes()).unwrap_err();
+        let e = register(body.as_bytes(), &plan()).unwrap_err();
         (e.status(), e.to_string())
     }
 
@@ -141,11 +195,75 @@ mod tests {
     fn accepts_what_the_original_clients_send() {
         let n = register(
             br#"{"hostname":"node-a","host_ip":"192.168.1.10","cpu_cores":4,"ram_mb":8192}"#,
+            &plan(),
         )
         .unwrap();
         assert_eq!((n.cpu_cores, n.ram_mb, n.vtep_mac), (4, 8192, None));
-        let n = register(br#"{"hostname":"a","host_ip":"10.0.0.1","vtep_mac":"02:00:00:00:00:01","ram_mb":null}"#).unwrap();
+        assert_eq!(n.wanted_subnet, None);
+        let n = register(br#"{"hostname":"a","host_ip":"10.0.0.1","vtep_mac":"02:00:00:00:00:01","ram_mb":null}"#, &plan()).unwrap();
         assert_eq!(n.vtep_mac.unwrap().to_string(), "02:00:00:00:00:01");
+    }
+
+    #[test]
+    fn a_wished_subnet_must_be_a_leasable_node_subnet() {
+        let n = register(
+            br#"{"hostname":"a","host_ip":"10.0.0.1","subnet":"10.42.7.0/24"}"#,
+            &plan(),
+        )
+        .unwrap();
+        assert_eq!(n.wanted_subnet, Some("10.42.7.0/24".parse().unwrap()));
+        for (subnet, expected) in [
+            ("x", "subnet"),
+            ("10.43.1.0/24", "outside cluster cidr 10.42.0.0/16"),
+            ("10.42.1.0/25", "/24"),
+            ("10.42.1.1/24", "host bits"),
+            ("10.42.0.0/24", "first node subnet"),
+        ] {
+            let body = format!(r#"{{"hostname":"a","host_ip":"10.0.0.1","subnet":"{subnet}"}}"#);
+            let (status, msg) = err(&body);
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{subnet}: {msg}");
+            assert!(msg.contains(expected), "{subnet}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_body_is_empty_or_names_a_condition() {
+        assert_eq!(heartbeat(b"").unwrap(), None);
+        assert_eq!(heartbeat(b" {} ").unwrap(), None);
+        assert_eq!(heartbeat(br#"{"condition":null,"later":1}"#).unwrap(), None);
+        let c = heartbeat(
+            br#"{"condition":{"reason":"SubnetInUse","message":"runtime keeps 10.42.1.0/24"}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.reason(), c.message()),
+            ("SubnetInUse", "runtime keeps 10.42.1.0/24")
+        );
+        let long = "m".repeat(1025);
+        for (body, status, expected) in [
+            ("{", StatusCode::BAD_REQUEST, "malformed json"),
+            ("[1]", StatusCode::UNPROCESSABLE_ENTITY, "not an array"),
+            (
+                r#"{"condition":7}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "condition must be",
+            ),
+            (
+                r#"{"condition":{"reason":"not a word","message":""}}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                r#"condition.reason "not a word""#,
+            ),
+            (
+                &format!(r#"{{"condition":{{"reason":"X","message":"{long}"}}}}"#),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "1025 characters long",
+            ),
+        ] {
+            let e = heartbeat(body.as_bytes()).unwrap_err();
+            assert_eq!(e.status(), status, "{body}: {e}");
+            assert!(e.to_string().contains(expected), "{body}: {e}");
+        }
     }
 
     #[test]
@@ -189,9 +307,9 @@ mod tests {
                 "ram_mb 1.5",
             ),
             (
-                r#"{"hostname":"a","host_ip":"10.0.0.1","subnet":"x"}"#,
+                r#"{"hostname":"a","host_ip":"10.0.0.1","zone":"x"}"#,
                 StatusCode::UNPROCESSABLE_ENTITY,
-                r#"unknown field "subnet""#,
+                r#"unknown field "zone""#,
             ),
             (
                 r#"{"hostname":"a","host_ip":"10.0.0.1","vtep_mac":"ff:ff:ff:ff:ff:ff"}"#,

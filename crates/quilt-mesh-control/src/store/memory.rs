@@ -9,7 +9,7 @@ use super::{
     Change, ChangeKind, Registration, Revision, Store, StoreError, count, exhausted,
     lowest_free_index,
 };
-use crate::model::{MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken};
+use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken};
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -54,9 +54,22 @@ impl Store for MemoryStore {
         token: NodeToken,
         now_ms: u64,
     ) -> Result<Registration, StoreError> {
+        let wanted = new
+            .wanted_subnet
+            .and_then(|subnet| self.plan.index_of(subnet))
+            .filter(|index| *index >= 1 && !self.leased.contains(index));
         if let Some(id) = self.by_ip.get(&new.host_ip).copied() {
             let old = self.nodes[&id].clone();
-            let node = old.renewed(new, token, now_ms);
+            let mut node = old.renewed(new, token, now_ms);
+            if let Some(index) = wanted
+                && let Some(subnet) = self.plan.subnet_at(index)
+            {
+                if let Some(previous) = self.plan.index_of(old.subnet) {
+                    self.leased.remove(&previous);
+                }
+                self.leased.insert(index);
+                node.subnet = subnet;
+            }
             self.nodes.insert(id, node.clone());
             let change = old
                 .differs_for_watchers(&node)
@@ -67,7 +80,7 @@ impl Store for MemoryStore {
                 change,
             });
         }
-        let index = lowest_free_index(self.leased.iter().copied());
+        let index = wanted.unwrap_or_else(|| lowest_free_index(self.leased.iter().copied()));
         let subnet = self
             .plan
             .subnet_at(index)
@@ -86,13 +99,19 @@ impl Store for MemoryStore {
         })
     }
 
-    fn heartbeat(&mut self, id: NodeId, now_ms: u64) -> Result<Option<Change>, StoreError> {
+    fn heartbeat(
+        &mut self,
+        id: NodeId,
+        now_ms: u64,
+        condition: Option<&Condition>,
+    ) -> Result<Option<Change>, StoreError> {
         let node = self.nodes.get_mut(&id).ok_or(StoreError::NotFound(id))?;
         node.last_heartbeat_ms = now_ms;
-        if node.status == NodeStatus::Up {
+        if node.status == NodeStatus::Up && node.condition.as_ref() == condition {
             return Ok(None);
         }
         node.status = NodeStatus::Up;
+        node.condition = condition.cloned();
         let node = node.clone();
         Ok(Some(self.change(ChangeKind::Updated, node)))
     }

@@ -18,7 +18,7 @@ pub mod write_health;
 use ipnet::Ipv4Net;
 use quilt_common::ClusterNetwork;
 
-use crate::model::{MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken};
+use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken};
 
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
@@ -105,8 +105,10 @@ pub trait Store: Send + 'static {
     /// keeps its id and subnet, replaces its token with `token` (so a credential is
     /// never handed to a second caller; the old one stops working), updates the other
     /// fields (a missing `vtep_mac` keeps the old one), marks it up and sets its
-    /// heartbeat to `now_ms`. A new node
-    /// gets `token` and the lowest free subnet, never the cluster's first one.
+    /// heartbeat to `now_ms`. A new node gets `token` and the lowest free subnet, never
+    /// the cluster's first one. `new.wanted_subnet`, when free, is leased instead: to a
+    /// new node in place of the lowest free subnet, to a renewal in place of its own
+    /// (whose lease is then let go); a taken one is ignored.
     fn register(
         &mut self,
         new: &NewNode,
@@ -114,8 +116,15 @@ pub trait Store: Send + 'static {
         now_ms: u64,
     ) -> Result<Registration, StoreError>;
 
-    /// Records a heartbeat. A node that was down comes back up, which is a change.
-    fn heartbeat(&mut self, id: NodeId, now_ms: u64) -> Result<Option<Change>, StoreError>;
+    /// Records a heartbeat and the node's `condition` (none: healthy). A node that was
+    /// down comes back up, and a condition other than the recorded one is kept: either
+    /// is a change.
+    fn heartbeat(
+        &mut self,
+        id: NodeId,
+        now_ms: u64,
+        condition: Option<&Condition>,
+    ) -> Result<Option<Change>, StoreError>;
 
     fn get(&mut self, id: NodeId) -> Result<Option<Node>, StoreError>;
 
@@ -199,7 +208,104 @@ pub(crate) mod contract {
             cpu_cores: 4,
             ram_mb: 8192,
             vtep_mac: None,
+            wanted_subnet: None,
         }
+    }
+
+    fn wishing(host: &str, ip: &str, subnet: &str) -> NewNode {
+        NewNode {
+            wanted_subnet: Some(subnet.parse().unwrap()),
+            ..new_node(host, ip)
+        }
+    }
+
+    pub fn a_wished_subnet_is_leased_only_when_free(s: &mut dyn Store) {
+        let a = s
+            .register(&wishing("a", "10.0.0.1", "10.42.9.0/24"), token(), 1000)
+            .unwrap();
+        assert_eq!(
+            a.node.subnet.to_string(),
+            "10.42.9.0/24",
+            "a new node gets its free wish"
+        );
+        let b = s
+            .register(&wishing("b", "10.0.0.2", "10.42.9.0/24"), token(), 1000)
+            .unwrap();
+        assert_eq!(
+            b.node.subnet.to_string(),
+            "10.42.1.0/24",
+            "a taken wish is ignored"
+        );
+        let again = s
+            .register(&wishing("b", "10.0.0.2", "10.42.9.0/24"), token(), 2000)
+            .unwrap();
+        assert_eq!(again.node.subnet.to_string(), "10.42.1.0/24");
+        assert!(again.change.is_none(), "nothing watchers see changed");
+        let moved = s
+            .register(&wishing("b", "10.0.0.2", "10.42.5.0/24"), token(), 3000)
+            .unwrap();
+        assert_eq!(
+            moved.node.subnet.to_string(),
+            "10.42.5.0/24",
+            "a renewal moves to its free wish"
+        );
+        let change = moved.change.expect("a moved lease is a change");
+        assert_eq!(
+            (change.kind, change.node.subnet),
+            (ChangeKind::Updated, moved.node.subnet)
+        );
+        let c = s
+            .register(&new_node("c", "10.0.0.3"), token(), 4000)
+            .unwrap();
+        assert_eq!(
+            c.node.subnet.to_string(),
+            "10.42.1.0/24",
+            "the lease let go is free again"
+        );
+        let kept = s
+            .register(&new_node("b", "10.0.0.2"), token(), 5000)
+            .unwrap();
+        assert_eq!(
+            kept.node.subnet.to_string(),
+            "10.42.5.0/24",
+            "no wish keeps the lease"
+        );
+    }
+
+    pub fn a_condition_is_kept_until_a_heartbeat_clears_it(s: &mut dyn Store) {
+        use crate::model::parse_condition;
+        let a = s
+            .register(&new_node("a", "10.0.0.1"), token(), 1000)
+            .unwrap()
+            .node;
+        let held = parse_condition("SubnetInUse", "runtime keeps 10.42.7.0/24").unwrap();
+        let change = s
+            .heartbeat(a.id, 2000, Some(&held))
+            .unwrap()
+            .expect("a new condition is a change");
+        assert_eq!(change.node.condition.as_ref(), Some(&held));
+        assert!(
+            s.heartbeat(a.id, 3000, Some(&held)).unwrap().is_none(),
+            "the same again is not"
+        );
+        assert_eq!(
+            s.get(a.id).unwrap().unwrap().condition.as_ref(),
+            Some(&held)
+        );
+        let renewed = s
+            .register(&new_node("a", "10.0.0.1"), token(), 3500)
+            .unwrap();
+        assert_eq!(
+            renewed.node.condition.as_ref(),
+            Some(&held),
+            "registering keeps it"
+        );
+        let cleared = s
+            .heartbeat(a.id, 4000, None)
+            .unwrap()
+            .expect("clearing is a change");
+        assert_eq!(cleared.node.condition, None);
+        assert_eq!(s.list().unwrap().0[0].condition, None);
     }
 
     fn token() -> NodeToken {
@@ -303,7 +409,7 @@ pub(crate) mod contract {
             .node;
         let rev = s.revision().unwrap();
         assert!(
-            s.heartbeat(a.id, 3000).unwrap().is_none(),
+            s.heartbeat(a.id, 3000, None).unwrap().is_none(),
             "a heartbeat alone is no change"
         );
         assert_eq!(s.revision().unwrap(), rev);
@@ -317,14 +423,14 @@ pub(crate) mod contract {
             "down stays down quietly"
         );
         assert_eq!(s.count_by_status().unwrap(), (1, 1));
-        let up = s.heartbeat(b.id, 4000).unwrap().unwrap();
+        let up = s.heartbeat(b.id, 4000, None).unwrap().unwrap();
         assert_eq!(
             (up.kind, up.node.status, up.revision),
             (ChangeKind::Updated, NodeStatus::Up, rev + 2)
         );
         assert_eq!(s.get(b.id).unwrap().unwrap().last_heartbeat_ms, 4000);
         assert!(matches!(
-            s.heartbeat(NodeId::new(999), 1),
+            s.heartbeat(NodeId::new(999), 1, None),
             Err(StoreError::NotFound(_))
         ));
     }
@@ -349,6 +455,8 @@ pub(crate) mod contract {
         the_same_host_ip_gets_its_lease_back(make(plan("10.42.0.0/16", 24)).as_mut());
         a_tiny_cluster_runs_out_cleanly(make(plan("10.99.0.0/22", 24)).as_mut());
         heartbeats_and_the_monitor_flip_status(make(plan("10.42.0.0/16", 24)).as_mut());
+        a_wished_subnet_is_leased_only_when_free(make(plan("10.42.0.0/16", 24)).as_mut());
+        a_condition_is_kept_until_a_heartbeat_clears_it(make(plan("10.42.0.0/16", 24)).as_mut());
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod routes;
 
 use std::sync::Arc;
 
+use ipnet::Ipv4Net;
 use quilt_kernel::Kernel;
 use quilt_kernel::blocking::off_the_worker;
 use tokio::sync::Mutex;
@@ -86,5 +87,10 @@ impl<K: Kernel> Runtime<K> {
     /// A copy of the desired state.
     pub async fn desired(&self) -> DesiredState {
         self.inner.lock().await.desired.clone()
+    }
+
+    /// The node subnet, once one is configured.
+    pub async fn subnet(&self) -> Option<Ipv4Net> {
+        self.inner.lock().await.desired.subnet
     }
 }

@@ -279,7 +279,7 @@ async fn heartbeat_for(
                 let (mut i, mut sent) = (worker, 0);
                 while Instant::now() < deadline {
                     let (id, token) = &nodes[i % nodes.len()];
-                    client.heartbeat(id, token).await?;
+                    client.heartbeat(id, token, None).await?;
                     sent += 1;
                     i += concurrency;
                 }
@@ -303,6 +303,7 @@ fn node_request(i: usize) -> RegisterRequest {
             cpu_cores: None,
             ram_mb: None,
             vtep_mac: None,
+            subnet: None,
         };
     }
     RegisterRequest {
@@ -311,6 +312,7 @@ fn node_request(i: usize) -> RegisterRequest {
         cpu_cores: Some(4),
         ram_mb: Some(8192),
         vtep_mac: Some(format!("02:00:00:00:{:02x}:{:02x}", i / 256, i % 256)),
+        subnet: None,
     }
 }
 

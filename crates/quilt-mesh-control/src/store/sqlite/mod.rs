@@ -30,11 +30,12 @@ use super::{
     Change, ChangeKind, Registration, Revision, Store, StoreError, WriteHealth, exhausted,
 };
 use crate::model::{
-    MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken, hostname_from_stored, parse_mac,
+    Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken, hostname_from_stored,
+    parse_mac,
 };
 use schema::{check_is_sqlite, check_plan, has_table, migrate, read_revision};
 
-const COLUMNS: &str = "id, hostname, host_ip, subnet, cpu_cores, ram_mb, vtep_mac, status, registered_at, last_heartbeat_ms, token";
+const COLUMNS: &str = "id, hostname, host_ip, subnet, cpu_cores, ram_mb, vtep_mac, status, registered_at, last_heartbeat_ms, token, condition";
 
 /// The lowest free lease index: 1 if free, else one past the first index whose
 /// successor is free. The `subnet_index` UNIQUE index makes this a short index scan.
@@ -57,6 +58,9 @@ pub struct SqliteStore {
     unwritten: HashMap<NodeId, NodeStatus>,
     health: WriteHealth,
     last_flush: std::time::Instant,
+    /// The recorded condition of every node that has one, so a heartbeat that repeats it
+    /// stays in memory.
+    conditions: HashMap<NodeId, Condition>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -102,6 +106,7 @@ impl SqliteStore {
         migrate(&mut conn)?;
         check_plan(&mut conn, plan)?;
         let revision = read_revision(&conn)?;
+        let conditions = read_conditions(&conn)?;
         Ok(Self {
             conn,
             plan,
@@ -110,6 +115,7 @@ impl SqliteStore {
             unwritten: HashMap::new(),
             health: WriteHealth::default(),
             last_flush: std::time::Instant::now(),
+            conditions,
         })
     }
 
@@ -210,6 +216,18 @@ fn advance_revision(
     Ok(next)
 }
 
+/// Every recorded condition, by node.
+fn read_conditions(conn: &Connection) -> Result<HashMap<NodeId, Condition>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id, condition FROM nodes WHERE condition IS NOT NULL")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, stored)| Some((NodeId::new(id), Condition::from_stored(&stored)?)))
+        .collect())
+}
+
 /// A row as stored, before checking it.
 struct RawNode {
     id: u64,
@@ -223,6 +241,7 @@ struct RawNode {
     registered_at: u64,
     last_heartbeat_ms: u64,
     token: String,
+    condition: Option<String>,
 }
 
 fn raw(row: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -238,6 +257,7 @@ fn raw(row: &Row<'_>) -> rusqlite::Result<RawNode> {
         registered_at: row.get(8)?,
         last_heartbeat_ms: row.get(9)?,
         token: row.get(10)?,
+        condition: row.get(11)?,
     })
 }
 
@@ -268,6 +288,10 @@ impl RawNode {
             registered_at: self.registered_at,
             last_heartbeat_ms: self.last_heartbeat_ms,
             token: NodeToken::from_stored(self.token),
+            condition: match &self.condition {
+                Some(c) => Some(Condition::from_stored(c).ok_or_else(|| bad("condition", c))?),
+                None => None,
+            },
         })
     }
 }
@@ -310,11 +334,36 @@ impl Store for SqliteStore {
         let tx = self.begin()?;
         let host_ip = new.host_ip.to_string();
         let vtep_mac = new.vtep_mac.map(|m| m.to_string());
+        let wanted = match new.wanted_subnet.and_then(|s| plan.index_of(s)) {
+            Some(index) if index >= 1 => {
+                let taken = tx
+                    .prepare_cached("SELECT 1 FROM nodes WHERE subnet_index = ?1")?
+                    .query_row([index], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                (!taken).then_some(index)
+            }
+            _ => None,
+        };
         let (node, created, kind) = if let Some(old) = get_where(&tx, "host_ip = ?1", &host_ip)? {
-            let node = old.renewed(new, token, now_ms);
+            let mut node = old.renewed(new, token, now_ms);
+            let mut index = plan.index_of(old.subnet);
+            if let Some(wanted) = wanted
+                && let Some(subnet) = plan.subnet_at(wanted)
+            {
+                node.subnet = subnet;
+                index = Some(wanted);
+            }
+            let index = index.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "node {} has subnet {} outside the plan",
+                    old.id, old.subnet
+                ))
+            })?;
             tx.prepare_cached(
                 "UPDATE nodes SET hostname = ?1, cpu_cores = ?2, ram_mb = ?3, vtep_mac = ?4,
-                 status = 'up', last_heartbeat_ms = ?5, token = ?7 WHERE id = ?6",
+                 status = 'up', last_heartbeat_ms = ?5, token = ?7, subnet = ?8, subnet_index = ?9
+                 WHERE id = ?6",
             )?
             .execute(params![
                 node.hostname.as_str(),
@@ -323,16 +372,21 @@ impl Store for SqliteStore {
                 node.vtep_mac.map(|m| m.to_string()),
                 now_ms,
                 node.id.number(),
-                node.token.as_str()
+                node.token.as_str(),
+                node.subnet.to_string(),
+                index
             ])?;
             let kind = old
                 .differs_for_watchers(&node)
                 .then_some(ChangeKind::Updated);
             (node, false, kind)
         } else {
-            let index: u64 = tx
-                .prepare_cached(LOWEST_FREE_INDEX)?
-                .query_row([], |r| r.get(0))?;
+            let index: u64 = match wanted {
+                Some(index) => index,
+                None => tx
+                    .prepare_cached(LOWEST_FREE_INDEX)?
+                    .query_row([], |r| r.get(0))?,
+            };
             let subnet = plan.subnet_at(index).ok_or_else(|| exhausted(&plan))?;
             tx.prepare_cached(
                 "INSERT INTO nodes (hostname, host_ip, subnet, subnet_index, cpu_cores, ram_mb, vtep_mac, status,
@@ -374,9 +428,16 @@ impl Store for SqliteStore {
         })
     }
 
-    fn heartbeat(&mut self, id: NodeId, now_ms: u64) -> Result<Option<Change>, StoreError> {
-        if self.unwritten.get(&id) == Some(&NodeStatus::Down) {
-            return self.bring_up(id, now_ms).map(Some);
+    fn heartbeat(
+        &mut self,
+        id: NodeId,
+        now_ms: u64,
+        condition: Option<&Condition>,
+    ) -> Result<Option<Change>, StoreError> {
+        if self.unwritten.get(&id) == Some(&NodeStatus::Down)
+            || self.conditions.get(&id) != condition
+        {
+            return self.bring_up(id, now_ms, condition).map(Some);
         }
         // The common case, an up node, only touches memory.
         if let Some(ms) = self.pending.get_mut(&id) {
@@ -392,7 +453,7 @@ impl Store for SqliteStore {
                 Some("up") => {
                     self.pending.insert(id, now_ms);
                 }
-                Some(_) => return self.bring_up(id, now_ms).map(Some),
+                Some(_) => return self.bring_up(id, now_ms, condition).map(Some),
             }
         }
         if self.last_flush.elapsed() >= HEARTBEAT_FLUSH {
@@ -433,6 +494,7 @@ impl Store for SqliteStore {
         let revision = advance_revision(&tx, current, 1)?;
         tx.commit()?;
         self.revision = revision;
+        self.conditions.remove(&id);
         Ok(Change {
             revision,
             kind: ChangeKind::Deleted,
@@ -517,10 +579,16 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// Marks a down node up on its heartbeat: a change, published even when it cannot be
-    /// written yet.
-    fn bring_up(&mut self, id: NodeId, now_ms: u64) -> Result<Change, StoreError> {
-        match self.bring_up_written(id, now_ms) {
+    /// Marks a node up with `condition` on its heartbeat: a change. Coming up is published
+    /// even when it cannot be written yet; a condition is kept only once written (the next
+    /// heartbeat tries again).
+    fn bring_up(
+        &mut self,
+        id: NodeId,
+        now_ms: u64,
+        condition: Option<&Condition>,
+    ) -> Result<Change, StoreError> {
+        match self.bring_up_written(id, now_ms, condition) {
             Err(StoreError::NotFound(id)) => Err(StoreError::NotFound(id)),
             Err(e) => {
                 self.health.failed(&e);
@@ -537,18 +605,29 @@ impl SqliteStore {
             }
             Ok(change) => {
                 self.unwritten.remove(&id);
+                match condition {
+                    Some(c) => self.conditions.insert(id, c.clone()),
+                    None => self.conditions.remove(&id),
+                };
                 Ok(change)
             }
         }
     }
 
-    fn bring_up_written(&mut self, id: NodeId, now_ms: u64) -> Result<Change, StoreError> {
+    fn bring_up_written(
+        &mut self,
+        id: NodeId,
+        now_ms: u64,
+        condition: Option<&Condition>,
+    ) -> Result<Change, StoreError> {
         self.flush_heartbeats()?;
         let current = self.revision;
         let tx = self.begin()?;
         let changed = tx
-            .prepare_cached("UPDATE nodes SET last_heartbeat_ms = ?1, status = 'up' WHERE id = ?2")?
-            .execute(params![now_ms, id.number()])?;
+            .prepare_cached(
+                "UPDATE nodes SET last_heartbeat_ms = ?1, status = 'up', condition = ?3 WHERE id = ?2",
+            )?
+            .execute(params![now_ms, id.number(), condition.map(Condition::to_stored)])?;
         if changed == 0 {
             return Err(StoreError::NotFound(id));
         }
@@ -626,13 +705,24 @@ mod tests {
         assert_eq!(s.revision().unwrap(), rev);
         assert_eq!(s.get(a.id).unwrap().unwrap(), a);
         let a = s.get(a.id).unwrap().unwrap();
-        assert!(s.heartbeat(a.id, 7000).unwrap().is_none());
+        assert!(s.heartbeat(a.id, 7000, None).unwrap().is_none());
+        let held = crate::model::parse_condition("SubnetInUse", "kept").unwrap();
+        assert!(s.heartbeat(a.id, 7000, Some(&held)).unwrap().is_some());
         drop(s);
         let mut s = SqliteStore::open(&path, p).unwrap();
+        let reopened = s.get(a.id).unwrap().unwrap();
         assert_eq!(
-            s.get(a.id).unwrap().unwrap().last_heartbeat_ms,
-            7000,
+            reopened.last_heartbeat_ms, 7000,
             "closing writes heartbeat times"
+        );
+        assert_eq!(
+            reopened.condition,
+            Some(held.clone()),
+            "a condition survives"
+        );
+        assert!(
+            s.heartbeat(a.id, 7100, Some(&held)).unwrap().is_none(),
+            "the reopened store knows the condition it holds"
         );
         let c = s
             .register(
@@ -642,7 +732,11 @@ mod tests {
             )
             .unwrap();
         assert_eq!(c.node.subnet.to_string(), "10.42.3.0/24");
-        assert_eq!(c.change.unwrap().revision, rev + 1);
+        assert_eq!(
+            c.change.unwrap().revision,
+            rev + 2,
+            "the condition took one revision"
+        );
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).unwrap().permissions(),
         );

@@ -33,6 +33,8 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO meta (key, value) VALUES ('revision', '0');",
     // 2: finding the node that holds a VTEP MAC (registrations refuse a taken one)
     "CREATE INDEX nodes_vtep_mac ON nodes (vtep_mac);",
+    // 3: what a node's agent reports as wrong (reason, newline, message), if anything
+    "ALTER TABLE nodes ADD COLUMN condition TEXT;",
 ];
 
 /// The 16 bytes every SQLite database file starts with.
