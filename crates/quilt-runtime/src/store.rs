@@ -6,9 +6,13 @@
 //! acknowledged. A power loss may drop the last transactions, but it also drops every
 //! kernel route and container; the agent re-drives routes from the control plane.
 //!
-//! Blocking: every call here is synchronous and may wait on the disk (a WAL checkpoint
-//! fsyncs). Async code does not call it directly: the core goes through its one store
-//! helper (see [`crate::core`]), and the server opens the store on a blocking thread.
+//! Checkpoints are the caller's: automatic WAL checkpoints are off, so a commit never
+//! fsyncs and stays a few page writes into the OS; [`Store::checkpoint`] (which fsyncs)
+//! is called from the reconcile pass, off the worker.
+//!
+//! Blocking: every call here is synchronous. Async code does not call it directly: the
+//! core goes through its one store helper (see [`crate::core`]), and the server opens
+//! the store on a blocking thread.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -110,6 +114,7 @@ impl Store {
         }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let mut store = Self { conn };
         store.migrate()?;
         Ok(store)
@@ -117,6 +122,14 @@ impl Store {
 
     fn migrate(&mut self) -> Result<(), StoreError> {
         migrate(&mut self.conn)
+    }
+
+    /// Copies the WAL into the database file where no reader needs it (a passive
+    /// checkpoint, which fsyncs), so the WAL stops growing.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// Reads the whole desired state. Rows that no longer parse are skipped with a warning.
@@ -381,6 +394,45 @@ fn create(path: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes 40 transactions of 100 routes each, checkpointing after each when
+    /// `checkpoint`; answers the size of the WAL file then.
+    fn wal_size_after_writes(checkpoint: bool) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        for round in 0..40u32 {
+            let routes: Vec<ManagedRoute> = (0..100u32)
+                .map(|i| ManagedRoute {
+                    destination: Ipv4Net::new(
+                        Ipv4Addr::from(0x0a00_0000 + ((round * 100 + i) << 8)),
+                        24,
+                    )
+                    .unwrap(),
+                    interface: "vxlan100".into(),
+                    gateway: None,
+                })
+                .collect();
+            store
+                .put_routes(&routes.iter().collect::<Vec<_>>())
+                .unwrap();
+            if checkpoint {
+                store.checkpoint().unwrap();
+            }
+        }
+        std::fs::metadata(dir.path().join(format!("{FILE_NAME}-wal")))
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_the_wal_from_growing() {
+        let unchecked = wal_size_after_writes(false);
+        let checked = wal_size_after_writes(true);
+        assert!(
+            checked * 4 < unchecked,
+            "checkpointed WAL {checked} bytes, unchecked {unchecked} bytes"
+        );
+    }
 
     #[test]
     fn a_file_that_is_not_a_runtime_database_is_refused_and_left_alone() {

@@ -43,7 +43,7 @@ impl<K: Kernel> Runtime<K> {
         }
         let used = ipam::in_use(&inner.desired);
         let address = ipam::next_free(subnet, &used).ok_or(RuntimeError::PoolExhausted(subnet))?;
-        inner.with_store(|s| s.put_allocation(owner, address))?;
+        inner.with_store(1, |s| s.put_allocation(owner, address))?;
         inner.desired.allocations.insert(owner.to_string(), address);
         self.metrics
             .allocated_ips
@@ -55,7 +55,7 @@ impl<K: Kernel> Runtime<K> {
     /// Gives `owner`'s address back under the caller's lock.
     pub(super) fn release_in(&self, inner: &mut Inner, owner: &str) -> Result<(), RuntimeError> {
         if let Some(address) = inner.desired.allocations.get(owner).copied() {
-            inner.with_store(|s| s.delete_allocation(owner))?;
+            inner.with_store(1, |s| s.delete_allocation(owner))?;
             inner.desired.allocations.remove(owner);
             self.metrics
                 .allocated_ips

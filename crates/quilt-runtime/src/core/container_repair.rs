@@ -91,7 +91,7 @@ impl<K: Kernel> Runtime<K> {
                 }
             };
             let key = (record.container_id.clone(), record.ifname.clone());
-            match inner.with_store(|s| s.put_attachment(&repaired)) {
+            match inner.with_store(1, |s| s.put_attachment(&repaired)) {
                 Ok(()) => {
                     info!(container_id = %repaired.container_id, ifname = %repaired.ifname, host_ifname = %repaired.host_ifname, address = %repaired.address, "repaired: container veth recreated");
                     inner.desired.attachments.insert(key, repaired);

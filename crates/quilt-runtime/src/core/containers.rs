@@ -122,7 +122,7 @@ impl<K: Kernel> Runtime<K> {
             .attach_kernel(request, &host, lease.address, lease.gateway, mtu)
             .await
         {
-            Ok(record) => match inner.with_store(|s| s.put_attachment(&record)) {
+            Ok(record) => match inner.with_store(1, |s| s.put_attachment(&record)) {
                 Ok(()) => {
                     inner.desired.attachments.insert(key, record.clone());
                     info!(
@@ -297,7 +297,7 @@ impl<K: Kernel> Runtime<K> {
             None => false,
         };
         if record.is_some() || held {
-            inner.with_store(|s| s.delete_attachment(container_id, ifname, &owner))?;
+            inner.with_store(1, |s| s.delete_attachment(container_id, ifname, &owner))?;
             inner.desired.attachments.remove(&key);
             inner.desired.allocations.remove(&owner);
             self.metrics

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::Runtime;
 use crate::model::ReconcileReport;
 use crate::reconcile::{self, RouteOp};
+use crate::store::Store;
 use crate::{ROUTE_PROTOCOL, RuntimeError};
 
 impl<K: Kernel> Runtime<K> {
@@ -63,6 +64,9 @@ impl<K: Kernel> Runtime<K> {
         report.repairs += containers.repairs;
         report.failures += containers.failures;
         report.conflicts = containers.conflicts;
+        if let Err(e) = inner.with_store(usize::MAX, Store::checkpoint) {
+            warn!(error = %e, "could not checkpoint the state database; retrying next pass");
+        }
         self.metrics.reconcile_runs.inc();
         self.metrics.reconcile_repairs.inc_by(report.repairs as u64);
         Ok(report)

@@ -35,14 +35,14 @@ impl<K: Kernel> Runtime<K> {
             // The node's own subnet is local now; a route sending it over the overlay
             // would black-hole local containers.
             self.kernel.delete_route(subnet, ROUTE_PROTOCOL).await?;
-            inner.with_store(|s| s.delete_route(subnet))?;
+            inner.with_store(1, |s| s.delete_route(subnet))?;
             inner.desired.routes.remove(&subnet);
             self.metrics
                 .managed_routes
                 .set(inner.desired.routes.len() as i64);
             info!(destination = %subnet, "route removed: the destination became this node's own subnet");
         }
-        inner.with_store(|s| s.set_subnet(subnet))?;
+        inner.with_store(1, |s| s.set_subnet(subnet))?;
         inner.desired.subnet = Some(subnet);
         if let Err(e) = self.ensure_bridge(subnet).await {
             // The subnet is recorded; the reconcile loop retries the bridge.
@@ -107,7 +107,7 @@ impl<K: Kernel> Runtime<K> {
             .map(|(request, _)| request)
             .collect();
         if !to_persist.is_empty()
-            && let Err(e) = inner.with_store(|s| s.put_routes(&to_persist))
+            && let Err(e) = inner.with_store(to_persist.len(), |s| s.put_routes(&to_persist))
         {
             // Nothing may stay in the kernel that was not recorded: undo what this call
             // added, and put back what it replaced as it was recorded before.
@@ -233,14 +233,14 @@ impl<K: Kernel> Runtime<K> {
         let mut inner = self.inner.lock().await;
         let desired = inner.desired.routes.get(&destination).cloned();
         if desired.is_some() {
-            inner.with_store(|s| s.delete_route(destination))?;
+            inner.with_store(1, |s| s.delete_route(destination))?;
         }
         match self.kernel.delete_route(destination, ROUTE_PROTOCOL).await {
             Ok(true) => info!(%destination, "route removed"),
             Ok(false) => {
                 if let Some(other) = self.kernel.route(destination).await? {
                     if let Some(desired) = &desired {
-                        inner.with_store(|s| s.put_routes(&[desired]))?;
+                        inner.with_store(1, |s| s.put_routes(&[desired]))?;
                     }
                     return Err(RuntimeError::NotOurs {
                         destination,
@@ -251,7 +251,7 @@ impl<K: Kernel> Runtime<K> {
             }
             Err(e) => {
                 if let Some(desired) = &desired {
-                    inner.with_store(|s| s.put_routes(&[desired]))?;
+                    inner.with_store(1, |s| s.put_routes(&[desired]))?;
                 }
                 return Err(e.into());
             }
