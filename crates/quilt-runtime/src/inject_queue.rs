@@ -1,7 +1,10 @@
 //! Coalescing of concurrent InjectRoute calls: calls that arrive while a batch is being
 //! applied wait, and the next turn takes all of them as one batch with one kernel write
-//! and one transaction. A turn runs on a task that owns every reply of its batch, so a
-//! cancelled call never leaves the kernel changed and the store not.
+//! and one transaction. A turn that carries other callers' routes runs on a task that
+//! owns every reply of its batch, so a cancelled call never cuts their batch in half
+//! between the kernel and the store. A call alone in its turn (the common case) is
+//! applied on its own task, without that hand-off; if it is cancelled half-way, a
+//! reconcile pass puts the kernel back as the store records it.
 
 use std::sync::{Arc, Mutex};
 
@@ -60,6 +63,29 @@ impl<K: Kernel> InjectQueue<K> {
         if let Ok(result) = answer.try_recv() {
             return result;
         }
+        let alone = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            // This call's route is still waiting (no earlier turn answered it), so a
+            // queue of one holds only it.
+            if waiting.len() == 1 {
+                waiting.pop()
+            } else {
+                None
+            }
+        };
+        if let Some((route, _own_reply)) = alone {
+            let repair = RepairIfCancelled(Some(self.runtime.clone()));
+            let result = self
+                .runtime
+                .inject_routes(std::slice::from_ref(&route))
+                .await;
+            repair.disarm();
+            drop(turn);
+            return result
+                .into_iter()
+                .next()
+                .unwrap_or(Err(RuntimeError::Internal("no result for this route")));
+        }
         let runtime = self.runtime.clone();
         let waiting = self.waiting.clone();
         let applied = tokio::spawn(async move {
@@ -86,5 +112,33 @@ impl<K: Kernel> InjectQueue<K> {
         answer
             .try_recv()
             .unwrap_or(Err(RuntimeError::Internal("no result for this route")))
+    }
+}
+
+/// Armed while a lone call applies its route: dropped armed (the call was cancelled
+/// between the kernel and the store), it starts a reconcile pass, which makes the kernel
+/// what the store records again.
+struct RepairIfCancelled<K: Kernel>(Option<Arc<Runtime<K>>>);
+
+impl<K: Kernel> RepairIfCancelled<K> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<K: Kernel> Drop for RepairIfCancelled<K> {
+    fn drop(&mut self) {
+        let Some(runtime) = self.0.take() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        tracing::info!(
+            "an InjectRoute call was cancelled while applied; reconciling the kernel with the store"
+        );
+        handle.spawn(async move {
+            if let Err(e) = runtime.reconcile().await {
+                tracing::warn!(error = %e, "reconcile after a cancelled InjectRoute failed; the next pass retries");
+            }
+        });
     }
 }

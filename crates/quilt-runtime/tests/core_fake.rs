@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use quilt_kernel::Kernel;
 use quilt_kernel::Route;
@@ -256,4 +257,39 @@ async fn concurrent_calls_are_coalesced_and_each_gets_its_own_answer() {
         batches < 199,
         "200 concurrent calls went to the kernel in {batches} batches"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_lone_inject_leaves_the_kernel_as_the_store_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(runtime(&dir));
+    rt.configure_subnet("10.42.1.0/24".parse().unwrap())
+        .await
+        .unwrap();
+    let queue = quilt_runtime::inject_queue::InjectQueue::new(rt.clone());
+    let _release = rt.kernel().stall_route_batches();
+    let call = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.inject(peer(2)).await }
+    });
+    // The route is in the kernel and the call still waits: cancel it there.
+    quilt_testkit::wait::eventually(
+        Duration::from_secs(5),
+        "the route in the kernel",
+        async || !rt.kernel().all_routes().is_empty(),
+    )
+    .await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    rt.kernel().unstall_route_batches();
+    quilt_testkit::wait::eventually(
+        Duration::from_secs(5),
+        "the unrecorded route gone from the kernel",
+        async || rt.kernel().all_routes().is_empty(),
+    )
+    .await;
+    assert!(rt.desired().await.routes.is_empty(), "nothing was recorded");
+    // The queue still works afterwards.
+    assert_eq!(queue.inject(peer(3)).await.unwrap(), RouteChange::Added);
+    assert_eq!(rt.kernel().all_routes().len(), 1);
 }

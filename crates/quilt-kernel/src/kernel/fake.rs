@@ -31,6 +31,8 @@ struct State {
     namespaces: BTreeMap<PathBuf, BTreeMap<String, ContainerView>>,
     /// Namespace paths whose check waits until released (a path that would block).
     stalled: BTreeMap<PathBuf, Arc<tokio::sync::Notify>>,
+    /// Route batches, once added, wait on this before answering.
+    stalled_route_batches: Option<Arc<tokio::sync::Notify>>,
     /// Operations (`create_veth_into`, `configure_container`, ...) that fail once.
     failures: BTreeSet<String>,
 }
@@ -175,6 +177,20 @@ impl FakeKernel {
         release
     }
 
+    /// Makes every [`Kernel::add_routes`] wait, after changing the table and before
+    /// answering, until the answered `Notify` is notified (or [`Self::unstall_route_batches`]):
+    /// the moment a caller could be cancelled with the kernel changed.
+    pub fn stall_route_batches(&self) -> Arc<tokio::sync::Notify> {
+        let release = Arc::new(tokio::sync::Notify::new());
+        self.state().stalled_route_batches = Some(release.clone());
+        release
+    }
+
+    /// Ends [`Self::stall_route_batches`] for later batches.
+    pub fn unstall_route_batches(&self) {
+        self.state().stalled_route_batches = None;
+    }
+
     /// The interface `ifname` inside the namespace at `netns`, as the fake holds it.
     pub fn container(&self, netns: &Path, ifname: &str) -> Option<ContainerView> {
         self.state().namespaces.get(netns)?.get(ifname).cloned()
@@ -260,6 +276,10 @@ impl Kernel for FakeKernel {
         let mut results = Vec::with_capacity(routes.len());
         for route in routes {
             results.push(self.add_route(route).await);
+        }
+        let stall = self.state().stalled_route_batches.clone();
+        if let Some(release) = stall {
+            release.notified().await;
         }
         results
     }
