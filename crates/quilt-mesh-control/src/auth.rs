@@ -79,7 +79,7 @@ impl Policy {
         match presented {
             None if self.is_open() => Ok(()),
             None => Err(AuthError::MissingNodeToken(node.id)),
-            Some(t) if node.token.matches(t) => Ok(()),
+            Some(t) if node.token_hash.matches(t) => Ok(()),
             Some(_) => Err(AuthError::WrongNodeToken(node.id)),
         }
     }

@@ -71,20 +71,44 @@ impl FromStr for NodeId {
     }
 }
 
-/// A node's own credential for heartbeats and leaving: 32 lowercase hex characters made
-/// from 16 bytes of `/dev/urandom`.
+/// A node's own credential for heartbeats and leaving: 64 lowercase hex characters made
+/// from 32 bytes (256 bits) of `/dev/urandom`. It is handed to the node once, in the
+/// registration answer; the store keeps only its [`TokenHash`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct NodeToken(String);
 
 impl NodeToken {
     /// Makes a fresh random token.
     pub fn generate() -> std::io::Result<Self> {
-        let mut bytes = [0u8; 16];
+        let mut bytes = [0u8; 32];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-        Ok(Self(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+        Ok(Self(hex(&bytes)))
     }
 
-    /// Wraps a token read back from the store.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What the store keeps of this token.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash::of(&self.0)
+    }
+}
+
+/// The SHA-256 of a node token, in lowercase hex: all the store keeps. A token is 256
+/// random bits, so one round of SHA-256 (no salt, no stretching) is enough to make the
+/// stored value useless to whoever reads the database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenHash(String);
+
+impl TokenHash {
+    /// The hash of `token`, as presented or as made.
+    pub fn of(token: &str) -> Self {
+        use sha2::Digest;
+        Self(hex(&sha2::Sha256::digest(token.as_bytes())))
+    }
+
+    /// Wraps a hash read back from the store.
     pub fn from_stored(s: String) -> Self {
         Self(s)
     }
@@ -93,10 +117,22 @@ impl NodeToken {
         &self.0
     }
 
-    /// Compares with a presented token in time independent of where they differ.
+    /// Whether `presented` is the token this is the hash of, compared in time
+    /// independent of where the hashes differ.
     pub fn matches(&self, presented: &str) -> bool {
-        constant_time_eq(self.0.as_bytes(), presented.as_bytes())
+        constant_time_eq(self.0.as_bytes(), Self::of(presented).0.as_bytes())
     }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(<redacted>)")
+    }
+}
+
+/// `bytes` as lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Debug for NodeToken {
@@ -338,15 +374,16 @@ pub struct Node {
     pub registered_at: u64,
     /// Unix milliseconds (the API shows seconds; the monitor needs finer steps).
     pub last_heartbeat_ms: u64,
-    pub token: NodeToken,
+    /// The hash of the node's current token.
+    pub token_hash: TokenHash,
     /// What the node's agent last reported as wrong, if anything.
     pub condition: Option<Condition>,
 }
 
 impl NewNode {
     /// The node a first registration makes, the same in every store: node `id` with
-    /// `subnet` leased, up and heard from at `now_ms`, credential `token`.
-    pub fn leased(&self, id: NodeId, subnet: Ipv4Net, token: NodeToken, now_ms: u64) -> Node {
+    /// `subnet` leased, up and heard from at `now_ms`, credential `token_hash`.
+    pub fn leased(&self, id: NodeId, subnet: Ipv4Net, token_hash: TokenHash, now_ms: u64) -> Node {
         Node {
             id,
             hostname: self.hostname.clone(),
@@ -358,7 +395,7 @@ impl NewNode {
             status: NodeStatus::Up,
             registered_at: now_ms / 1000,
             last_heartbeat_ms: now_ms,
-            token,
+            token_hash,
             condition: None,
         }
     }
@@ -368,7 +405,7 @@ impl Node {
     /// This node after a registration `new` of the same host: it keeps its id, subnet,
     /// condition and registration time (and its VTEP MAC when `new` names none), takes the
     /// new hostname, resources and `token`, and is up and heard from at `now_ms`.
-    pub fn renewed(&self, new: &NewNode, token: NodeToken, now_ms: u64) -> Node {
+    pub fn renewed(&self, new: &NewNode, token_hash: TokenHash, now_ms: u64) -> Node {
         Node {
             hostname: new.hostname.clone(),
             cpu_cores: new.cpu_cores,
@@ -376,7 +413,7 @@ impl Node {
             vtep_mac: new.vtep_mac.or(self.vtep_mac),
             status: NodeStatus::Up,
             last_heartbeat_ms: now_ms,
-            token,
+            token_hash,
             ..self.clone()
         }
     }
@@ -426,7 +463,7 @@ pub(crate) fn test_node(id: u64, token: &str) -> Node {
         status: NodeStatus::Up,
         registered_at: 0,
         last_heartbeat_ms: 0,
-        token: NodeToken::from_stored(token.into()),
+        token_hash: TokenHash::of(token),
         condition: None,
     }
 }
@@ -453,14 +490,27 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_random_hex_and_compare_exactly() {
+    fn tokens_are_256_random_bits_kept_only_as_their_hash() {
         let a = NodeToken::generate().unwrap();
         let b = NodeToken::generate().unwrap();
         assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), 32);
-        assert!(a.matches(a.as_str()));
-        assert!(!a.matches(b.as_str()));
-        assert!(!a.matches(""));
+        assert_eq!(a.as_str().len(), 64);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        let stored = a.hash();
+        assert_eq!(stored.as_str().len(), 64);
+        assert_ne!(stored.as_str(), a.as_str(), "the hash is not the token");
+        assert!(stored.matches(a.as_str()));
+        assert!(!stored.matches(b.as_str()));
+        assert!(!stored.matches(""));
+        assert!(
+            !stored.matches(stored.as_str()),
+            "the hash itself is no credential"
+        );
+        // SHA-256 of "abc", the FIPS 180-2 example.
+        assert_eq!(
+            TokenHash::of("abc").as_str(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl Registry {
                     holder_ip: holder.host_ip,
                 });
             }
-            let registration = store.register(&new, token, now_ms())?;
+            let registration = store.register(&new, token.hash(), now_ms())?;
             hub.publish(registration.change.clone());
             Ok(registration)
         })

@@ -45,7 +45,7 @@ async fn register_list_get_heartbeat_delete() {
         a["subnet"], "10.42.1.0/24",
         "leases start at the cluster's second subnet"
     );
-    assert_eq!(a["node_token"].as_str().unwrap().len(), 32);
+    assert_eq!(a["node_token"].as_str().unwrap().len(), 64);
     assert_eq!(a["status"], "up");
     assert_eq!(a["cluster_cidr"], "10.42.0.0/16");
     assert_eq!(a["created"], true);

@@ -179,3 +179,46 @@ async fn the_binary_stops_cleanly_on_sigterm_and_refuses_a_changed_plan() {
         "{stderr}"
     );
 }
+
+/// Issue 10: only a hash of each node token is kept. The tokens handed out, live and
+/// rotated, are nowhere in the database files, while they still authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_node_token_is_kept_in_the_database_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("quilt-mesh.db");
+    let server = ControlBinary::start(Path::new(BINARY), &db, &[]);
+    let control = client_of(&server);
+    let mut tokens = Vec::new();
+    for i in 0..20u32 {
+        let answer = control
+            .register(&request(&format!("n{i}"), &format!("10.9.0.{}", i + 1)))
+            .await
+            .unwrap();
+        tokens.push(answer.node_token);
+    }
+    // A renewal rotates a token: both the old and the new one must be absent.
+    let renewed = control.register(&request("n0", "10.9.0.1")).await.unwrap();
+    control
+        .heartbeat(&renewed.node.node_id, &renewed.node_token, None)
+        .await
+        .expect("the fresh token authenticates");
+    tokens.push(renewed.node_token);
+    let mut server = server;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(server.child.wait().unwrap().success());
+
+    let mut on_disk = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        on_disk.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert!(on_disk.len() > 4096, "the database was written");
+    for token in &tokens {
+        assert_eq!(token.len(), 64, "{token}");
+        assert!(
+            !on_disk.windows(token.len()).any(|w| w == token.as_bytes()),
+            "node token {}... is on disk in clear",
+            &token[..8]
+        );
+    }
+}

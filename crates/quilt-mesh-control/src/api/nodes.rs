@@ -54,10 +54,11 @@ pub async fn register(
         let wish = new.wanted_subnet;
         let token = NodeToken::generate()
             .map_err(|e| ApiError::Internal(format!("cannot read /dev/urandom: {e}")))?;
-        Ok::<_, ApiError>((state.registry.register(new, token).await?, wish))
+        let registration = state.registry.register(new, token.clone()).await?;
+        Ok::<_, ApiError>((registration, wish, token))
     }
     .await;
-    let (registration, new_wish) = match result {
+    let (registration, new_wish, token) = match result {
         Ok(r) => r,
         Err(e) => {
             state.metrics.registered("refused");
@@ -82,7 +83,7 @@ pub async fn register(
     }
     Ok(Json(RegisterResponse {
         node: node_info(n),
-        node_token: n.token.as_str().to_string(),
+        node_token: token.as_str().to_string(),
         cluster_cidr: state.plan.cidr(),
         heartbeat_timeout_ms: u64::try_from(state.heartbeat_timeout.as_millis())
             .unwrap_or(u64::MAX),

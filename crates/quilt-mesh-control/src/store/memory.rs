@@ -9,7 +9,7 @@ use super::{
     Change, ChangeKind, Registration, Revision, Store, StoreError, count, exhausted,
     lowest_free_index,
 };
-use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken};
+use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash};
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -51,7 +51,7 @@ impl Store for MemoryStore {
     fn register(
         &mut self,
         new: &NewNode,
-        token: NodeToken,
+        token_hash: TokenHash,
         now_ms: u64,
     ) -> Result<Registration, StoreError> {
         let wanted = new
@@ -60,7 +60,7 @@ impl Store for MemoryStore {
             .filter(|index| *index >= 1 && !self.leased.contains(index));
         if let Some(id) = self.by_ip.get(&new.host_ip).copied() {
             let old = self.nodes[&id].clone();
-            let mut node = old.renewed(new, token, now_ms);
+            let mut node = old.renewed(new, token_hash, now_ms);
             if let Some(index) = wanted
                 && let Some(subnet) = self.plan.subnet_at(index)
             {
@@ -87,7 +87,7 @@ impl Store for MemoryStore {
             .ok_or_else(|| exhausted(&self.plan))?;
         let id = NodeId::new(self.next_id);
         self.next_id += 1;
-        let node = new.leased(id, subnet, token, now_ms);
+        let node = new.leased(id, subnet, token_hash, now_ms);
         self.leased.insert(index);
         self.by_ip.insert(node.host_ip, id);
         self.nodes.insert(id, node.clone());

@@ -18,7 +18,7 @@ pub mod write_health;
 use ipnet::Ipv4Net;
 use quilt_common::ClusterNetwork;
 
-use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken};
+use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash};
 
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
@@ -102,17 +102,17 @@ pub trait Store: Send + 'static {
     fn revision(&mut self) -> Result<Revision, StoreError>;
 
     /// Registers a node, or renews the one already holding `new.host_ip`: a renewal
-    /// keeps its id and subnet, replaces its token with `token` (so a credential is
+    /// keeps its id and subnet, replaces its token hash with `token_hash` (so a credential is
     /// never handed to a second caller; the old one stops working), updates the other
     /// fields (a missing `vtep_mac` keeps the old one), marks it up and sets its
-    /// heartbeat to `now_ms`. A new node gets `token` and the lowest free subnet, never
+    /// heartbeat to `now_ms`. A new node gets `token_hash` and the lowest free subnet, never
     /// the cluster's first one. `new.wanted_subnet`, when free, is leased instead: to a
     /// new node in place of the lowest free subnet, to a renewal in place of its own
     /// (whose lease is then let go); a taken one is ignored.
     fn register(
         &mut self,
         new: &NewNode,
-        token: NodeToken,
+        token_hash: TokenHash,
         now_ms: u64,
     ) -> Result<Registration, StoreError>;
 
@@ -308,8 +308,8 @@ pub(crate) mod contract {
         assert_eq!(s.list().unwrap().0[0].condition, None);
     }
 
-    fn token() -> NodeToken {
-        NodeToken::generate().unwrap()
+    fn token() -> TokenHash {
+        crate::model::NodeToken::generate().unwrap().hash()
     }
 
     pub fn leases_start_at_the_second_subnet_and_fill_gaps(s: &mut dyn Store) {
@@ -354,7 +354,7 @@ pub(crate) mod contract {
         assert_eq!(second.node.id, first.node.id);
         assert_eq!(second.node.subnet, first.node.subnet);
         assert_ne!(
-            second.node.token, first.node.token,
+            second.node.token_hash, first.node.token_hash,
             "a renewal rotates the token: the old one stops working"
         );
         assert_eq!(second.node.hostname.as_str(), "a-renamed");

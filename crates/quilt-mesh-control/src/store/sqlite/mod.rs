@@ -9,7 +9,8 @@
 //! - `synchronous=NORMAL`: in WAL mode a commit is in the OS once `COMMIT` returns, so
 //!   a killed process (kill -9, a panic) loses nothing it acknowledged; only a power
 //!   loss or kernel crash can lose the last commits, never corrupt the file.
-//! - The file is created readable by its owner only: it holds node tokens in plain text.
+//! - The file is created readable by its owner only. Node tokens are never in it, only
+//!   their SHA-256 (`token_sha256`; migration 4 hashed the tokens older versions kept).
 //! - Heartbeat times of up nodes are soft state: they are kept in memory and written in
 //!   one transaction at most [`HEARTBEAT_FLUSH`] apart (and before any other write, and
 //!   when the store closes). A kill -9 can lose up to that much heartbeat time, which
@@ -30,12 +31,12 @@ use super::{
     Change, ChangeKind, Registration, Revision, Store, StoreError, WriteHealth, exhausted,
 };
 use crate::model::{
-    Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, NodeToken, hostname_from_stored,
+    Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash, hostname_from_stored,
     parse_mac,
 };
 use schema::{check_is_sqlite, check_plan, has_table, migrate, read_revision};
 
-const COLUMNS: &str = "id, hostname, host_ip, subnet, cpu_cores, ram_mb, vtep_mac, status, registered_at, last_heartbeat_ms, token, condition";
+const COLUMNS: &str = "id, hostname, host_ip, subnet, cpu_cores, ram_mb, vtep_mac, status, registered_at, last_heartbeat_ms, token_sha256, condition";
 
 /// The lowest free lease index: 1 if free, else one past the first index whose
 /// successor is free. The `subnet_index` UNIQUE index makes this a short index scan.
@@ -240,7 +241,7 @@ struct RawNode {
     status: String,
     registered_at: u64,
     last_heartbeat_ms: u64,
-    token: String,
+    token_sha256: String,
     condition: Option<String>,
 }
 
@@ -256,7 +257,7 @@ fn raw(row: &Row<'_>) -> rusqlite::Result<RawNode> {
         status: row.get(7)?,
         registered_at: row.get(8)?,
         last_heartbeat_ms: row.get(9)?,
-        token: row.get(10)?,
+        token_sha256: row.get(10)?,
         condition: row.get(11)?,
     })
 }
@@ -287,7 +288,7 @@ impl RawNode {
             ram_mb: self.ram_mb,
             registered_at: self.registered_at,
             last_heartbeat_ms: self.last_heartbeat_ms,
-            token: NodeToken::from_stored(self.token),
+            token_hash: TokenHash::from_stored(self.token_sha256),
             condition: match &self.condition {
                 Some(c) => Some(Condition::from_stored(c).ok_or_else(|| bad("condition", c))?),
                 None => None,
@@ -325,7 +326,7 @@ impl Store for SqliteStore {
     fn register(
         &mut self,
         new: &NewNode,
-        token: NodeToken,
+        token_hash: TokenHash,
         now_ms: u64,
     ) -> Result<Registration, StoreError> {
         self.flush_heartbeats()?;
@@ -346,7 +347,7 @@ impl Store for SqliteStore {
             _ => None,
         };
         let (node, created, kind) = if let Some(old) = get_where(&tx, "host_ip = ?1", &host_ip)? {
-            let mut node = old.renewed(new, token, now_ms);
+            let mut node = old.renewed(new, token_hash, now_ms);
             let mut index = plan.index_of(old.subnet);
             if let Some(wanted) = wanted
                 && let Some(subnet) = plan.subnet_at(wanted)
@@ -362,7 +363,7 @@ impl Store for SqliteStore {
             })?;
             tx.prepare_cached(
                 "UPDATE nodes SET hostname = ?1, cpu_cores = ?2, ram_mb = ?3, vtep_mac = ?4,
-                 status = 'up', last_heartbeat_ms = ?5, token = ?7, subnet = ?8, subnet_index = ?9
+                 status = 'up', last_heartbeat_ms = ?5, token_sha256 = ?7, subnet = ?8, subnet_index = ?9
                  WHERE id = ?6",
             )?
             .execute(params![
@@ -372,7 +373,7 @@ impl Store for SqliteStore {
                 node.vtep_mac.map(|m| m.to_string()),
                 now_ms,
                 node.id.number(),
-                node.token.as_str(),
+                node.token_hash.as_str(),
                 node.subnet.to_string(),
                 index
             ])?;
@@ -390,7 +391,7 @@ impl Store for SqliteStore {
             let subnet = plan.subnet_at(index).ok_or_else(|| exhausted(&plan))?;
             tx.prepare_cached(
                 "INSERT INTO nodes (hostname, host_ip, subnet, subnet_index, cpu_cores, ram_mb, vtep_mac, status,
-                 registered_at, last_heartbeat_ms, token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'up', ?8, ?9, ?10)",
+                 registered_at, last_heartbeat_ms, token_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'up', ?8, ?9, ?10)",
             )?
             .execute(params![
                 new.hostname.as_str(),
@@ -402,13 +403,13 @@ impl Store for SqliteStore {
                 vtep_mac,
                 now_ms / 1000,
                 now_ms,
-                token.as_str()
+                token_hash.as_str()
             ])?;
             let id = NodeId::new(
                 u64::try_from(tx.last_insert_rowid())
                     .map_err(|_| StoreError::Corrupt("negative node id".into()))?,
             );
-            let node = new.leased(id, subnet, token, now_ms);
+            let node = new.leased(id, subnet, token_hash, now_ms);
             (node, true, Some(ChangeKind::Added))
         };
         let revision = match kind {
@@ -689,13 +690,13 @@ mod tests {
             let a = s
                 .register(
                     &new_node("a", "10.0.0.1"),
-                    NodeToken::generate().unwrap(),
+                    crate::model::NodeToken::generate().unwrap().hash(),
                     1000,
                 )
                 .unwrap();
             s.register(
                 &new_node("b", "10.0.0.2"),
-                NodeToken::generate().unwrap(),
+                crate::model::NodeToken::generate().unwrap().hash(),
                 1000,
             )
             .unwrap();
@@ -727,7 +728,7 @@ mod tests {
         let c = s
             .register(
                 &new_node("c", "10.0.0.3"),
-                NodeToken::generate().unwrap(),
+                crate::model::NodeToken::generate().unwrap().hash(),
                 1000,
             )
             .unwrap();
@@ -763,13 +764,13 @@ mod tests {
         let mut s = SqliteStore::open(&dir.0.join("q.db"), plan("10.42.0.0/16", 24)).unwrap();
         s.register(
             &new_node("a", "10.0.0.1"),
-            NodeToken::generate().unwrap(),
+            crate::model::NodeToken::generate().unwrap().hash(),
             0,
         )
         .unwrap();
         let dup = s.conn.execute(
             "INSERT INTO nodes (hostname, host_ip, subnet, subnet_index, cpu_cores, ram_mb, status, registered_at,
-             last_heartbeat_ms, token) VALUES ('b', '10.0.0.2', '10.42.1.0/24', 2, 0, 0, 'up', 0, 0, 't')",
+             last_heartbeat_ms, token_sha256) VALUES ('b', '10.0.0.2', '10.42.1.0/24', 2, 0, 0, 'up', 0, 0, 't')",
             [],
         );
         let err = dup

@@ -35,7 +35,27 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX nodes_vtep_mac ON nodes (vtep_mac);",
     // 3: what a node's agent reports as wrong (reason, newline, message), if anything
     "ALTER TABLE nodes ADD COLUMN condition TEXT;",
+    // 4: node tokens are kept only as their SHA-256 (quilt_sha256 is registered by
+    //    `migrate`, see `register_functions`)
+    "ALTER TABLE nodes RENAME COLUMN token TO token_sha256;
+     UPDATE nodes SET token_sha256 = quilt_sha256(token_sha256);",
 ];
+
+/// SQL functions the migrations use: `quilt_sha256(text)`, the lowercase hex SHA-256
+/// of a node token, as [`crate::model::TokenHash::of`] makes it.
+fn register_functions(conn: &Connection) -> Result<(), StoreError> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "quilt_sha256",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let token: String = ctx.get(0)?;
+            Ok(crate::model::TokenHash::of(&token).as_str().to_string())
+        },
+    )?;
+    Ok(())
+}
 
 /// The 16 bytes every SQLite database file starts with.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -79,6 +99,7 @@ pub(super) fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreErro
 }
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    register_functions(conn)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version    INTEGER PRIMARY KEY,
@@ -154,6 +175,7 @@ pub(super) fn read_revision(conn: &Connection) -> Result<Revision, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use super::MIGRATIONS;
     use crate::store::SqliteStore;
     use crate::store::contract::plan;
 
@@ -199,5 +221,49 @@ mod tests {
         let fresh = dir.path().join("new.db");
         drop(SqliteStore::open(&fresh, plan("10.42.0.0/16", 24)).unwrap());
         SqliteStore::open(&fresh, plan("10.42.0.0/16", 24)).unwrap();
+    }
+
+    #[test]
+    fn a_version_3_database_keeps_its_nodes_and_loses_its_plain_tokens() {
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quilt-mesh.db");
+        let plain = "0123456789abcdef0123456789abcdef";
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (version, sql) in (1..).zip(&MIGRATIONS[..3]) {
+                conn.execute_batch(sql).unwrap();
+                conn.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [version])
+                    .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO nodes (hostname, host_ip, subnet, subnet_index, cpu_cores, ram_mb, status,
+                 registered_at, last_heartbeat_ms, token) VALUES ('a', '10.0.0.1', '10.42.1.0/24', 1, 1, 1, 'up', 1, 1000, ?1)",
+                [plain],
+            )
+            .unwrap();
+        }
+        {
+            let mut store = SqliteStore::open(&path, plan("10.42.0.0/16", 24)).unwrap();
+            let (nodes, _) = store.list().unwrap();
+            assert_eq!(nodes.len(), 1);
+            assert!(
+                nodes[0].token_hash.matches(plain),
+                "the old token still works"
+            );
+            assert!(!nodes[0].token_hash.matches("another"));
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let wal = std::fs::read(dir.path().join("quilt-mesh.db-wal")).unwrap_or_default();
+        for file in [&bytes, &wal] {
+            assert!(
+                !file.windows(plain.len()).any(|w| w == plain.as_bytes()),
+                "the plain token is still on disk"
+            );
+        }
     }
 }
