@@ -13,6 +13,7 @@
 //! - [`probe`]: pings between containers and the connectivity matrix.
 //! - [`tables`]: a host's routes, neighbours and FDB entries, read and watched.
 //! - [`mod@bench`]: convergence and data-plane measurements on a lab.
+//! - [`pki`]: a certificate authority for a cluster (`quiltctl certs`).
 //! - [`error`]: the error type, [`LabError`].
 
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod cni;
 pub mod error;
 pub mod lab;
 pub mod layout;
+pub mod pki;
 pub mod probe;
 pub mod process;
 pub mod remote;

@@ -58,6 +58,53 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// A certificate authority for the cluster's TLS: a CA, then one certificate per
+    /// control plane, node or runtime (each serves as server and as client).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+/// `quiltctl certs ...`: files in one folder (0700), every key 0600.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a CA: DIR/ca.pem (give it to every daemon and client as --tls-ca) and
+    /// DIR/ca-key.pem (keep it here; it signs every certificate).
+    Init {
+        /// The folder for the CA and the certificates it issues; created 0700.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = quilt_lab::pki::CA_DAYS)]
+        days: u32,
+        /// Replace an existing CA (every certificate it issued stops being trusted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue DIR/NAME.pem and DIR/NAME-key.pem, signed by the CA in DIR, for server and
+    /// client use. A node's certificate must name its host IP (--ip), or the control plane
+    /// refuses it as that node.
+    Issue {
+        /// The folder holding the CA (see `certs init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate's name: its common name and file name.
+        #[arg(long)]
+        name: String,
+        /// An IP address the certificate names; repeat for several.
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// A DNS name the certificate names; repeat for several.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = quilt_lab::pki::CERT_DAYS)]
+        days: u32,
+        /// Replace an existing certificate of this name (to rotate it).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// The commands that ask running daemons (a control plane, a runtime).

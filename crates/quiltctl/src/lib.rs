@@ -4,9 +4,11 @@
 //! - [`operator`]: `nodes`, `node delete`, `routes`, `status` against real daemons.
 //! - [`lab`]: `lab up|status|exec|down|agent` on top of the `quilt-lab` library.
 //! - [`mod@bench`]: `bench runtime|control|cni|convergence|dataplane`.
+//! - [`certs`]: `certs init|issue`, the cluster's CA.
 //! - [`table`]: plain aligned text tables.
 
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod lab;
 pub mod operator;
@@ -26,6 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab { command } => lab::run(command, global.json),
         Command::Bench { command } => bench::run(command, global.json),
+        Command::Certs { command } => certs::run(command, global.json),
         Command::Operator(command) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
