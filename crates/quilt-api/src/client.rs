@@ -91,6 +91,16 @@ pub struct ControlClientBuilder {
     join_token: Option<String>,
     timeouts: Timeouts,
     system_proxy: bool,
+    tls: Option<ClientTls>,
+}
+
+/// How an `https://` control plane is trusted, and what this client presents to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA that issued the control plane's certificate.
+    pub ca: std::path::PathBuf,
+    /// A certificate and key to present (a control plane with `--tls-ca` asks for one).
+    pub identity: Option<quilt_tls::Identity>,
 }
 
 impl ControlClientBuilder {
@@ -103,6 +113,13 @@ impl ControlClientBuilder {
 
     pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
+        self
+    }
+
+    /// Trust `https://` control planes by `tls.ca`, presenting `tls.identity` if any.
+    /// Without it an `https://` URL is checked against the system's CAs.
+    pub fn tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -130,9 +147,15 @@ impl ControlClientBuilder {
         {
             return Err(ControlError::BadUrl(bad.clone()));
         }
+        quilt_tls::install_default_provider();
         let mut http = reqwest::Client::builder()
             .connect_timeout(self.timeouts.connect)
             .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(tls) = &self.tls {
+            let config = quilt_tls::client_config(&tls.ca, tls.identity.as_ref())
+                .map_err(|e| ControlError::Client(e.to_string()))?;
+            http = http.tls_backend_preconfigured(config);
+        }
         if !self.system_proxy {
             http = http.no_proxy();
         }
@@ -161,6 +184,7 @@ impl ControlClient {
             join_token: None,
             timeouts: Timeouts::default(),
             system_proxy: true,
+            tls: None,
         }
     }
 

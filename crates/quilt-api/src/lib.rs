@@ -10,4 +10,4 @@ pub mod client;
 mod lines;
 pub mod types;
 
-pub use client::{ControlClient, ControlError, Timeouts};
+pub use client::{ClientTls, ControlClient, ControlError, Timeouts};

@@ -15,6 +15,9 @@ pub mod control {
     pub const JOIN_TOKEN: &str = "join-token";
     pub const JOIN_TOKEN_FILE: &str = "join-token-file";
     pub const LOG_LEVEL: &str = "log-level";
+    pub const TLS_CERT: &str = "tls-cert";
+    pub const TLS_KEY: &str = "tls-key";
+    pub const TLS_CA: &str = "tls-ca";
 }
 
 /// quilt-runtime's flags.

@@ -7,7 +7,7 @@
 //! - [`flags`]: the daemons' flag names, for their configs and for what starts them.
 //! - [`logging`]: the one way binaries install a `tracing` subscriber.
 //! - [`mac`]: the one MAC address type (parse, print, serde).
-//! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`.
+//! - [`metrics_endpoint`]: serving a Prometheus registry at `/metrics`, and `/health`.
 //! - [`secret_file`]: tokens in owner-only files, never on a command line.
 //! - [`shutdown`]: a future that completes on SIGTERM or SIGINT.
 

@@ -395,14 +395,17 @@ async fn own_node(control: &str) -> Option<quilt_api::types::NodeInfo> {
 
 /// `GET /health` of the agent: status code and body.
 async fn agent_health(addr: SocketAddr) -> (u16, String) {
-    let answer = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{addr}/health"))
-        .send()
-        .await
-        .unwrap();
+    let answer = {
+        quilt_tls::install_default_provider();
+        reqwest::Client::builder()
+    }
+    .no_proxy()
+    .build()
+    .unwrap()
+    .get(format!("http://{addr}/health"))
+    .send()
+    .await
+    .unwrap();
     (answer.status().as_u16(), answer.text().await.unwrap())
 }
 

@@ -1,11 +1,13 @@
 //! Who may do what: the join token for registering, each node's own token for its
-//! heartbeats, either for leaving. Pure decisions; the API layer maps them to 401/403.
+//! heartbeats, either for leaving; under mutual TLS, a certificate naming the node's host
+//! IP for anything done as that node. Pure decisions; the API layer maps them to 401/403.
 //!
 //! Without a join token the control plane runs open: requests without a token are
 //! accepted (the original clients send none), but a token that is presented must still
 //! be right.
 
 use crate::model::{Node, NodeId, constant_time_eq};
+use crate::tls::Peer;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -21,13 +23,37 @@ pub enum AuthError {
     MissingNodeToken(NodeId),
     #[error("the presented token is not node {0}'s node token")]
     WrongNodeToken(NodeId),
+    /// Under mutual TLS a node is acted for only with a certificate naming its host IP.
+    #[error(
+        "host {host_ip} needs a client certificate naming it; this connection presented {presented}"
+    )]
+    NotThisNodesCertificate {
+        host_ip: std::net::Ipv4Addr,
+        presented: String,
+    },
 }
 
 impl AuthError {
     /// True when the caller did not prove who it is (401); false when it proved to be
     /// someone without the right (403).
     pub fn is_unauthenticated(&self) -> bool {
-        !matches!(self, AuthError::WrongNodeToken(_))
+        !matches!(
+            self,
+            AuthError::WrongNodeToken(_) | AuthError::NotThisNodesCertificate { .. }
+        )
+    }
+
+    /// Refuses `peer` acting as the node at `host_ip` unless its certificate (if mutual
+    /// TLS asks for one) names that address.
+    pub fn check_certificate(peer: &Peer, host_ip: std::net::Ipv4Addr) -> Result<(), AuthError> {
+        if peer.may_act_as(host_ip) {
+            Ok(())
+        } else {
+            Err(AuthError::NotThisNodesCertificate {
+                host_ip,
+                presented: peer.named(),
+            })
+        }
     }
 }
 
@@ -58,6 +84,11 @@ impl Policy {
 
     pub fn is_open(&self) -> bool {
         self.join_token.is_none()
+    }
+
+    /// Whether `presented` is the join token (the operator's credential).
+    pub fn is_join_token_of_operator(&self, presented: Option<&str>) -> bool {
+        presented.is_some_and(|p| self.is_join_token(p))
     }
 
     fn is_join_token(&self, presented: &str) -> bool {

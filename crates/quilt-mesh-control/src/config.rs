@@ -56,6 +56,20 @@ pub struct Config {
     #[arg(long = flags::JOIN_TOKEN_FILE, env = "QUILT_CONTROL_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
 
+    /// PEM certificate (chain) to serve HTTPS with; needs --tls-key. Re-read on SIGHUP.
+    #[arg(long = flags::TLS_CERT, env = "QUILT_CONTROL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long = flags::TLS_KEY, env = "QUILT_CONTROL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA: every client must present a certificate it issued (mutual TLS), and a
+    /// node's certificate must name the node's host IP to act as that node. Needs
+    /// --tls-cert.
+    #[arg(long = flags::TLS_CA, env = "QUILT_CONTROL_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Log level or filter (`info`, `debug`, `info,quilt_mesh_control=debug`); RUST_LOG wins.
     #[arg(long = flags::LOG_LEVEL, env = "QUILT_CONTROL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -4,9 +4,10 @@
 //! Modules, from the edge inwards:
 //! - [`config`]: flags and their environment variables.
 //! - [`serve`]: the connection loop: caps, idle and slow-header timeouts, graceful stop.
+//! - [`tls`]: HTTPS and mutual TLS, re-read on SIGHUP; the identity a certificate proves.
 //! - [`api`]: HTTP routes and handlers; [`api::types`] holds the JSON shapes clients reuse.
 //! - [`error`]: API errors and their one mapping to HTTP status codes.
-//! - [`auth`]: join token and node token decisions.
+//! - [`auth`]: join token, node token and node certificate decisions.
 //! - [`registry`]: the thread that owns the store and publishes its changes.
 //! - [`watch`]: revisions, retained history and fan-out to watchers.
 //! - [`monitor`]: marks down nodes that stopped sending heartbeats.
@@ -26,6 +27,7 @@ pub mod monitor;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod tls;
 pub mod watch;
 
 use std::future::Future;
@@ -67,12 +69,34 @@ pub async fn run_with_store(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let plan = config.validate()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tls::ServerTls::load(tls::TlsFiles {
+                identity: quilt_tls::Identity {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                client_ca: config.tls_ca.clone(),
+            })
+            .context("cannot set up TLS")?,
+        ),
+        _ => None,
+    };
     let policy = Policy::new(config.join_token()?);
-    if policy.is_open() {
+    if policy.is_open() && !tls.as_ref().is_some_and(tls::ServerTls::mutual) {
         tracing::warn!(
-            "no join token configured: any client can register nodes; set --join-token to require one"
+            "OPEN MODE: no join token and no client certificates; anyone who reaches this port can register nodes, re-register an existing host (taking over its node and token) and delete nodes; set --join-token-file, or --tls-ca for mutual TLS"
         );
     }
+    if tls.is_none() {
+        tracing::warn!(
+            "serving plain HTTP: tokens cross the network in clear; set --tls-cert and --tls-key"
+        );
+    }
+    let reload = match &tls {
+        Some(tls) => Some(tls.reload_on_sighup().context("cannot watch for SIGHUP")?),
+        None => None,
+    };
     let revision = store.revision()?;
     let hub = Arc::new(Hub::new(revision, config.watch_history));
     let (registry, registry_thread) =
@@ -111,6 +135,8 @@ pub async fn run_with_store(
         .context("listener has no local address")?;
     tracing::info!(
         listen = %local,
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(tls::ServerTls::mutual),
         cluster_cidr = %config.cluster_cidr,
         node_prefix_len = config.node_prefix_len,
         heartbeat_timeout = ?config.heartbeat_timeout,
@@ -126,7 +152,7 @@ pub async fn run_with_store(
     }
 
     let stop_for_serve = stop_tx.clone();
-    let served = serve::serve(listener, app, limits, async move {
+    let served = serve::serve(listener, app, limits, tls.clone(), async move {
         shutdown.await;
         tracing::info!("shutting down: closing watch streams and finishing requests");
         let _ = stop_for_serve.send(true);
@@ -134,6 +160,9 @@ pub async fn run_with_store(
     .await;
 
     let _ = stop_tx.send(true);
+    if let Some(reload) = reload {
+        reload.abort();
+    }
     if let Err(e) = monitor.await {
         tracing::error!(error = %e, "heartbeat monitor panicked");
     }

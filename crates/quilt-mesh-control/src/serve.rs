@@ -11,8 +11,34 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::tls::{Peer, ServerTls};
+
+/// Serves HTTP/1.1 on one accepted `stream` (plain or TLS) until it closes, each request
+/// carrying `peer` as an extension; the slot is given back at the end.
+async fn serve_on<S>(
+    stream: S,
+    peer: Peer,
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    client: SocketAddr,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower::Service;
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer.clone());
+            let mut app = app.clone();
+            async move { app.call(request).await }
+        });
+    let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+    if let Err(e) = connection.await {
+        tracing::debug!(%client, error = %e, "connection ended with an error");
+    }
+}
 
 /// How many connections the server keeps, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,12 +121,15 @@ fn take_slot(open: &Arc<Mutex<Open>>, client: IpAddr, limits: &Limits) -> Result
     })
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then waits up to 10 s for the
-/// requests in flight (watch streams end on their own when the server stops).
+/// Serves `app` on `listener` (over TLS when `tls` is given; the handshake must finish
+/// within the idle timeout) until `shutdown` completes, then waits up to 10 s for the
+/// requests in flight (watch streams end on their own when the server stops). Every
+/// request carries the connection's [`Peer`] as an extension.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let open = Arc::new(Mutex::new(Open::default()));
@@ -134,11 +163,30 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
+        let acceptor = tls.as_ref().map(ServerTls::acceptor);
+        let handshake_limit = limits.idle_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            let Some(acceptor) = acceptor else {
+                serve_on(stream, Peer::Unverified, app, http, watcher, peer).await;
+                drop(slot);
+                return;
+            };
+            match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let client = Peer::of_certificate(
+                        stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(<[_]>::first),
+                    );
+                    serve_on(stream, client, app, http, watcher, peer).await;
+                }
+                Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "TLS handshake refused"),
+                Err(_) => {
+                    tracing::info!(client = %peer, "TLS handshake not finished in time; closed")
+                }
             }
             drop(slot);
         });

@@ -190,11 +190,14 @@ async fn past_the_connection_caps_a_clear_503_and_health_still_answers_others() 
         "{body}"
     );
     // Another client address is served.
-    let other = reqwest::Client::builder()
-        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
-        .no_proxy()
-        .build()
-        .unwrap();
+    let other = {
+        quilt_tls::install_default_provider();
+        reqwest::Client::builder()
+    }
+    .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+    .no_proxy()
+    .build()
+    .unwrap();
     let r = other.get(s.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     drop(held);

@@ -120,10 +120,13 @@ impl Drop for ControlServer {
 
 /// An HTTP client with a 30 s timeout.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    {
+        quilt_tls::install_default_provider();
+        reqwest::Client::builder()
+    }
+    .timeout(Duration::from_secs(30))
+    .build()
+    .unwrap()
 }
 
 /// The real binary as a child process; killed (SIGKILL) on drop. Its log and ready file

@@ -1,21 +1,22 @@
 //! Node handlers: register, heartbeat, list, get, delete.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::{Extension, Json};
 
 use super::AppState;
 use super::request;
 use super::types::{HeartbeatResponse, NodeInfo, NodeList, RegisterResponse, node_info};
-use crate::auth::bearer;
+use crate::auth::{AuthError, bearer};
 use crate::error::ApiError;
 use crate::model::{NodeId, NodeToken};
 use crate::registry::RegistryError;
 use crate::store::StoreError;
+use crate::tls::Peer;
 
 /// The node id in a request's path. Anything that is not of the form `node-<n>` (with
 /// `n` a number a store can hold), including bytes that are not UTF-8 once decoded, is an
@@ -42,8 +43,14 @@ impl<S: Send + Sync> FromRequestParts<S> for PathNodeId {
     }
 }
 
+/// The connection's [`Peer`] (none when the router is called without the server loop).
+fn peer_of(peer: Option<Extension<Peer>>) -> Peer {
+    peer.map(|Extension(p)| p).unwrap_or_default()
+}
+
 pub async fn register(
     State(state): State<AppState>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
@@ -51,6 +58,7 @@ pub async fn register(
         let presented = bearer(headers.get(AUTHORIZATION))?;
         state.policy.register(presented.as_deref())?;
         let new = request::register(&request::body(body)?, &state.plan)?;
+        AuthError::check_certificate(&peer_of(peer), new.host_ip)?;
         let wish = new.wanted_subnet;
         let token = NodeToken::generate()
             .map_err(|e| ApiError::Internal(format!("cannot read /dev/urandom: {e}")))?;
@@ -94,16 +102,19 @@ pub async fn register(
 pub async fn heartbeat(
     State(state): State<AppState>,
     PathNodeId(id): PathNodeId,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let presented = bearer(headers.get(AUTHORIZATION))?;
     let condition = request::heartbeat(&request::body(body)?)?;
     let policy = state.policy.clone();
+    let peer = peer_of(peer);
     let node = state
         .registry
         .heartbeat(id, condition, move |node| {
-            policy.heartbeat(node, presented.as_deref())
+            policy.heartbeat(node, presented.as_deref())?;
+            AuthError::check_certificate(&peer, node.host_ip)
         })
         .await?;
     state.metrics.heartbeats.inc();
@@ -136,13 +147,22 @@ pub async fn get(
 pub async fn delete(
     State(state): State<AppState>,
     PathNodeId(id): PathNodeId,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let presented = bearer(headers.get(AUTHORIZATION))?;
     let policy = state.policy.clone();
+    let peer = peer_of(peer);
     let node = state
         .registry
-        .delete(id, move |node| policy.delete(node, presented.as_deref()))
+        .delete(id, move |node| {
+            // The operator's join token deletes any node; a node leaves only as itself.
+            if policy.is_join_token_of_operator(presented.as_deref()) {
+                return Ok(());
+            }
+            policy.delete(node, presented.as_deref())?;
+            AuthError::check_certificate(&peer, node.host_ip)
+        })
         .await?;
     tracing::info!(node = %node.id, host_ip = %node.host_ip, subnet = %node.subnet, "node left; subnet is free");
     Ok(Json(node_info(&node)))
