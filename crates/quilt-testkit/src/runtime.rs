@@ -60,27 +60,33 @@ impl RuntimeHost {
         self.start_with(&[]);
     }
 
-    /// [`Self::start`] with `extra` flags after the usual ones (a later flag wins).
+    /// [`Self::start`] with `extra` flags; a flag in `extra` replaces the usual one of
+    /// that name (`--grpc-addr`, `--grpc-socket`, `--reconcile-interval`, `--log-level`).
     pub fn start_with(&mut self, extra: &[&str]) {
         let log_path = self.state_path().join("runtime.log");
         let log = std::fs::File::create(&log_path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-        let child = self
-            .ns
-            .command(crate::bins::binary("quilt-runtime"))
-            .args(["--grpc-addr", GRPC_ADDR, "--grpc-socket"])
-            .arg(self.socket_path())
-            .arg("--state-dir")
-            .arg(self.state_path())
+        let socket = self.socket_path().display().to_string();
+        let state = self.state_path().display().to_string();
+        let usual = [
+            ("--grpc-addr", GRPC_ADDR),
+            ("--grpc-socket", socket.as_str()),
+            ("--state-dir", state.as_str()),
+            ("--reconcile-interval", "500ms"),
+            ("--log-level", "debug"),
+        ];
+        let mut command = self.ns.command(crate::bins::binary("quilt-runtime"));
+        for (flag, value) in usual {
+            if !extra.contains(&flag) {
+                command.args([flag, value]);
+            }
+        }
+        let child = command
             .args([
                 "--overlay-interface",
                 "vxlan100",
                 "--overlay-interface",
                 "vxlan200",
-                "--reconcile-interval",
-                "500ms",
-                "--log-level",
-                "debug",
             ])
             .args(extra)
             .stdout(Stdio::null())

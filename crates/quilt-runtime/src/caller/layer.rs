@@ -73,15 +73,16 @@ where
 /// Admits a call to `rpc` from the caller its connection recorded, or answers the
 /// PERMISSION_DENIED status (after logging the refusal).
 fn admit(extensions: &http::Extensions, policy: &TrustPolicy, rpc: &str) -> Result<(), Status> {
+    // Over TLS tonic records both the TLS information and the caller beneath it.
     let (caller, certified) = match (
-        extensions.get::<Caller>(),
         extensions.get::<TlsConnectInfo<Caller>>(),
+        extensions.get::<Caller>(),
     ) {
-        (Some(caller), _) => (caller, false),
-        (None, Some(tls)) => (
+        (Some(tls), _) => (
             tls.get_ref(),
             tls.peer_certs().is_some_and(|certs| !certs.is_empty()),
         ),
+        (None, Some(caller)) => (caller, false),
         (None, None) => {
             tracing::warn!(rpc, "call refused: the connection has no caller identity");
             return Err(Status::permission_denied(format!(
