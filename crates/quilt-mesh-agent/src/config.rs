@@ -4,9 +4,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser};
 use quilt_common::defaults;
 use quilt_common::flags::agent as flags;
+use quilt_proto::connect::TlsOptions;
 
 /// quilt-mesh-agent: joins this node to the mesh. Registers with the control plane,
 /// keeps the VXLAN device and an entry per peer, and asks quilt-runtime for the routes.
@@ -30,13 +31,9 @@ pub struct Config {
     #[arg(long = flags::HOSTNAME, env = "QUILT_AGENT_HOSTNAME")]
     pub hostname: Option<String>,
 
-    /// quilt-runtime's gRPC address.
-    #[arg(
-        long = flags::RUNTIME_ADDR,
-        env = "QUILT_AGENT_RUNTIME_ADDR",
-        default_value = defaults::RUNTIME_URL
-    )]
-    pub runtime_addr: String,
+    /// Where quilt-runtime listens, and TLS files for an https:// one.
+    #[command(flatten)]
+    pub runtime_addr: RuntimeAddress,
 
     /// Underlay interface for VXLAN (default: the interface holding --host-ip).
     #[arg(long = flags::UNDERLAY_INTERFACE, env = "QUILT_AGENT_UNDERLAY_INTERFACE")]
@@ -91,6 +88,79 @@ pub struct Config {
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
     #[arg(long = flags::LOG_LEVEL, env = "QUILT_AGENT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// quilt-runtime's address (`--runtime-addr`) and the TLS files for an `https://` one.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct RuntimeAddress {
+    /// quilt-runtime's gRPC address: its unix socket (unix:/PATH or /PATH), HOST:PORT,
+    /// http://HOST:PORT or https://HOST:PORT (with --runtime-tls-ca).
+    #[arg(
+        long = flags::RUNTIME_ADDR,
+        env = "QUILT_AGENT_RUNTIME_ADDR",
+        default_value = defaults::RUNTIME_URL
+    )]
+    pub address: String,
+
+    /// PEM CA that issued an https:// runtime's certificate.
+    #[arg(long = flags::RUNTIME_TLS_CA, env = "QUILT_AGENT_RUNTIME_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for a runtime started with --tls-ca; needs --runtime-tls-key.
+    #[arg(
+        long = flags::RUNTIME_TLS_CERT,
+        env = "QUILT_AGENT_RUNTIME_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --runtime-tls-cert.
+    #[arg(
+        long = flags::RUNTIME_TLS_KEY,
+        env = "QUILT_AGENT_RUNTIME_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl RuntimeAddress {
+    /// The TLS files, as the connect helper takes them.
+    pub fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
+}
+
+impl From<&str> for RuntimeAddress {
+    fn from(address: &str) -> Self {
+        Self {
+            address: address.to_string(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl From<&String> for RuntimeAddress {
+    fn from(address: &String) -> Self {
+        Self::from(address.as_str())
+    }
+}
+
+impl From<&RuntimeAddress> for RuntimeAddress {
+    fn from(address: &RuntimeAddress) -> Self {
+        address.clone()
+    }
+}
+
+impl std::fmt::Display for RuntimeAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.address)
+    }
 }
 
 impl Config {
