@@ -184,3 +184,50 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        let mut args = vec![
+            "quilt-mesh-agent",
+            "--control-plane",
+            "http://127.0.0.1:8080",
+            "--host-ip",
+            "192.168.1.10",
+        ];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args)
+    }
+
+    #[test]
+    fn the_runtime_is_the_unix_socket_unless_told_otherwise() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.runtime_addr.address, "unix:/run/quilt/runtime.sock");
+        assert!(c.runtime_addr.tls().is_empty());
+    }
+
+    #[test]
+    fn an_https_runtime_takes_a_ca_and_a_client_certificate_with_its_key() {
+        let c = parse(&[
+            "--runtime-addr",
+            "https://10.0.0.1:50051",
+            "--runtime-tls-ca",
+            "/etc/quilt/ca.pem",
+            "--runtime-tls-cert",
+            "/etc/quilt/node.pem",
+            "--runtime-tls-key",
+            "/etc/quilt/node-key.pem",
+        ])
+        .unwrap();
+        assert_eq!(c.runtime_addr.to_string(), "https://10.0.0.1:50051");
+        let tls = c.runtime_addr.tls();
+        assert_eq!(
+            tls.ca.as_deref(),
+            Some(std::path::Path::new("/etc/quilt/ca.pem"))
+        );
+        assert!(tls.cert.is_some() && tls.key.is_some());
+        assert!(parse(&["--runtime-tls-cert", "/etc/quilt/node.pem"]).is_err());
+    }
+}

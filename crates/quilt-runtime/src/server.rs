@@ -148,9 +148,16 @@ pub async fn run<K: Kernel>(
         .build_v1alpha()
         .context("cannot build gRPC reflection service v1alpha")?;
     let queue = InjectQueue::new(runtime.clone());
-    let service = QuiltRuntimeServer::new(GrpcService::new(runtime.clone(), queue, rules, metrics));
-    let builder =
-        || tonic::transport::Server::builder().layer(CallerCheckLayer::new(policy.clone()));
+    let service = QuiltRuntimeServer::new(GrpcService::new(
+        runtime.clone(),
+        queue,
+        rules,
+        metrics.clone(),
+    ));
+    let builder = || {
+        tonic::transport::Server::builder()
+            .layer(CallerCheckLayer::new(policy.clone(), metrics.clone()))
+    };
     let router = |mut builder: tonic::transport::Server<_>| {
         builder
             .add_service(health_service.clone())

@@ -104,7 +104,12 @@ fn only_root_and_the_socket_group_may_call_on_the_socket_and_loopback_tcp() {
     let mut host = RuntimeHost::new();
     // The users must reach the socket in the state folder (a temp dir is 0700).
     std::fs::set_permissions(host.state_path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    host.start_with(&["--grpc-socket-group", &group.name]);
+    host.start_with(&[
+        "--grpc-socket-group",
+        &group.name,
+        "--metrics-addr",
+        "127.0.0.1:9109",
+    ]);
     let socket = host.socket_path();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o660, "socket mode");
@@ -173,6 +178,27 @@ fn only_root_and_the_socket_group_may_call_on_the_socket_and_loopback_tcp() {
                 && l.contains("rpc=\"InjectRoute\"")
         });
         assert!(logged, "no warn line for the {transport} refusal:\n{log}");
+    }
+
+    // And counted, per method and transport.
+    let metrics = quilt_testkit::netns::block_on_in(host.ns.name(), async || {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect("127.0.0.1:9109")
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    });
+    for transport in ["unix", "tcp"] {
+        let line = format!(
+            "quilt_runtime_rpc_denied_total{{method=\"InjectRoute\",transport=\"{transport}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "no {line}:\n{metrics}");
     }
 
     // A member of the socket group and root are served on both transports.

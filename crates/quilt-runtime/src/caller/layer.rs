@@ -13,6 +13,7 @@ use tonic::transport::server::TlsConnectInfo;
 use tower::{Layer, Service};
 
 use super::{Caller, TrustPolicy, Verdict};
+use crate::metrics::Metrics;
 
 /// The path prefix of the calls that are checked (every QuiltRuntime RPC changes or
 /// reveals state).
@@ -22,11 +23,13 @@ const CHECKED_PREFIX: &str = "/quilt.QuiltRuntime/";
 #[derive(Clone)]
 pub struct CallerCheckLayer {
     policy: Arc<TrustPolicy>,
+    metrics: Arc<Metrics>,
 }
 
 impl CallerCheckLayer {
-    pub fn new(policy: Arc<TrustPolicy>) -> Self {
-        Self { policy }
+    /// Refusals are counted in `metrics` (`rpc_denied_total`).
+    pub fn new(policy: Arc<TrustPolicy>, metrics: Arc<Metrics>) -> Self {
+        Self { policy, metrics }
     }
 }
 
@@ -37,6 +40,7 @@ impl<S> Layer<S> for CallerCheckLayer {
         CallerCheck {
             inner,
             policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -46,6 +50,7 @@ impl<S> Layer<S> for CallerCheckLayer {
 pub struct CallerCheck<S> {
     inner: S,
     policy: Arc<TrustPolicy>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, B> Service<http::Request<B>> for CallerCheck<S>
@@ -62,8 +67,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if let Some(rpc) = request.uri().path().strip_prefix(CHECKED_PREFIX)
-            && let Err(status) = admit(request.extensions(), &self.policy, rpc)
+            && let Err((status, transport)) = admit(request.extensions(), &self.policy, rpc)
         {
+            self.metrics.observe_denied(rpc, transport);
             return Either::Left(ready(Ok(status.into_http())));
         }
         Either::Right(self.inner.call(request))
@@ -72,7 +78,12 @@ where
 
 /// Admits a call to `rpc` from the caller its connection recorded, or answers the
 /// PERMISSION_DENIED status (after logging the refusal).
-fn admit(extensions: &http::Extensions, policy: &TrustPolicy, rpc: &str) -> Result<(), Status> {
+/// A refusal carries the transport it came over (`unknown` without a caller), for metrics.
+fn admit(
+    extensions: &http::Extensions,
+    policy: &TrustPolicy,
+    rpc: &str,
+) -> Result<(), (Status, &'static str)> {
     // Over TLS tonic records both the TLS information and the caller beneath it.
     let (caller, certified) = match (
         extensions.get::<TlsConnectInfo<Caller>>(),
@@ -85,9 +96,12 @@ fn admit(extensions: &http::Extensions, policy: &TrustPolicy, rpc: &str) -> Resu
         (None, Some(caller)) => (caller, false),
         (None, None) => {
             tracing::warn!(rpc, "call refused: the connection has no caller identity");
-            return Err(Status::permission_denied(format!(
-                "{rpc} refused: the caller could not be identified"
-            )));
+            return Err((
+                Status::permission_denied(format!(
+                    "{rpc} refused: the caller could not be identified"
+                )),
+                "unknown",
+            ));
         }
     };
     let reason = match &caller.verdict {
@@ -108,14 +122,21 @@ fn admit(extensions: &http::Extensions, policy: &TrustPolicy, rpc: &str) -> Resu
         || "a caller of unknown uid".to_string(),
         |uid| format!("uid {uid}"),
     );
-    Err(Status::permission_denied(format!(
-        "{rpc} refused for {who} over {}: {reason}; only root and members of group {} may call quilt-runtime{}",
-        caller.transport,
-        policy.group,
-        if policy.certificates {
-            " (over TLS also holders of a client certificate from --tls-ca)"
-        } else {
-            ""
-        }
-    )))
+    let transport = match caller.transport {
+        super::Transport::Unix => "unix",
+        super::Transport::Tcp => "tcp",
+    };
+    Err((
+        Status::permission_denied(format!(
+            "{rpc} refused for {who} over {}: {reason}; only root and members of group {} may call quilt-runtime{}",
+            caller.transport,
+            policy.group,
+            if policy.certificates {
+                " (over TLS also holders of a client certificate from --tls-ca)"
+            } else {
+                ""
+            }
+        )),
+        transport,
+    ))
 }
