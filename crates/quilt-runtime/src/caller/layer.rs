@@ -77,8 +77,8 @@ where
 }
 
 /// Admits a call to `rpc` from the caller its connection recorded, or answers the
-/// PERMISSION_DENIED status (after logging the refusal).
-/// A refusal carries the transport it came over (`unknown` without a caller), for metrics.
+/// PERMISSION_DENIED status (after logging the refusal) with the transport it came over
+/// (`unknown` without a caller), for metrics.
 fn admit(
     extensions: &http::Extensions,
     policy: &TrustPolicy,
@@ -122,10 +122,6 @@ fn admit(
         || "a caller of unknown uid".to_string(),
         |uid| format!("uid {uid}"),
     );
-    let transport = match caller.transport {
-        super::Transport::Unix => "unix",
-        super::Transport::Tcp => "tcp",
-    };
     Err((
         Status::permission_denied(format!(
             "{rpc} refused for {who} over {}: {reason}; only root and members of group {} may call quilt-runtime{}",
@@ -137,6 +133,6 @@ fn admit(
                 ""
             }
         )),
-        transport,
+        caller.transport.as_str(),
     ))
 }

@@ -24,12 +24,19 @@ pub enum Transport {
     Tcp,
 }
 
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Transport {
+    /// `unix` or `tcp`, as logs and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Transport::Unix => "unix",
             Transport::Tcp => "tcp",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
