@@ -10,7 +10,7 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 /// Where quilt-runtime listens unless `runtime_address` says otherwise: the workspace's
 /// `quilt_common::defaults::RUNTIME_URL`, kept here so the plugin links no HTTP server
 /// (a test checks the two agree).
-pub const DEFAULT_RUNTIME_ADDRESS: &str = "http://127.0.0.1:50051";
+pub const DEFAULT_RUNTIME_ADDRESS: &str = "unix:/run/quilt/runtime.sock";
 
 /// The plugin's network configuration. Keys it does not know (runtimeConfig, args,
 /// other plugins' keys) are allowed, as the specification requires.
@@ -53,16 +53,15 @@ impl NetConf {
                 ),
             ));
         }
-        if !(conf.runtime_address.starts_with("http://")
-            || conf.runtime_address.starts_with("https://"))
-        {
+        if let Err(e) = quilt_proto::connect::Target::parse(&conf.runtime_address) {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
                 format!(
-                    "runtime_address {:?} is not an http:// or https:// url",
+                    "runtime_address {:?} is not unix:/PATH, an absolute socket path or an http:// or https:// url",
                     conf.runtime_address
                 ),
-            ));
+            )
+            .with_details(e.to_string()));
         }
         if let Some(mtu) = conf.mtu
             && !(68..=65535).contains(&mtu)

@@ -133,7 +133,9 @@ async fn connect(conf: &NetConf) -> Result<QuiltRuntimeClient<Channel>, CniError
     quilt_proto::connect::connect(address, timeouts)
         .await
         .map_err(|e| match e {
-            ConnectError::BadAddress { .. } => CniError::new(code::INVALID_CONFIG, e.to_string()),
+            ConnectError::BadAddress { .. } | ConnectError::BadTls { .. } => {
+                CniError::new(code::INVALID_CONFIG, e.to_string())
+            }
             ConnectError::Unreachable { message, .. } => CniError::unreachable(address, message),
         })
 }

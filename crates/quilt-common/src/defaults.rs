@@ -1,10 +1,15 @@
-//! The defaults every component agrees on, in one place: where the runtime listens, the
+//! The defaults every component agrees on, in one place: where the runtime listens (its
+//! unix socket and TCP address), the
 //! overlay device and its VXLAN numbers, the container bridge, the route protocol.
 
-/// Where quilt-runtime serves gRPC, as `HOST:PORT`.
+/// The unix socket quilt-runtime serves gRPC on, and where its clients (the agent, the
+/// CNI plugin, quiltctl) find it unless told otherwise.
+pub const RUNTIME_SOCKET: &str = "/run/quilt/runtime.sock";
+/// [`RUNTIME_SOCKET`] as a client address.
+pub const RUNTIME_URL: &str = "unix:/run/quilt/runtime.sock";
+/// Where quilt-runtime also serves gRPC over TCP, as `HOST:PORT` (the original
+/// documents' address, for clients written against them).
 pub const RUNTIME_ADDR: &str = "127.0.0.1:50051";
-/// [`RUNTIME_ADDR`] as the URL the agent and the CNI plugin are configured with.
-pub const RUNTIME_URL: &str = "http://127.0.0.1:50051";
 /// Where quilt-mesh-control serves HTTP.
 pub const CONTROL_LISTEN: &str = "127.0.0.1:8080";
 /// [`CONTROL_LISTEN`] as the URL clients are configured with.

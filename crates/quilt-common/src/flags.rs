@@ -23,6 +23,11 @@ pub mod control {
 /// quilt-runtime's flags.
 pub mod runtime {
     pub const GRPC_ADDR: &str = "grpc-addr";
+    pub const GRPC_SOCKET: &str = "grpc-socket";
+    pub const GRPC_SOCKET_GROUP: &str = "grpc-socket-group";
+    pub const TLS_CERT: &str = "tls-cert";
+    pub const TLS_KEY: &str = "tls-key";
+    pub const TLS_CA: &str = "tls-ca";
     pub const STATE_DIR: &str = "state-dir";
     pub const RECONCILE_INTERVAL: &str = "reconcile-interval";
     pub const LOG_LEVEL: &str = "log-level";
@@ -34,6 +39,9 @@ pub mod agent {
     pub const HOST_IP: &str = "host-ip";
     pub const HOSTNAME: &str = "hostname";
     pub const RUNTIME_ADDR: &str = "runtime-addr";
+    pub const RUNTIME_TLS_CA: &str = "runtime-tls-ca";
+    pub const RUNTIME_TLS_CERT: &str = "runtime-tls-cert";
+    pub const RUNTIME_TLS_KEY: &str = "runtime-tls-key";
     pub const UNDERLAY_INTERFACE: &str = "underlay-interface";
     pub const STATE_DIR: &str = "state-dir";
     pub const JOIN_TOKEN: &str = "join-token";

@@ -12,6 +12,8 @@
 //! - [`nexthop`]: the raw, blocking netlink socket for nexthop objects and route batches,
 //!   which rtnetlink does not cover; gateway routes point at nexthops so that thousands
 //!   of peers stay fast.
+//! - [`sock_diag`]: who owns a local TCP socket (NETLINK_SOCK_DIAG), to identify
+//!   loopback callers.
 //! - [`netns`]: running code inside a network namespace (by name or path) on a dedicated
 //!   thread, and the namespace fixtures tests and the lab build on.
 //! - [`types`] and [`error`]: the objects the traits speak of and their one error type.
@@ -22,6 +24,7 @@ pub mod kernel;
 pub mod netns;
 pub mod nexthop;
 pub mod overlay;
+pub mod sock_diag;
 pub mod types;
 
 pub use error::KernelError;

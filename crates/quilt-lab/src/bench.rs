@@ -36,7 +36,8 @@ pub fn join_new_host(lab: &mut Lab, timeout: Duration) -> Result<JoinTiming, Lab
     let started = Instant::now();
     let deadline = started + timeout;
     lab.start_agent(host)?;
-    while !remote::runtime_subnet(&netns).is_ok_and(|s| !s.is_empty()) {
+    let address = lab.state().runtime_address(host);
+    while !remote::runtime_subnet(&netns, &address).is_ok_and(|s| !s.is_empty()) {
         if Instant::now() >= deadline {
             return Err(timeout_error("the new host's runtime configured", timeout));
         }

@@ -7,16 +7,17 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use crate::layout::{CONTAINER_IF, RUNTIME_ADDR};
+use crate::layout::CONTAINER_IF;
 use crate::process::{command_in, run_bounded};
 
-/// The network configuration the lab hands quilt-cni.
-pub fn netconf() -> String {
+/// The network configuration the lab hands quilt-cni: the host's runtime at
+/// `runtime_address` (its unix socket).
+pub fn netconf(runtime_address: &str) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "quilt",
         "type": "quilt-cni",
-        "runtime_address": format!("http://{RUNTIME_ADDR}"),
+        "runtime_address": runtime_address,
     })
     .to_string()
 }
@@ -36,11 +37,13 @@ impl CniFailure {
 }
 
 /// Runs `quilt-cni` with `command` (ADD, DEL) for the container in namespace
-/// `container_netns`, inside `host_netns`; answers the parsed stdout.
+/// `container_netns`, inside `host_netns` whose runtime is at `runtime_address`; answers
+/// the parsed stdout.
 pub fn invoke(
     cni_binary: &Path,
     command: &str,
     host_netns: &str,
+    runtime_address: &str,
     container_id: &str,
     container_netns: &str,
 ) -> Result<serde_json::Value, CniFailure> {
@@ -56,12 +59,15 @@ pub fn invoke(
         )
         .env("CNI_IFNAME", CONTAINER_IF)
         .env("CNI_PATH", cni_path.as_os_str());
-    let out = run_bounded(cmd, Some(netconf().as_bytes()), Duration::from_secs(20)).map_err(
-        |message| CniFailure {
-            code: None,
-            message: format!("quilt-cni {command}: {message}"),
-        },
-    )?;
+    let out = run_bounded(
+        cmd,
+        Some(netconf(runtime_address).as_bytes()),
+        Duration::from_secs(20),
+    )
+    .map_err(|message| CniFailure {
+        code: None,
+        message: format!("quilt-cni {command}: {message}"),
+    })?;
     let parsed: Option<serde_json::Value> = serde_json::from_str(out.stdout.trim()).ok();
     if out.status.success() {
         return Ok(parsed.unwrap_or(serde_json::Value::Null));
@@ -109,8 +115,12 @@ mod tests {
 
     #[test]
     fn netconf_is_what_the_plugin_reads() {
-        let v: serde_json::Value = serde_json::from_str(&netconf()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&netconf("unix:/lab/data/h1/runtime/runtime.sock")).unwrap();
         assert_eq!(v["type"], "quilt-cni");
-        assert_eq!(v["runtime_address"], "http://127.0.0.1:50051");
+        assert_eq!(
+            v["runtime_address"],
+            "unix:/lab/data/h1/runtime/runtime.sock"
+        );
     }
 }

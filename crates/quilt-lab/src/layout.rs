@@ -13,8 +13,12 @@ pub const MAX_NODES: u16 = 200;
 pub const MAX_CONTAINERS_PER_NODE: u16 = 50;
 /// Port the control plane listens on, on host 1's underlay address.
 pub const CONTROL_PORT: u16 = 8080;
-/// Where each host's runtime listens, inside the host's namespace.
+/// Where each host's runtime also listens on TCP, inside the host's namespace (for
+/// clients of the original documents; the lab's own clients use the socket).
 pub use quilt_common::defaults::RUNTIME_ADDR;
+/// The name of each host's runtime socket in its runtime folder
+/// ([`crate::state::LabState::runtime_socket`]).
+pub const RUNTIME_SOCKET_NAME: &str = "runtime.sock";
 /// The underlay interface inside each host namespace.
 pub const UNDERLAY_IF: &str = "underlay0";
 /// The bridge playing the underlay switch, inside the switch namespace.

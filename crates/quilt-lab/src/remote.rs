@@ -9,8 +9,6 @@ use quilt_api::types::NodeList;
 use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use tonic::transport::Channel;
 
-use crate::layout::RUNTIME_ADDR;
-
 /// Runs the future `f` makes inside `netns`.
 pub fn block_on_in<T, F, Fut>(netns: &str, f: F) -> Result<T, String>
 where
@@ -56,8 +54,9 @@ pub fn list_nodes(netns: &str, url: &str) -> Result<NodeList, String> {
     })
 }
 
-/// Calls the runtime of the host whose namespace is `netns`.
-pub fn runtime_call<T, F, Fut>(netns: &str, f: F) -> Result<T, String>
+/// Calls the runtime at `address` (a host's socket) from inside the host's namespace
+/// `netns`.
+pub fn runtime_call<T, F, Fut>(netns: &str, address: &str, f: F) -> Result<T, String>
 where
     T: Send,
     F: FnOnce(QuiltRuntimeClient<Channel>) -> Fut + Send,
@@ -68,7 +67,7 @@ where
             connect: Duration::from_secs(1),
             call: Duration::from_secs(5),
         };
-        let client = quilt_proto::connect::connect(RUNTIME_ADDR, timeouts)
+        let client = quilt_proto::connect::connect(address, timeouts)
             .await
             .map_err(|e| e.to_string())?;
         f(client)
@@ -79,14 +78,19 @@ where
 
 /// The node subnet the runtime in `netns` was configured with (empty until the agent
 /// configured it).
-pub fn runtime_subnet(netns: &str) -> Result<String, String> {
-    runtime_call(netns, |mut c| async move {
+pub fn runtime_subnet(netns: &str, address: &str) -> Result<String, String> {
+    runtime_call(netns, address, |mut c| async move {
         let r = c
             .list_allocations(quilt_proto::ListAllocationsRequest {})
             .await?
             .into_inner();
         Ok(r.subnet)
     })
+}
+
+/// Whether a unix socket at `path` accepts connections.
+pub fn socket_open(path: &std::path::Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
 /// Whether something accepts TCP connections on `addr` inside `netns`.
@@ -98,8 +102,8 @@ pub fn tcp_open(netns: &str, addr: std::net::SocketAddr) -> bool {
 }
 
 /// The runtime's container allocations in `netns`: (owner, address), sorted.
-pub fn runtime_allocations(netns: &str) -> Result<Vec<(String, String)>, String> {
-    runtime_call(netns, |mut c| async move {
+pub fn runtime_allocations(netns: &str, address: &str) -> Result<Vec<(String, String)>, String> {
+    runtime_call(netns, address, |mut c| async move {
         let r = c
             .list_allocations(quilt_proto::ListAllocationsRequest {})
             .await?

@@ -148,6 +148,23 @@ impl LabState {
         self.hosts.iter().find(|h| h.index == index)
     }
 
+    /// The state folder of host `index`'s runtime. Each host has its own, and so its own
+    /// unix socket: paths are the machine's, not a namespace's.
+    pub fn runtime_dir(&self, index: u16) -> PathBuf {
+        self.dir.join("data").join(format!("h{index}/runtime"))
+    }
+
+    /// The unix socket host `index`'s runtime serves, in [`Self::runtime_dir`].
+    pub fn runtime_socket(&self, index: u16) -> PathBuf {
+        self.runtime_dir(index)
+            .join(crate::layout::RUNTIME_SOCKET_NAME)
+    }
+
+    /// [`Self::runtime_socket`] as a client address, `unix:/...`.
+    pub fn runtime_address(&self, index: u16) -> String {
+        format!("unix:{}", self.runtime_socket(index).display())
+    }
+
     /// Finds a container by short name (`c1-1`) or namespace name.
     pub fn container(&self, name: &str) -> Option<&ContainerState> {
         self.containers

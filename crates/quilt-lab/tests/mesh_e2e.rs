@@ -216,7 +216,8 @@ fn deleted_device_is_rebuilt(lab: &Lab, logs: &dyn Fn() -> String) {
 /// keep their addresses.
 fn runtime_restart_keeps_routes_and_addresses(lab: &mut Lab, logs: &dyn Fn() -> String) {
     let h2 = lab.state().host(2).unwrap().netns.clone();
-    let allocations = remote::runtime_allocations(&h2).unwrap();
+    let h2_runtime = lab.state().runtime_address(2);
+    let allocations = remote::runtime_allocations(&h2, &h2_runtime).unwrap();
     assert_eq!(allocations.len(), 1, "{allocations:?}");
     let address = container_address(lab, "c2-1");
     let before = snapshot(lab);
@@ -238,7 +239,10 @@ fn runtime_restart_keeps_routes_and_addresses(lab: &mut Lab, logs: &dyn Fn() -> 
     );
     assert_unchanged(&before, &sampled, "during the runtime restart");
     assert_eq!(snapshot(lab), before);
-    assert_eq!(remote::runtime_allocations(&h2).unwrap(), allocations);
+    assert_eq!(
+        remote::runtime_allocations(&h2, &h2_runtime).unwrap(),
+        allocations
+    );
     assert_eq!(container_address(lab, "c2-1"), address);
     let matrix = lab.ping_matrix();
     assert!(matrix.full(), "{}\n{}", matrix.render(), logs());

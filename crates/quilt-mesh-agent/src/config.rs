@@ -4,9 +4,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser};
 use quilt_common::defaults;
 use quilt_common::flags::agent as flags;
+use quilt_proto::connect::TlsOptions;
 
 /// quilt-mesh-agent: joins this node to the mesh. Registers with the control plane,
 /// keeps the VXLAN device and an entry per peer, and asks quilt-runtime for the routes.
@@ -30,13 +31,9 @@ pub struct Config {
     #[arg(long = flags::HOSTNAME, env = "QUILT_AGENT_HOSTNAME")]
     pub hostname: Option<String>,
 
-    /// quilt-runtime's gRPC address.
-    #[arg(
-        long = flags::RUNTIME_ADDR,
-        env = "QUILT_AGENT_RUNTIME_ADDR",
-        default_value = defaults::RUNTIME_URL
-    )]
-    pub runtime_addr: String,
+    /// Where quilt-runtime listens, and TLS files for an https:// one.
+    #[command(flatten)]
+    pub runtime_addr: RuntimeAddress,
 
     /// Underlay interface for VXLAN (default: the interface holding --host-ip).
     #[arg(long = flags::UNDERLAY_INTERFACE, env = "QUILT_AGENT_UNDERLAY_INTERFACE")]
@@ -93,6 +90,79 @@ pub struct Config {
     pub log_level: String,
 }
 
+/// quilt-runtime's address (`--runtime-addr`) and the TLS files for an `https://` one.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct RuntimeAddress {
+    /// quilt-runtime's gRPC address: its unix socket (unix:/PATH or /PATH), HOST:PORT,
+    /// http://HOST:PORT or https://HOST:PORT (with --runtime-tls-ca).
+    #[arg(
+        long = flags::RUNTIME_ADDR,
+        env = "QUILT_AGENT_RUNTIME_ADDR",
+        default_value = defaults::RUNTIME_URL
+    )]
+    pub address: String,
+
+    /// PEM CA that issued an https:// runtime's certificate.
+    #[arg(long = flags::RUNTIME_TLS_CA, env = "QUILT_AGENT_RUNTIME_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for a runtime started with --tls-ca; needs --runtime-tls-key.
+    #[arg(
+        long = flags::RUNTIME_TLS_CERT,
+        env = "QUILT_AGENT_RUNTIME_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --runtime-tls-cert.
+    #[arg(
+        long = flags::RUNTIME_TLS_KEY,
+        env = "QUILT_AGENT_RUNTIME_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl RuntimeAddress {
+    /// The TLS files, as the connect helper takes them.
+    pub fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
+}
+
+impl From<&str> for RuntimeAddress {
+    fn from(address: &str) -> Self {
+        Self {
+            address: address.to_string(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl From<&String> for RuntimeAddress {
+    fn from(address: &String) -> Self {
+        Self::from(address.as_str())
+    }
+}
+
+impl From<&RuntimeAddress> for RuntimeAddress {
+    fn from(address: &RuntimeAddress) -> Self {
+        address.clone()
+    }
+}
+
+impl std::fmt::Display for RuntimeAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.address)
+    }
+}
+
 impl Config {
     /// The name to register: the flag, else the system's hostname.
     pub fn hostname(&self) -> String {
@@ -112,5 +182,52 @@ impl Config {
             Some(path) => quilt_common::secret_file::read(path).map(Some),
             None => Ok(self.join_token.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        let mut args = vec![
+            "quilt-mesh-agent",
+            "--control-plane",
+            "http://127.0.0.1:8080",
+            "--host-ip",
+            "192.168.1.10",
+        ];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args)
+    }
+
+    #[test]
+    fn the_runtime_is_the_unix_socket_unless_told_otherwise() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.runtime_addr.address, "unix:/run/quilt/runtime.sock");
+        assert!(c.runtime_addr.tls().is_empty());
+    }
+
+    #[test]
+    fn an_https_runtime_takes_a_ca_and_a_client_certificate_with_its_key() {
+        let c = parse(&[
+            "--runtime-addr",
+            "https://10.0.0.1:50051",
+            "--runtime-tls-ca",
+            "/etc/quilt/ca.pem",
+            "--runtime-tls-cert",
+            "/etc/quilt/node.pem",
+            "--runtime-tls-key",
+            "/etc/quilt/node-key.pem",
+        ])
+        .unwrap();
+        assert_eq!(c.runtime_addr.to_string(), "https://10.0.0.1:50051");
+        let tls = c.runtime_addr.tls();
+        assert_eq!(
+            tls.ca.as_deref(),
+            Some(std::path::Path::new("/etc/quilt/ca.pem"))
+        );
+        assert!(tls.cert.is_some() && tls.key.is_some());
+        assert!(parse(&["--runtime-tls-cert", "/etc/quilt/node.pem"]).is_err());
     }
 }

@@ -5,9 +5,11 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use quilt_proto as pb;
-use quilt_proto::connect::{ConnectError, Timeouts, connect_lazy};
+use quilt_proto::connect::{ConnectError, Timeouts, connect_lazy_with};
 use quilt_proto::quilt_runtime_client::QuiltRuntimeClient;
 use tonic::transport::Channel;
+
+use crate::config::RuntimeAddress;
 
 /// Why a runtime call failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +65,13 @@ pub struct RuntimeClient {
 }
 
 impl RuntimeClient {
-    pub fn new(address: &str) -> Result<Self, ConnectError> {
+    /// A client of the runtime at `address` (a `--runtime-addr` value, or the address and
+    /// TLS files together).
+    pub fn new(address: impl Into<RuntimeAddress>) -> Result<Self, ConnectError> {
+        let address = address.into();
         Ok(Self {
-            address: address.to_string(),
-            client: connect_lazy(address, Timeouts::default())?,
+            client: connect_lazy_with(&address.address, Timeouts::default(), &address.tls())?,
+            address: address.address,
         })
     }
 

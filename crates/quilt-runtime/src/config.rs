@@ -1,7 +1,9 @@
 //! The runtime's flags; each can also be set from a `QUILT_RUNTIME_*` environment variable.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
@@ -14,13 +16,45 @@ use quilt_common::flags::runtime as flags;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "quilt-runtime", version, about, long_about = None)]
 pub struct Config {
-    /// Address the gRPC server listens on. Keep it on loopback unless protected.
+    /// Unix socket the gRPC server listens on (`off` for none): mode 0660, owned by root
+    /// and --grpc-socket-group. Its folder is made (0755) when missing; a stale socket of
+    /// a killed run is replaced, a live one is refused.
+    #[arg(
+        long = flags::GRPC_SOCKET,
+        env = "QUILT_RUNTIME_GRPC_SOCKET",
+        default_value = defaults::RUNTIME_SOCKET
+    )]
+    pub grpc_socket: Switch<PathBuf>,
+
+    /// Group (name or number) of the unix socket; its members may call the runtime.
+    #[arg(
+        long = flags::GRPC_SOCKET_GROUP,
+        env = "QUILT_RUNTIME_GRPC_SOCKET_GROUP",
+        default_value = "root"
+    )]
+    pub grpc_socket_group: String,
+
+    /// TCP address the gRPC server also listens on (`off` for none). Beyond loopback only
+    /// with --tls-cert and --tls-key.
     #[arg(
         long = flags::GRPC_ADDR,
         env = "QUILT_RUNTIME_GRPC_ADDR",
         default_value = defaults::RUNTIME_ADDR
     )]
-    pub grpc_addr: SocketAddr,
+    pub grpc_addr: Switch<SocketAddr>,
+
+    /// PEM certificate (chain) for TLS on the TCP listener; needs --tls-key.
+    #[arg(long = flags::TLS_CERT, env = "QUILT_RUNTIME_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long = flags::TLS_KEY, env = "QUILT_RUNTIME_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): TCP clients must then present a certificate it issued, and
+    /// such a client is trusted.
+    #[arg(long = flags::TLS_CA, env = "QUILT_RUNTIME_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
 
     /// Folder for desired state (runtime.db: node subnet, routes, container addresses).
     #[arg(
@@ -67,4 +101,75 @@ pub struct Config {
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
     #[arg(long = flags::LOG_LEVEL, env = "QUILT_RUNTIME_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+impl Config {
+    /// The TLS files of the TCP listener, when `--tls-cert` and `--tls-key` are given.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone(),
+        })
+    }
+}
+
+/// A listener setting that may be turned off: a value, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Switch<T> {
+    On(T),
+    Off,
+}
+
+impl<T> Switch<T> {
+    /// The value, unless off.
+    pub fn as_on(&self) -> Option<&T> {
+        match self {
+            Switch::On(value) => Some(value),
+            Switch::Off => None,
+        }
+    }
+}
+
+impl<T: FromStr> FromStr for Switch<T>
+where
+    T::Err: fmt::Display,
+{
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim() == "off" {
+            return Ok(Switch::Off);
+        }
+        s.trim()
+            .parse()
+            .map(Switch::On)
+            .map_err(|e| format!("{s:?} is neither off nor a valid value: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_default_to_the_socket_and_loopback_and_turn_off() {
+        let c = Config::parse_from(["quilt-runtime"]);
+        assert_eq!(
+            c.grpc_socket,
+            Switch::On(PathBuf::from(defaults::RUNTIME_SOCKET))
+        );
+        assert_eq!(c.grpc_addr, Switch::On("127.0.0.1:50051".parse().unwrap()));
+        assert_eq!(c.grpc_socket_group, "root");
+        let c = Config::parse_from([
+            "quilt-runtime",
+            "--grpc-addr",
+            "off",
+            "--grpc-socket",
+            "off",
+        ]);
+        assert_eq!((c.grpc_addr, c.grpc_socket), (Switch::Off, Switch::Off));
+        assert!(Config::try_parse_from(["quilt-runtime", "--grpc-addr", "nowhere"]).is_err());
+        assert!(Config::try_parse_from(["quilt-runtime", "--tls-cert", "c.pem"]).is_err());
+    }
 }

@@ -13,24 +13,32 @@
 //! - [`grpc`]: the `quilt.QuiltRuntime` service and its error mapping.
 //! - [`inject_queue`]: concurrent InjectRoute calls coalesced into batches.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`listen`]: the unix socket (mode, group, stale files) and the TCP listener.
+//! - [`caller`]: who is calling (SO_PEERCRED, socket diagnostics, client certificates)
+//!   and the one check that refuses untrusted callers with PERMISSION_DENIED.
+//! - [`tls`]: TLS and client certificates on TCP, every file checked at start.
 //! - [`server`]: wiring: gRPC with health and reflection, reconcile loop, shutdown.
 
+pub mod caller;
 pub mod config;
 pub mod core;
 pub mod error;
 pub mod grpc;
 pub mod inject_queue;
 pub mod ipam;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod request;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use crate::core::Runtime;
 pub use config::Config;
 pub use error::RuntimeError;
+pub use listen::Listeners;
 pub use server::run;
 
 /// The route protocol number on every route quilt-runtime makes (`ip route` shows

@@ -1,4 +1,5 @@
-//! The quilt-runtime binary: flags, logging, the netlink kernel, then [`quilt_runtime::run`].
+//! The quilt-runtime binary: flags, logging, the listeners, the netlink kernel, then
+//! [`quilt_runtime::run`].
 
 use anyhow::Context;
 use clap::Parser;
@@ -22,13 +23,11 @@ fn main() -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let config = Config::parse();
     quilt_common::logging::init(&config.log_level);
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on grpc address {}", config.grpc_addr))?;
+    let listeners = quilt_runtime::listen::bind(&config).await?;
     let kernel = NetlinkKernel::open().context("cannot open netlink")?;
     quilt_runtime::run(
         config,
-        listener,
+        listeners,
         kernel,
         quilt_common::shutdown::signal_received(),
     )

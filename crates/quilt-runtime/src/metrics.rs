@@ -21,6 +21,12 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    pub method: String,
+    pub transport: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 25 µs .. ~0.8 s
     Histogram::new(exponential_buckets(0.000_025, 2.0, 16))
@@ -38,6 +44,8 @@ pub struct Metrics {
     pub reconcile_repairs: Counter,
     /// Addresses the last reconcile pass found used by more than one owner.
     pub address_conflicts: Gauge,
+    /// Calls refused because the caller is not trusted.
+    pub rpc_denied: Family<DeniedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -59,6 +67,7 @@ impl Metrics {
         let reconcile_runs = Counter::default();
         let reconcile_repairs = Counter::default();
         let address_conflicts = Gauge::default();
+        let rpc_denied = Family::<DeniedLabels, Counter>::default();
         registry.register(
             "rpc_requests",
             "gRPC calls by method and result (ok, refused)",
@@ -90,6 +99,11 @@ impl Metrics {
             "Container addresses used by more than one owner, as the last reconcile pass found",
             address_conflicts.clone(),
         );
+        registry.register(
+            "rpc_denied",
+            "QuiltRuntime calls refused with PERMISSION_DENIED (untrusted caller), by method and transport",
+            rpc_denied.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             rpc_requests,
@@ -99,7 +113,18 @@ impl Metrics {
             reconcile_runs,
             reconcile_repairs,
             address_conflicts,
+            rpc_denied,
         }
+    }
+
+    /// Records one call refused to an untrusted caller.
+    pub fn observe_denied(&self, method: &str, transport: &str) {
+        self.rpc_denied
+            .get_or_create(&DeniedLabels {
+                method: method.to_string(),
+                transport: transport.to_string(),
+            })
+            .inc();
     }
 
     /// Records one RPC call.

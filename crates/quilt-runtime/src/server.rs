@@ -1,5 +1,6 @@
-//! Wiring: the gRPC server (QuiltRuntime, health, reflection), the reconcile loop and the
-//! metrics endpoint, all stopped by one shutdown future.
+//! Wiring: the gRPC servers (QuiltRuntime, health, reflection v1 and v1alpha) on the unix
+//! socket and on TCP, both behind the caller check, the reconcile loop and the metrics
+//! endpoint, all stopped by one shutdown future.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,32 +11,61 @@ use quilt_common::{ClusterNetwork, metrics_endpoint};
 use quilt_kernel::Kernel;
 use quilt_proto::quilt_runtime_server::QuiltRuntimeServer;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
 use crate::Config;
+use crate::caller::{self, CallerCheckLayer, TrustPolicy};
 use crate::core::Runtime;
 use crate::grpc::GrpcService;
 use crate::inject_queue::InjectQueue;
+use crate::listen::Listeners;
 use crate::metrics::Metrics;
 use crate::model::{self, ContainerSettings};
 use crate::request::Rules;
 use crate::store::Store;
+use crate::tls::TlsFiles;
 
 /// The gRPC service name health checks ask about.
 pub const SERVICE_NAME: &str = "quilt.QuiltRuntime";
 
-/// Runs the runtime on `listener` until `shutdown` completes: loads state, reconciles
-/// the kernel, serves gRPC, reconciles periodically. On shutdown in-flight calls finish
-/// and kernel routes stay in place.
+/// Runs the runtime on `listeners` (see [`crate::listen::bind`]; a bare TCP listener
+/// serves TCP only) until `shutdown` completes: loads state, reconciles the kernel, serves
+/// gRPC, reconciles periodically. On shutdown in-flight calls finish, the socket file is
+/// removed and kernel routes stay in place.
 pub async fn run<K: Kernel>(
     config: Config,
-    listener: tokio::net::TcpListener,
+    listeners: impl Into<Listeners>,
     kernel: K,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut listeners = listeners.into();
+    let tls = config.tls_files();
+    let tls_config = match &tls {
+        Some(files) => Some(files.server_config()?),
+        None => None,
+    };
+    if let Some(tcp) = &listeners.tcp {
+        crate::listen::check_tcp_addr(tcp.local_addr()?, tls.is_some())?;
+        if tls
+            .as_ref()
+            .is_some_and(|t| !t.requires_client_certificates())
+            && !tcp.local_addr()?.ip().is_loopback()
+        {
+            warn!(
+                grpc_addr = %tcp.local_addr()?,
+                "TLS without --tls-ca: callers on other hosts cannot be identified and are refused"
+            );
+        }
+    }
+    let group = crate::caller::SocketGroup::resolve(&config.grpc_socket_group)
+        .map_err(anyhow::Error::msg)?;
+    let policy = Arc::new(TrustPolicy::new(
+        group,
+        tls.as_ref()
+            .is_some_and(TlsFiles::requires_client_certificates),
+    ));
     let cluster = ClusterNetwork::new(config.cluster_cidr, config.node_prefix_len)
         .context("invalid --cluster-cidr / --node-prefix-len")?;
     let rules = Rules {
@@ -58,7 +88,11 @@ pub async fn run<K: Kernel>(
         Arc::new(Runtime::new(kernel, store, metrics.clone())?.with_container_settings(containers));
     let desired = runtime.desired().await;
     info!(
-        grpc_addr = %listener.local_addr()?,
+        grpc_socket = ?listeners.unix.as_ref().map(|u| u.path().display().to_string()),
+        grpc_addr = ?listeners.tcp.as_ref().and_then(|t| t.local_addr().ok()).map(|a| a.to_string()),
+        tls = tls.is_some(),
+        client_certificates = policy.certificates,
+        socket_group = %policy.group,
         state_dir = %config.state_dir.display(),
         subnet = ?desired.subnet.map(|s| s.to_string()),
         routes = desired.routes.len(),
@@ -69,7 +103,7 @@ pub async fn run<K: Kernel>(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = {
+    let stopped = || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -97,19 +131,69 @@ pub async fn run<K: Kernel>(
     )
     .await?;
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(quilt_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let descriptors = [
+        quilt_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    let mut reflection_v1 = tonic_reflection::server::Builder::configure();
+    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure();
+    for set in descriptors {
+        reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
+        reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+    }
+    let reflection_v1 = reflection_v1
         .build_v1()
-        .context("cannot build gRPC reflection service")?;
+        .context("cannot build gRPC reflection service v1")?;
+    let reflection_v1alpha = reflection_v1alpha
+        .build_v1alpha()
+        .context("cannot build gRPC reflection service v1alpha")?;
     let queue = InjectQueue::new(runtime.clone());
-    let service = GrpcService::new(runtime.clone(), queue, rules, metrics);
-    let served = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(QuiltRuntimeServer::new(service))
-        .serve_with_incoming_shutdown(without_nagle(listener), stopped)
-        .await;
+    let service = QuiltRuntimeServer::new(GrpcService::new(
+        runtime.clone(),
+        queue,
+        rules,
+        metrics.clone(),
+    ));
+    let builder = || {
+        tonic::transport::Server::builder()
+            .layer(CallerCheckLayer::new(policy.clone(), metrics.clone()))
+    };
+    let router = |mut builder: tonic::transport::Server<_>| {
+        builder
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone())
+            .add_service(service.clone())
+    };
+    let unix_server = async {
+        let Some(listener) = listeners.unix.as_mut().and_then(|u| u.take_listener()) else {
+            return Ok(());
+        };
+        router(builder())
+            .serve_with_incoming_shutdown(
+                caller::stream::unix_incoming(listener, policy.clone()),
+                stopped(),
+            )
+            .await
+            .context("gRPC server on the unix socket failed")
+    };
+    let tcp_server = async {
+        let Some(listener) = listeners.tcp.take() else {
+            return Ok(());
+        };
+        let mut builder = builder();
+        if let Some(tls) = tls_config {
+            builder = builder.tls_config(tls).context("cannot set up TLS")?;
+        }
+        router(builder)
+            .serve_with_incoming_shutdown(
+                caller::stream::tcp_incoming(listener, policy.clone()),
+                stopped(),
+            )
+            .await
+            .context("gRPC server on TCP failed")
+    };
+    let served = tokio::try_join!(unix_server, tcp_server);
 
     shutdown_task.abort();
     reconcile_task.abort();
@@ -118,24 +202,10 @@ pub async fn run<K: Kernel>(
         _ => {}
     }
     metrics_endpoint.finish().await;
-    served.context("gRPC server failed")?;
+    served?;
+    drop(listeners);
     info!("quilt-runtime stopped; kernel routes left in place");
     Ok(())
-}
-
-/// Accepted connections with Nagle's algorithm off: a gRPC answer is one small write,
-/// and waiting for the peer's delayed ACK would add up to 40 ms to it.
-fn without_nagle(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        })
-    })
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {

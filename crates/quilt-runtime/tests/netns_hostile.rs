@@ -86,7 +86,9 @@ fn a_state_file_that_is_not_a_database_is_refused_at_start() {
         let mut child = host
             .ns
             .command(quilt_testkit::bins::binary("quilt-runtime"))
-            .args(["--grpc-addr", "127.0.0.1:50051", "--state-dir"])
+            .args(["--grpc-addr", "127.0.0.1:50051", "--grpc-socket"])
+            .arg(host.socket_path())
+            .arg("--state-dir")
             .arg(host.state_path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -19,6 +19,37 @@ pub fn target_dir_of_current_test() -> Result<PathBuf, String> {
     })
 }
 
+/// The test client `quilt-rpc-probe` of quilt-testkit, built once per test process.
+pub fn probe() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = target_dir_of_current_test()?;
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "quilt-testkit",
+                    "--bin",
+                    "quilt-rpc-probe",
+                ])
+                .status();
+            let path = dir.join("quilt-rpc-probe");
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!(
+                    "{} is missing (cargo build: {status:?})",
+                    path.display()
+                ))
+            }
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Builds the binaries of `packages` (each package's binary of the same name, with the
 /// cargo running the tests when known) and answers the folder holding them; an error
 /// names every missing binary.

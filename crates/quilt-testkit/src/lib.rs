@@ -10,7 +10,11 @@
 //!   real binary ([`control::ControlBinary`]).
 //! - [`fake_runtime`]: [`fake_runtime::FakeRuntime`], the runtime in process over a fake kernel.
 //! - [`leaks`]: assertions that no namespace or process outlived a test.
+//! - [`users`]: unprivileged users and groups made for one test and removed on drop.
 //! - [`wait`]: [`wait::eventually`], a bounded poll.
+//!
+//! Its binary `quilt-rpc-probe` calls a runtime's RPCs as whatever user runs it
+//! ([`bins::probe`]).
 
 pub mod bins;
 pub mod control;
@@ -18,4 +22,5 @@ pub mod fake_runtime;
 pub mod leaks;
 pub mod netns;
 pub mod runtime;
+pub mod users;
 pub mod wait;

@@ -1,8 +1,9 @@
 //! A host for runtime tests: a fresh network namespace with an underlay interface and a
-//! real `vxlan100`, the `quilt-runtime` binary running inside it, and gRPC clients that
-//! connect from inside the namespace over TCP.
+//! real `vxlan100`, the `quilt-runtime` binary running inside it on its own unix socket
+//! (in the host's state folder) and on TCP 127.0.0.1:50051 of the namespace, and gRPC
+//! clients that connect from inside the namespace over either.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,10 @@ use tonic::transport::Channel;
 
 use crate::netns::{OwnedNetns, block_on_in, host_with_overlay};
 
-/// Where the runtime of a [`RuntimeHost`] listens, inside its namespace.
+/// Where the runtime of a [`RuntimeHost`] listens on TCP, inside its namespace.
 pub const GRPC_ADDR: &str = "127.0.0.1:50051";
+/// The name of a [`RuntimeHost`]'s socket in its state folder.
+pub const SOCKET_NAME: &str = "runtime.sock";
 
 /// A namespace with an underlay and `vxlan100`, a state folder, and (once started) the
 /// runtime; dropping it kills the runtime and deletes the namespace.
@@ -42,26 +45,50 @@ impl RuntimeHost {
         self.state_dir.path()
     }
 
+    /// The runtime's unix socket (in the state folder).
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_path().join(SOCKET_NAME)
+    }
+
+    /// The socket as a client address, `unix:/...`.
+    pub fn socket_address(&self) -> String {
+        format!("unix:{}", self.socket_path().display())
+    }
+
     /// Starts the runtime binary inside the namespace and waits until it answers.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// [`Self::start`] with `extra` flags; a flag in `extra` replaces the usual one of
+    /// that name (`--grpc-addr`, `--grpc-socket`, `--reconcile-interval`, `--log-level`).
+    pub fn start_with(&mut self, extra: &[&str]) {
         let log_path = self.state_path().join("runtime.log");
         let log = std::fs::File::create(&log_path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-        let child = self
-            .ns
-            .command(crate::bins::binary("quilt-runtime"))
-            .args(["--grpc-addr", GRPC_ADDR, "--state-dir"])
-            .arg(self.state_path())
+        let socket = self.socket_path().display().to_string();
+        let state = self.state_path().display().to_string();
+        let usual = [
+            ("--grpc-addr", GRPC_ADDR),
+            ("--grpc-socket", socket.as_str()),
+            ("--state-dir", state.as_str()),
+            ("--reconcile-interval", "500ms"),
+            ("--log-level", "debug"),
+        ];
+        let mut command = self.ns.command(crate::bins::binary("quilt-runtime"));
+        for (flag, value) in usual {
+            if !extra.contains(&flag) {
+                command.args([flag, value]);
+            }
+        }
+        let child = command
             .args([
                 "--overlay-interface",
                 "vxlan100",
                 "--overlay-interface",
                 "vxlan200",
-                "--reconcile-interval",
-                "500ms",
-                "--log-level",
-                "debug",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -71,6 +98,11 @@ impl RuntimeHost {
         while Instant::now() < deadline {
             if self.call(|_| async { Ok(()) }).is_ok() {
                 return;
+            }
+            if let Some(child) = self.runtime.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("quilt-runtime exited with {status}; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -112,7 +144,8 @@ impl RuntimeHost {
         );
     }
 
-    /// Runs `f` with a gRPC client connected from inside the namespace.
+    /// Runs `f` with a gRPC client connected from inside the namespace over the unix
+    /// socket.
     pub fn call<T: Send, F>(
         &self,
         f: impl FnOnce(QuiltRuntimeClient<Channel>) -> F + Send,
@@ -125,16 +158,43 @@ impl RuntimeHost {
         })
     }
 
-    /// A channel from inside the namespace, for services other than QuiltRuntime.
+    /// [`Self::call`] over TCP ([`GRPC_ADDR`] inside the namespace).
+    pub fn call_tcp<T: Send, F>(
+        &self,
+        f: impl FnOnce(QuiltRuntimeClient<Channel>) -> F + Send,
+    ) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        self.channel_call_to(GRPC_ADDR, Some(Duration::from_secs(1)), |channel| {
+            f(QuiltRuntimeClient::new(channel))
+        })
+    }
+
+    /// A channel from inside the namespace over the unix socket, for services other than
+    /// QuiltRuntime.
     pub fn channel_call<T: Send, F>(&self, f: impl FnOnce(Channel) -> F + Send) -> anyhow::Result<T>
     where
         F: std::future::Future<Output = anyhow::Result<T>>,
     {
-        self.channel_call_with(None, f)
+        self.channel_call_to(&self.socket_address(), None, f)
     }
 
     fn channel_call_with<T: Send, F>(
         &self,
+        connect_timeout: Option<Duration>,
+        f: impl FnOnce(Channel) -> F + Send,
+    ) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        self.channel_call_to(&self.socket_address(), connect_timeout, f)
+    }
+
+    /// A channel to `address` (the socket, or TCP inside the namespace).
+    pub fn channel_call_to<T: Send, F>(
+        &self,
+        address: &str,
         connect_timeout: Option<Duration>,
         f: impl FnOnce(Channel) -> F + Send,
     ) -> anyhow::Result<T>
@@ -146,7 +206,7 @@ impl RuntimeHost {
             if let Some(timeout) = connect_timeout {
                 timeouts.connect = timeout;
             }
-            let endpoint = quilt_proto::connect::endpoint(GRPC_ADDR, timeouts)?;
+            let endpoint = quilt_proto::connect::endpoint(address, timeouts)?;
             f(endpoint.connect().await?).await
         })
     }

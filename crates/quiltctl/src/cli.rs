@@ -119,13 +119,31 @@ pub enum OperatorCommand {
     },
     /// The routes a runtime manages, and whether the kernel has each.
     Routes {
-        /// The runtime's gRPC address (`http://HOST:PORT` or `HOST:PORT`).
+        /// The runtime's gRPC address: its unix socket (`unix:/PATH` or `/PATH`),
+        /// `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT` (with --runtime-tls-ca).
         #[arg(
             long,
             env = "QUILT_RUNTIME_ADDR",
             default_value = quilt_common::defaults::RUNTIME_URL
         )]
         runtime: String,
+        /// PEM CA that issued an https:// runtime's certificate.
+        #[arg(long = "runtime-tls-ca", env = "QUILT_RUNTIME_TLS_CA")]
+        tls_ca: Option<std::path::PathBuf>,
+        /// PEM client certificate for a runtime started with --tls-ca.
+        #[arg(
+            long = "runtime-tls-cert",
+            env = "QUILT_RUNTIME_TLS_CERT",
+            requires = "tls_key"
+        )]
+        tls_cert: Option<std::path::PathBuf>,
+        /// PEM private key of --runtime-tls-cert.
+        #[arg(
+            long = "runtime-tls-key",
+            env = "QUILT_RUNTIME_TLS_KEY",
+            requires = "tls_cert"
+        )]
+        tls_key: Option<std::path::PathBuf>,
     },
     /// Control plane health, node counts, subnet leases used and free.
     Status(StatusArgs),

@@ -28,7 +28,19 @@ pub async fn run(command: OperatorCommand, global: &Global) -> anyhow::Result<Ex
         OperatorCommand::Node {
             command: NodeCommand::Delete { id },
         } => delete_node(&cp, &id, global.json).await,
-        OperatorCommand::Routes { runtime } => routes(&runtime, global.json).await,
+        OperatorCommand::Routes {
+            runtime,
+            tls_ca,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = quilt_proto::connect::TlsOptions {
+                ca: tls_ca,
+                cert: tls_cert,
+                key: tls_key,
+            };
+            routes(&runtime, &tls, global.json).await
+        }
         OperatorCommand::Status(args) => status(&cp, &args, global.json).await,
     }
 }
@@ -226,13 +238,17 @@ pub struct RouteRow {
     pub in_kernel: bool,
 }
 
-async fn routes(runtime: &str, json: bool) -> anyhow::Result<ExitCode> {
+async fn routes(
+    runtime: &str,
+    tls: &quilt_proto::connect::TlsOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let addr = quilt_proto::connect::url_of(runtime);
     let timeouts = quilt_proto::connect::Timeouts {
         connect: Duration::from_secs(3),
         call: Duration::from_secs(10),
     };
-    let mut client = quilt_proto::connect::connect(runtime, timeouts).await?;
+    let mut client = quilt_proto::connect::connect_with(runtime, timeouts, tls).await?;
     let listed = client
         .list_routes(quilt_proto::ListRoutesRequest {})
         .await

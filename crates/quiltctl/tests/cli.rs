@@ -91,6 +91,8 @@ impl Site {
             &[
                 "--grpc-addr",
                 "127.0.0.1:50051",
+                "--grpc-socket",
+                state.join("runtime.sock").to_str().unwrap(),
                 "--state-dir",
                 state.to_str().unwrap(),
                 "--reconcile-interval",
@@ -369,7 +371,12 @@ fn routes_shows_what_the_runtime_manages_and_what_the_kernel_lost() {
     assert_eq!(row("10.42.2.0/24")["gateway"], "10.42.2.0");
     assert_eq!(row("10.42.3.0/24")["in_kernel"], false);
 
-    let table = stdout(&site.quiltctl(&["routes"], &[]));
+    // The same over the runtime's unix socket, named as an operator would.
+    let socket = format!(
+        "unix:{}",
+        site.dir.path().join("runtime/runtime.sock").display()
+    );
+    let table = stdout(&site.quiltctl(&["routes", "--runtime", &socket], &[]));
     assert!(table.contains("node subnet 10.42.1.0/24"), "{table}");
     let missing = table
         .lines()

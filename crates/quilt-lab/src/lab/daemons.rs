@@ -139,12 +139,14 @@ pub(super) fn start_control_of(state: &mut LabState) -> Result<Child, LabError> 
 /// Starts host `host`'s runtime (its log is appended to) and records its pid.
 pub(super) fn start_runtime_of(state: &mut LabState, host: u16) -> Result<Child, LabError> {
     let h = host_of(state, host)?;
-    let state_dir = state.dir.join("data").join(format!("h{host}/runtime"));
+    let state_dir = state.runtime_dir(host);
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| LabError::setup(format!("create {}", state_dir.display()), e))?;
     let args: Vec<OsString> = vec![
         arg(runtime::GRPC_ADDR).into(),
         RUNTIME_ADDR.into(),
+        arg(runtime::GRPC_SOCKET).into(),
+        state.runtime_socket(host).into(),
         arg(runtime::STATE_DIR).into(),
         state_dir.into(),
         arg(runtime::RECONCILE_INTERVAL).into(),
@@ -182,7 +184,7 @@ pub fn start_agent_of(state: &mut LabState, host: u16) -> Result<Child, LabError
         arg(agent::HOSTNAME).into(),
         h.hostname.clone().into(),
         arg(agent::RUNTIME_ADDR).into(),
-        format!("http://{RUNTIME_ADDR}").into(),
+        state.runtime_address(host).into(),
         arg(agent::UNDERLAY_INTERFACE).into(),
         UNDERLAY_IF.into(),
         arg(agent::STATE_DIR).into(),

@@ -1,7 +1,6 @@
 //! Bringing a lab up: underlay, control plane, runtimes, agents, containers, then the
 //! full mesh, each stage reported and each bounded in time.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -315,7 +314,7 @@ impl Lab {
             progress,
             "runtimes",
             format!(
-                "{} quilt-runtime answer on {RUNTIME_ADDR} in their hosts",
+                "{} quilt-runtime answer on their sockets (data/hN/runtime/runtime.sock) and on {RUNTIME_ADDR} in their hosts",
                 self.state.nodes
             ),
         );
@@ -327,14 +326,14 @@ impl Lab {
         let h = host_of(&self.state, host)?;
         let pid = h.runtime_pid.unwrap_or(0);
         let log = format!("h{host}-runtime.log");
-        let addr: SocketAddr = RUNTIME_ADDR.parse().expect("valid address");
+        let socket = self.state.runtime_socket(host);
         self.wait_for(
             &format!("quilt-runtime in {}", h.netns),
             Duration::from_secs(20),
             |lab| {
                 lab.check_alive(pid, RUNTIME_BIN, &log)?;
-                Ok((!remote::tcp_open(&h.netns, addr))
-                    .then(|| format!("nothing listens on {addr}")))
+                Ok((!remote::socket_open(&socket))
+                    .then(|| format!("nothing listens on {}", socket.display())))
             },
         )
     }
@@ -387,7 +386,7 @@ impl Lab {
                 )));
             }
             for h in &hosts {
-                match remote::runtime_subnet(&h.netns) {
+                match remote::runtime_subnet(&h.netns, &lab.state.runtime_address(h.index)) {
                     Ok(s) if !s.is_empty() => {}
                     Ok(_) => {
                         return Ok(Some(format!(
@@ -434,10 +433,18 @@ impl Lab {
         let cni_binary = self.state.binaries_dir.join(CNI_BIN);
         let c = self.state.containers[k].clone();
         let host_ns = self.state.hosts[usize::from(c.host - 1)].netns.clone();
+        let runtime = self.state.runtime_address(c.host);
         self.namespaces.push(OwnedNetns::create(&c.netns)?);
         let deadline = Instant::now() + Duration::from_secs(20);
         let result = loop {
-            match cni::invoke(&cni_binary, "ADD", &host_ns, &c.container_id, &c.netns) {
+            match cni::invoke(
+                &cni_binary,
+                "ADD",
+                &host_ns,
+                &runtime,
+                &c.container_id,
+                &c.netns,
+            ) {
                 Ok(r) => break r,
                 Err(f) if f.try_again() && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(200));

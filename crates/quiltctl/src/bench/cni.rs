@@ -29,14 +29,17 @@ pub fn run(args: CniArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
     let (adds, dels) = with_runtime(&runtime_bin, move |runtime| {
         Box::pin(async move {
             let BenchRuntime {
-                mut client, netns, ..
+                mut client,
+                netns,
+                address,
+                ..
             } = runtime;
-            let adds = time_each(&cni_bin, "ADD", &netns, &containers)?;
+            let adds = time_each(&cni_bin, "ADD", &netns, &address, &containers)?;
             let attached = attachments(&mut client).await?;
             if attached != count {
                 bail!("{attached} attachments after {count} ADDs");
             }
-            let dels = time_each(&cni_bin, "DEL", &netns, &containers)?;
+            let dels = time_each(&cni_bin, "DEL", &netns, &address, &containers)?;
             let left = attachments(&mut client).await?;
             if left != 0 {
                 bail!("{left} attachments left after {count} DELs");
@@ -63,19 +66,28 @@ pub fn run(args: CniArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the plugin with `command` for each container in turn, inside `host`; answers
+/// Runs the plugin with `command` for each container in turn, inside `host` whose
+/// runtime is at `runtime`; answers
 /// each call's time.
 fn time_each(
     cni_bin: &Path,
     command: &str,
     host: &str,
+    runtime: &str,
     containers: &[OwnedNetns],
 ) -> anyhow::Result<Vec<Duration>> {
     let mut times = Vec::with_capacity(containers.len());
     for (i, c) in containers.iter().enumerate() {
         let t = Instant::now();
-        invoke(cni_bin, command, host, &format!("bench-{i}"), c.name())
-            .map_err(|f| anyhow::anyhow!("{command} of container {i}: {}", f.message))?;
+        invoke(
+            cni_bin,
+            command,
+            host,
+            runtime,
+            &format!("bench-{i}"),
+            c.name(),
+        )
+        .map_err(|f| anyhow::anyhow!("{command} of container {i}: {}", f.message))?;
         times.push(t.elapsed());
     }
     Ok(times)

@@ -18,7 +18,9 @@ use tonic::transport::Channel;
 use super::scratch;
 use crate::cli::RuntimeArgs;
 
-const GRPC_ADDR: &str = quilt_common::defaults::RUNTIME_ADDR;
+/// The benchmark's runtime listens on a unix socket in its state folder, as a node's
+/// does by default (and on no TCP port).
+const SOCKET_NAME: &str = "runtime.sock";
 
 /// Runs the benchmark with the runtime binary found in `bin_dir`.
 pub fn run(args: RuntimeArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -243,6 +245,8 @@ pub(super) struct BenchRuntime {
     pub pid: u32,
     /// The namespace the runtime runs in (the host).
     pub netns: String,
+    /// The runtime's unix socket, as a client address.
+    pub address: String,
 }
 
 /// The node subnet [`with_runtime`] configures.
@@ -256,11 +260,13 @@ pub(super) fn with_runtime<T: Send + 'static>(
 ) -> anyhow::Result<(T,)> {
     let ns = bench_host()?;
     let state = scratch::temp_dir()?;
+    let socket = state.path().join(SOCKET_NAME);
+    let address = format!("unix:{}", socket.display());
     let mut child: Child = ns
         .command(bin)
+        .args(["--grpc-addr", "off", "--grpc-socket"])
+        .arg(&socket)
         .args([
-            "--grpc-addr",
-            GRPC_ADDR,
             "--cluster-cidr",
             "10.0.0.0/8",
             "--node-prefix-len",
@@ -285,7 +291,7 @@ pub(super) fn with_runtime<T: Send + 'static>(
             let mut connected = None;
             for _ in 0..200 {
                 let endpoint = quilt_proto::connect::endpoint(
-                    GRPC_ADDR,
+                    &address,
                     quilt_proto::connect::Timeouts::default(),
                 )?;
                 match endpoint.connect().await {
@@ -312,6 +318,7 @@ pub(super) fn with_runtime<T: Send + 'static>(
                 channel,
                 pid,
                 netns: netns_name,
+                address: address.clone(),
             })
             .await
         })
