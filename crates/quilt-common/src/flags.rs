@@ -46,6 +46,9 @@ pub mod agent {
     pub const STATE_DIR: &str = "state-dir";
     pub const JOIN_TOKEN: &str = "join-token";
     pub const JOIN_TOKEN_FILE: &str = "join-token-file";
+    pub const TLS_CA: &str = "tls-ca";
+    pub const TLS_CERT: &str = "tls-cert";
+    pub const TLS_KEY: &str = "tls-key";
     pub const HEARTBEAT_INTERVAL: &str = "heartbeat-interval";
     pub const RESYNC_INTERVAL: &str = "resync-interval";
     pub const LOG_LEVEL: &str = "log-level";

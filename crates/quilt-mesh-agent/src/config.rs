@@ -68,6 +68,19 @@ pub struct Config {
     #[arg(long = flags::JOIN_TOKEN_FILE, env = "QUILT_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
 
+    /// PEM CA that issued the control planes' certificates, for https:// URLs.
+    #[arg(long = flags::TLS_CA, env = "QUILT_AGENT_TLS_CA")]
+    pub control_tls_ca: Option<PathBuf>,
+
+    /// PEM certificate this node presents to the control plane (one started with
+    /// --tls-ca asks for it, and it must name --host-ip); needs --tls-key and --tls-ca.
+    #[arg(long = flags::TLS_CERT, env = "QUILT_AGENT_TLS_CERT", requires_all = ["control_tls_key", "control_tls_ca"])]
+    pub control_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long = flags::TLS_KEY, env = "QUILT_AGENT_TLS_KEY", requires = "control_tls_cert")]
+    pub control_tls_key: Option<PathBuf>,
+
     /// How often to send heartbeats (keep it well within the control plane's timeout).
     #[arg(long = flags::HEARTBEAT_INTERVAL, env = "QUILT_AGENT_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = quilt_common::duration::parse)]
     pub heartbeat_interval: Duration,
@@ -175,6 +188,19 @@ impl Config {
 }
 
 impl Config {
+    /// How https:// control planes are trusted, and the certificate this node presents.
+    pub fn control_tls(&self) -> Option<quilt_api::ClientTls> {
+        let ca = self.control_tls_ca.clone()?;
+        let identity = match (&self.control_tls_cert, &self.control_tls_key) {
+            (Some(cert), Some(key)) => Some(quilt_tls::Identity {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        Some(quilt_api::ClientTls { ca, identity })
+    }
+
     /// The join token: from `--join-token-file` (read now, so a rotated file is seen at
     /// the next start), else `--join-token`.
     pub fn join_token(&self) -> Result<Option<String>, quilt_common::secret_file::SecretFileError> {

@@ -19,6 +19,7 @@ use crate::peers::Peer;
 pub fn client(config: &Config, join_token: Option<String>) -> Result<ControlClient, ControlError> {
     ControlClient::builder(config.control_planes.clone())
         .join_token(join_token)
+        .tls(config.control_tls())
         .timeouts(quilt_api::Timeouts {
             connect: Duration::from_secs(2),
             request: Duration::from_secs(5),

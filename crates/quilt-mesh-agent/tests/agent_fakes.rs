@@ -557,3 +557,126 @@ async fn a_node_whose_subnet_was_taken_is_held_visibly_and_recovers_when_the_ope
     stop_agent.send(()).unwrap();
     agent.await.unwrap().unwrap();
 }
+
+/// Issue 10: an agent joins a control plane that requires mutual TLS, with the
+/// certificate `quiltctl certs` made for its host; a certificate naming another host is
+/// refused and leaves no node behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_joins_over_mutual_tls_only_with_a_certificate_naming_its_host() {
+    use quilt_lab::pki::{self, Subject};
+    let pki_dir = tempfile::tempdir().unwrap();
+    let certs = pki_dir.path().join("pki");
+    pki::init(&certs, pki::CA_DAYS, false).unwrap();
+    let issue = |name: &str, ip: &str| {
+        pki::issue(
+            &certs,
+            &Subject {
+                name: name.into(),
+                ips: vec![ip.parse().unwrap()],
+                dns: vec![],
+                days: 30,
+            },
+            false,
+        )
+        .unwrap()
+    };
+    let server = issue("control", "127.0.0.1");
+    let own = issue("self", "192.168.77.11");
+    let other = issue("other", "192.168.77.99");
+    let ca = certs.join(pki::CA_CERT);
+    let path = |p: &std::path::Path| p.display().to_string();
+    let control = ControlServer::start(&[
+        "--heartbeat-timeout",
+        "60s",
+        "--tls-cert",
+        &path(&server.cert),
+        "--tls-key",
+        &path(&server.key),
+        "--tls-ca",
+        &path(&ca),
+    ])
+    .await;
+    let https = control.base.replace("http://", "https://");
+    let runtime = FakeRuntime::start(&[], FakeKernel::new()).await;
+    let cluster = Cluster {
+        control: https.clone(),
+        runtime: runtime.addr,
+        dir: tempfile::tempdir().unwrap(),
+        servers: (control, runtime),
+    };
+    let operator = ControlClient::builder([https.as_str()])
+        .no_proxy()
+        .tls(Some(quilt_api::ClientTls {
+            ca: ca.clone(),
+            identity: Some(quilt_tls::Identity {
+                cert: own.cert.clone(),
+                key: own.key.clone(),
+            }),
+        }))
+        .build()
+        .unwrap();
+    let overlay = FakeOverlay::new();
+    overlay.add_underlay("eth0", Ipv4Addr::new(192, 168, 77, 11), 1500);
+
+    // Another host's certificate: refused, nothing registered.
+    let (ca_flag, wrong_cert, wrong_key) = (path(&ca), path(&other.cert), path(&other.key));
+    let refused = agent_config(
+        &cluster,
+        "self",
+        &[
+            "--tls-ca",
+            &ca_flag,
+            "--tls-cert",
+            &wrong_cert,
+            "--tls-key",
+            &wrong_key,
+        ],
+    );
+    let (stop_agent, agent) = start_agent(refused, &overlay);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(operator.list().await.unwrap().nodes.is_empty());
+    stop_agent.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+
+    // Its own certificate: it joins and stays up.
+    let (cert, key) = (path(&own.cert), path(&own.key));
+    let config = agent_config(
+        &cluster,
+        "self",
+        &[
+            "--tls-ca",
+            &ca_flag,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--heartbeat-interval",
+            "200ms",
+        ],
+    );
+    let (stop_agent, agent) = start_agent(config, &overlay);
+    eventually(
+        Duration::from_secs(10),
+        "the node registered over mTLS",
+        async || {
+            operator
+                .list()
+                .await
+                .unwrap()
+                .nodes
+                .iter()
+                .any(|n| n.hostname == "self")
+        },
+    )
+    .await;
+    let node = operator.list().await.unwrap().nodes.remove(0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = operator.list().await.unwrap().nodes.remove(0);
+    assert_eq!(
+        later.node_id, node.node_id,
+        "heartbeats, no re-registration"
+    );
+    assert_eq!(later.status, quilt_api::types::Status::Up);
+    stop_agent.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+}

@@ -26,6 +26,24 @@ pub struct Cli {
     #[arg(long, global = true, env = "QUILT_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
 
+    /// PEM CA that issued the control planes' certificates, for https:// URLs.
+    #[arg(long = "tls-ca", global = true, env = "QUILT_TLS_CA")]
+    pub control_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM certificate to present to a control plane started with --tls-ca; needs
+    /// --tls-key and --tls-ca.
+    #[arg(long = "tls-cert", global = true, env = "QUILT_TLS_CERT", requires_all = ["control_tls_key", "control_tls_ca"])]
+    pub control_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long = "tls-key",
+        global = true,
+        env = "QUILT_TLS_KEY",
+        requires = "control_tls_cert"
+    )]
+    pub control_tls_key: Option<std::path::PathBuf>,
+
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     pub json: bool,

@@ -23,6 +23,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = operator::Global {
         control_planes: cli.control_plane,
         join_token: cli.join_token,
+        control_tls: cli.control_tls_ca.map(|ca| quilt_api::ClientTls {
+            ca,
+            identity: cli
+                .control_tls_cert
+                .zip(cli.control_tls_key)
+                .map(|(cert, key)| quilt_tls::Identity { cert, key }),
+        }),
         json: cli.json,
     };
     match cli.command {

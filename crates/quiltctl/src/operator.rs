@@ -18,6 +18,8 @@ use crate::table;
 pub struct Global {
     pub control_planes: Vec<String>,
     pub join_token: Option<String>,
+    /// How https:// control planes are trusted (`--tls-ca`, `--tls-cert`, `--tls-key`).
+    pub control_tls: Option<quilt_api::ClientTls>,
     pub json: bool,
 }
 
@@ -49,6 +51,7 @@ pub async fn run(command: OperatorCommand, global: &Global) -> anyhow::Result<Ex
 pub fn control_client(global: &Global) -> anyhow::Result<ControlClient> {
     Ok(ControlClient::builder(global.control_planes.clone())
         .join_token(global.join_token.clone())
+        .tls(global.control_tls.clone())
         .timeouts(Timeouts {
             connect: Duration::from_secs(3),
             request: Duration::from_secs(10),
