@@ -147,6 +147,11 @@ impl Layout {
         format!("http://{}", self.control_addr())
     }
 
+    /// The control plane's URL when it serves TLS.
+    pub fn control_https_url(&self) -> String {
+        format!("https://{}", self.control_addr())
+    }
+
     /// Every namespace of the lab, in teardown order: containers, hosts, switch.
     pub fn namespaces(&self) -> Vec<String> {
         let mut all = Vec::new();

@@ -28,9 +28,10 @@ where
 
 /// The lab's control plane, reached without proxies and with short timeouts (it is on
 /// the same machine).
-fn control(url: &str) -> Result<ControlClient, String> {
+fn control(url: &str, tls: Option<quilt_api::ClientTls>) -> Result<ControlClient, String> {
     ControlClient::builder([url])
         .no_proxy()
+        .tls(tls)
         .timeouts(quilt_api::Timeouts {
             connect: Duration::from_secs(1),
             request: Duration::from_secs(3),
@@ -40,17 +41,28 @@ fn control(url: &str) -> Result<ControlClient, String> {
 }
 
 /// `GET /health` on the control plane, from inside `netns`.
-pub fn control_health(netns: &str, url: &str) -> Result<(), String> {
+pub fn control_health(
+    netns: &str,
+    url: &str,
+    tls: Option<quilt_api::ClientTls>,
+) -> Result<(), String> {
     block_on_in(netns, || async move {
-        control(url)?.health().await.map_err(|e| e.to_string())?;
+        control(url, tls)?
+            .health()
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     })
 }
 
 /// `GET /api/nodes`, from inside `netns`.
-pub fn list_nodes(netns: &str, url: &str) -> Result<NodeList, String> {
+pub fn list_nodes(
+    netns: &str,
+    url: &str,
+    tls: Option<quilt_api::ClientTls>,
+) -> Result<NodeList, String> {
     block_on_in(netns, || async move {
-        control(url)?.list().await.map_err(|e| e.to_string())
+        control(url, tls)?.list().await.map_err(|e| e.to_string())
     })
 }
 

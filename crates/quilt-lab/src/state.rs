@@ -54,6 +54,10 @@ pub struct LabState {
     pub containers_per_node: u16,
     pub control_url: String,
     pub join_token: String,
+    /// The lab's CA and certificates (`ca.pem`, `control.pem`, `hN.pem`, `lab.pem`);
+    /// none for a lab started with `--insecure`.
+    #[serde(default)]
+    pub pki_dir: Option<PathBuf>,
     pub heartbeat_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     /// The agents' `--resync-interval`.
@@ -158,6 +162,25 @@ impl LabState {
     pub fn runtime_socket(&self, index: u16) -> PathBuf {
         self.runtime_dir(index)
             .join(crate::layout::RUNTIME_SOCKET_NAME)
+    }
+
+    /// How the lab's own calls reach the control plane: trusting the lab's CA, with the
+    /// lab's certificate; none in insecure mode.
+    pub fn control_tls(&self) -> Option<quilt_api::ClientTls> {
+        let dir = self.pki_dir.as_ref()?;
+        Some(quilt_api::ClientTls {
+            ca: dir.join(crate::pki::CA_CERT),
+            identity: Some(self.identity("lab")),
+        })
+    }
+
+    /// The certificate and key named `name` in the lab's CA folder.
+    pub fn identity(&self, name: &str) -> quilt_tls::Identity {
+        let dir = self.pki_dir.clone().unwrap_or_default();
+        quilt_tls::Identity {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+        }
     }
 
     /// [`Self::runtime_socket`] as a client address, `unix:/...`.

@@ -393,4 +393,10 @@ pub struct LabUpArgs {
     /// Only the underlay, the control plane and the runtimes: no agents, no containers.
     #[arg(long)]
     pub no_agents: bool,
+
+    /// The old plain mode: the control plane over HTTP without client certificates.
+    /// By default the lab makes a CA and a certificate per host (under the lab's folder,
+    /// `data/pki/`, removed by `lab down`) and runs the control plane with mutual TLS and a join token.
+    #[arg(long)]
+    pub insecure: bool,
 }

@@ -128,6 +128,7 @@ fn up(args: LabUpArgs, json: bool) -> anyhow::Result<ExitCode> {
         converge_timeout: args.timeout,
         log_level: args.daemon_log_level,
         cancel: Some(cancel),
+        insecure: args.insecure,
     };
     let mut progress = |p: &quilt_lab::Progress| {
         if json {

@@ -105,6 +105,67 @@ fn join_token_file(state: &LabState) -> Result<PathBuf, LabError> {
     Ok(path)
 }
 
+/// The lab's CA and certificates, unless insecure: `control` naming host 1's address,
+/// `hN` naming host N's (what each agent presents), and `lab` for the lab's own calls.
+pub(super) fn make_certificates(state: &LabState) -> Result<(), LabError> {
+    let Some(dir) = &state.pki_dir else {
+        return Ok(());
+    };
+    let failed = |e: crate::pki::PkiError| LabError::setup("make the lab's certificates", e);
+    crate::pki::init(dir, crate::pki::CA_DAYS, true).map_err(failed)?;
+    let issue = |name: String, ips: Vec<std::net::IpAddr>, dns: Vec<String>| {
+        let subject = crate::pki::Subject {
+            name,
+            ips,
+            dns,
+            days: crate::pki::CERT_DAYS,
+        };
+        crate::pki::issue(dir, &subject, true).map_err(failed)
+    };
+    issue(
+        "control".into(),
+        vec![state.hosts[0].host_ip.into()],
+        Vec::new(),
+    )?;
+    for h in &state.hosts {
+        issue(format!("h{}", h.index), vec![h.host_ip.into()], Vec::new())?;
+    }
+    issue("lab".into(), Vec::new(), vec!["quilt-lab".into()])?;
+    Ok(())
+}
+
+/// The control plane's TLS flags (mutual TLS with the lab's CA), none when insecure.
+fn control_tls_args(state: &LabState) -> Vec<OsString> {
+    let Some(dir) = &state.pki_dir else {
+        return Vec::new();
+    };
+    let id = state.identity("control");
+    vec![
+        arg(control::TLS_CERT).into(),
+        id.cert.into(),
+        arg(control::TLS_KEY).into(),
+        id.key.into(),
+        arg(control::TLS_CA).into(),
+        dir.join(crate::pki::CA_CERT).into(),
+    ]
+}
+
+/// Host `host`'s agent's TLS flags toward the control plane, none when insecure.
+fn agent_tls_args(state: &LabState, host: u16) -> Vec<OsString> {
+    let Some(dir) = &state.pki_dir else {
+        return Vec::new();
+    };
+    let id = state.identity(&format!("h{host}"));
+    vec![
+        arg(agent::TLS_CA).into(),
+        dir.join(crate::pki::CA_CERT).into(),
+        arg(agent::TLS_CERT).into(),
+        id.cert.into(),
+        arg(agent::TLS_KEY).into(),
+        id.key.into(),
+    ]
+}
+
 /// Starts the control plane on host 1 (its log is appended to) and records its pid.
 pub(super) fn start_control_of(state: &mut LabState) -> Result<Child, LabError> {
     let h1 = state.hosts[0].clone();
@@ -112,7 +173,7 @@ pub(super) fn start_control_of(state: &mut LabState) -> Result<Child, LabError> 
     let dir = state.dir.join("data").join("control");
     std::fs::create_dir_all(&dir)
         .map_err(|e| LabError::setup(format!("create {}", dir.display()), e))?;
-    let args: Vec<OsString> = vec![
+    let mut args: Vec<OsString> = vec![
         arg(control::LISTEN).into(),
         listen.to_string().into(),
         arg(control::DB_PATH).into(),
@@ -124,6 +185,7 @@ pub(super) fn start_control_of(state: &mut LabState) -> Result<Child, LabError> 
         arg(control::LOG_LEVEL).into(),
         state.log_level.clone().into(),
     ];
+    args.extend(control_tls_args(state));
     let log = state.log_dir.join("control.log");
     let child = process::spawn_daemon(
         &h1.netns,
@@ -176,7 +238,7 @@ pub fn start_agent_of(state: &mut LabState, host: u16) -> Result<Child, LabError
     let state_dir = state.dir.join("data").join(format!("h{host}/agent"));
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| LabError::setup(format!("create {}", state_dir.display()), e))?;
-    let args: Vec<OsString> = vec![
+    let mut args: Vec<OsString> = vec![
         arg(agent::CONTROL_PLANE).into(),
         state.control_url.clone().into(),
         arg(agent::HOST_IP).into(),
@@ -198,6 +260,7 @@ pub fn start_agent_of(state: &mut LabState, host: u16) -> Result<Child, LabError
         arg(agent::LOG_LEVEL).into(),
         state.log_level.clone().into(),
     ];
+    args.extend(agent_tls_args(state, host));
     let log = state.log_dir.join(format!("h{host}-agent.log"));
     let child = process::spawn_daemon(&h.netns, &state.binaries_dir.join(AGENT_BIN), &args, &log)?;
     state.hosts[usize::from(host - 1)].agent_pid = Some(child.id());

@@ -43,6 +43,10 @@ pub struct LabSpec {
     pub log_level: String,
     /// Set to stop `up` between steps (ctrl-c); the lab is then torn down.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The old plain mode: the control plane over HTTP with no client certificates. By
+    /// default the lab makes a CA and per-host certificates, and runs the control plane
+    /// with mutual TLS (and its join token), as a real cluster should.
+    pub insecure: bool,
 }
 
 impl LabSpec {
@@ -62,6 +66,7 @@ impl LabSpec {
             converge_timeout: Duration::from_secs(90),
             log_level: "info".to_string(),
             cancel: None,
+            insecure: false,
         }
     }
 }

@@ -120,10 +120,11 @@ pub fn status(state: &LabState) -> LabStatus {
         .first()
         .map(|h| h.netns.clone())
         .unwrap_or_default();
-    let (list, control_error) = match remote::list_nodes(&h1, &state.control_url) {
-        Ok(l) => (Some(l), None),
-        Err(e) => (None, Some(e)),
-    };
+    let (list, control_error) =
+        match remote::list_nodes(&h1, &state.control_url, state.control_tls()) {
+            Ok(l) => (Some(l), None),
+            Err(e) => (None, Some(e)),
+        };
     let nodes = state
         .hosts
         .iter()

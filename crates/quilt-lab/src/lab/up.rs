@@ -57,6 +57,7 @@ impl Lab {
             std::fs::create_dir_all(d)
                 .map_err(|e| LabError::setup(format!("create {}", d.display()), e))?;
         }
+        let pki_dir = (!spec.insecure).then(|| dir.join("data").join("pki"));
         let state = LabState {
             name: spec.name.clone(),
             dir,
@@ -65,8 +66,13 @@ impl Lab {
             underlay: layout.underlay(),
             nodes: layout.nodes,
             containers_per_node: layout.containers_per_node,
-            control_url: layout.control_url(),
+            control_url: if spec.insecure {
+                layout.control_url()
+            } else {
+                layout.control_https_url()
+            },
             join_token: random_token()?,
+            pki_dir,
             heartbeat_timeout_ms: spec.heartbeat_timeout.as_millis() as u64,
             heartbeat_interval_ms: spec.heartbeat_interval.as_millis() as u64,
             resync_interval_ms: spec.resync_interval.as_millis() as u64,
@@ -103,6 +109,7 @@ impl Lab {
         };
         // The record exists before the first namespace does.
         state.save()?;
+        super::daemons::make_certificates(&state)?;
         let mut lab = Lab {
             state,
             namespaces: Vec::new(),
@@ -293,9 +300,10 @@ impl Lab {
         self.children.push(child);
         let h1 = self.state.hosts[0].netns.clone();
         let url = self.state.control_url.clone();
+        let tls = self.state.control_tls();
         self.wait_for("control plane /health", Duration::from_secs(20), |lab| {
             lab.check_alive(pid, CONTROL_BIN, "control.log")?;
-            Ok(remote::control_health(&h1, &url).err())
+            Ok(remote::control_health(&h1, &url, tls.clone()).err())
         })?;
         Ok(pid)
     }
@@ -360,6 +368,7 @@ impl Lab {
     fn wait_registered(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<(), LabError> {
         let h1 = self.state.hosts[0].netns.clone();
         let url = self.state.control_url.clone();
+        let tls = self.state.control_tls();
         let hosts = self.state.hosts.clone();
         let timeout = self.converge_timeout;
         self.wait_for("registration of every node", timeout, |lab| {
@@ -367,7 +376,7 @@ impl Lab {
                 let pid = h_pid(&lab.state, h.index, |h| h.agent_pid);
                 lab.check_alive(pid, AGENT_BIN, &format!("h{}-agent.log", h.index))?;
             }
-            let list = match remote::list_nodes(&h1, &url) {
+            let list = match remote::list_nodes(&h1, &url, tls.clone()) {
                 Ok(l) => l,
                 Err(e) => return Ok(Some(e)),
             };
