@@ -40,6 +40,24 @@ pub fn install_default_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+impl Identity {
+    /// The certificate chain and the key, read from their files.
+    fn load(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        Ok((
+            certificates("certificate", &self.cert)?,
+            private_key(&self.key)?,
+        ))
+    }
+
+    /// The error for a key rustls refused with this certificate.
+    fn mismatch(&self, e: rustls::Error) -> TlsError {
+        TlsError::Rejected {
+            path: self.key.clone(),
+            reason: format!("does not match certificate {}: {e}", self.cert.display()),
+        }
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -110,18 +128,10 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
+    let (certs, key) = identity.load()?;
     let mut config = builder
-        .with_single_cert(
-            certificates("certificate", &identity.cert)?,
-            private_key(&identity.key)?,
-        )
-        .map_err(|e| TlsError::Rejected {
-            path: identity.key.clone(),
-            reason: format!(
-                "does not match certificate {}: {e}",
-                identity.cert.display()
-            ),
-        })?;
+        .with_single_cert(certs, key)
+        .map_err(|e| identity.mismatch(e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -133,18 +143,12 @@ pub fn client_config(ca: &Path, identity: Option<&Identity>) -> Result<ClientCon
         .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_root_certificates(roots(ca)?);
     match identity {
-        Some(identity) => builder
-            .with_client_auth_cert(
-                certificates("certificate", &identity.cert)?,
-                private_key(&identity.key)?,
-            )
-            .map_err(|e| TlsError::Rejected {
-                path: identity.key.clone(),
-                reason: format!(
-                    "does not match certificate {}: {e}",
-                    identity.cert.display()
-                ),
-            }),
+        Some(identity) => {
+            let (certs, key) = identity.load()?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| identity.mismatch(e))
+        }
         None => Ok(builder.with_no_client_auth()),
     }
 }
