@@ -87,6 +87,14 @@ pub struct Config {
     #[arg(long, env = "QUILT_CONTROL_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_connections_per_client: usize,
 
+    /// Open watch streams in all; past it a new watch is answered 503 (Retry-After).
+    #[arg(long, env = "QUILT_CONTROL_MAX_WATCHERS", default_value_t = 2048, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_watchers: usize,
+
+    /// Open watch streams from one client address (an agent needs one); past it, 429.
+    #[arg(long, env = "QUILT_CONTROL_MAX_WATCHERS_PER_CLIENT", default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_watchers_per_client: usize,
+
     /// A connection that sends no complete request head for this long (idle between
     /// requests, or sending headers slowly) is closed.
     #[arg(long, env = "QUILT_CONTROL_IDLE_TIMEOUT", default_value = "60s", value_parser = quilt_common::duration::parse)]

@@ -39,6 +39,13 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("the control plane is shutting down")]
     ShuttingDown,
+    #[error("the control plane holds its limit of {0} watch streams; try again shortly")]
+    TooManyWatchers(usize),
+    #[error("client {client} holds the limit of {limit} watch streams; close one first")]
+    TooManyWatchersFromClient {
+        client: std::net::IpAddr,
+        limit: usize,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -71,7 +78,10 @@ impl ApiError {
             ApiError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
             ApiError::Store(StoreError::Exhausted { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::TooManyWatchers(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::TooManyWatchersFromClient { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -79,6 +89,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let self_kind = matches!(
+            self,
+            ApiError::TooManyWatchers(_) | ApiError::TooManyWatchersFromClient { .. }
+        )
+        .then_some(status);
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %self, "request failed");
         } else {
@@ -91,6 +106,15 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if matches!(
+            self_kind,
+            Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
+        ) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -116,6 +116,10 @@ pub async fn run_with_store(
         policy: Arc::new(policy),
         metrics,
         plan,
+        watch_slots: Arc::new(api::watch::WatchSlots::new(
+            config.max_watchers,
+            config.max_watchers_per_client,
+        )),
         heartbeat_timeout: config.heartbeat_timeout,
         stopping: stop_rx,
     };

@@ -15,6 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::tls::{Peer, ServerTls};
 
+/// The address a request's connection comes from, as an extension of every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
 /// Serves HTTP/1.1 on one accepted `stream` (plain or TLS) until it closes, each request
 /// carrying `peer` as an extension; the slot is given back at the end.
 async fn serve_on<S>(
@@ -31,6 +35,7 @@ async fn serve_on<S>(
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(peer.clone());
+            request.extensions_mut().insert(ClientAddr(client.ip()));
             let mut app = app.clone();
             async move { app.call(request).await }
         });

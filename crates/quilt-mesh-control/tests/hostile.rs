@@ -285,3 +285,66 @@ async fn the_join_token_comes_from_a_private_file_never_a_readable_one() {
     assert_eq!(register(None).await.unwrap().status(), 401);
     assert_eq!(register(Some("from-a-file")).await.unwrap().status(), 200);
 }
+
+/// Issue 10: watch streams are capped per client address (429) and in all (503), each
+/// refusal a JSON error with Retry-After, and a closed stream gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_are_capped_per_client_and_in_all() {
+    let s = ControlServer::start(&["--max-watchers", "3", "--max-watchers-per-client", "2"]).await;
+    let from = |ip: &str| {
+        quilt_tls::install_default_provider();
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .no_proxy()
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (from("127.0.0.1"), from("127.0.0.2"));
+    let watch = async |c: &reqwest::Client| c.get(s.url("/api/nodes/watch")).send().await.unwrap();
+    let a = watch(&one).await;
+    let b = watch(&one).await;
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let third = watch(&one).await;
+    assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["retry-after"], "1");
+    let body: Value = third.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("client 127.0.0.1 holds the limit of 2 watch streams"),
+        "{body}"
+    );
+    let c = watch(&two).await;
+    assert_eq!(c.status(), 200, "another address has its own share");
+    let full = watch(&two).await;
+    assert_eq!(full.status(), 503);
+    let body: Value = full.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 3 watch streams"),
+        "{body}"
+    );
+    // Unary calls are not watches: still served.
+    assert_eq!(
+        one.get(s.url("/api/nodes")).send().await.unwrap().status(),
+        200
+    );
+    // A stream that ends gives its place back.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = watch(&one).await;
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((b, c));
+}

@@ -37,6 +37,8 @@ pub struct AppState {
     /// The cluster CIDR and node prefix length leases are made from.
     pub plan: ClusterNetwork,
     pub heartbeat_timeout: Duration,
+    /// The caps on open watch streams.
+    pub watch_slots: Arc<watch::WatchSlots>,
     /// Turns true when the server stops; watch streams end then.
     pub stopping: signal::Receiver<bool>,
 }

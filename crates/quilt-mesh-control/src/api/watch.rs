@@ -1,10 +1,12 @@
 //! `GET /api/nodes/watch?since=REV`: a chunked stream of NDJSON events, one per change
 //! after `since`, in revision order, until the client leaves or the server stops.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::header;
@@ -16,6 +18,7 @@ use tokio::sync::{broadcast, watch as signal};
 use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::WatcherGuard;
+use crate::serve::ClientAddr;
 use crate::store::Revision;
 use crate::watch::{Event, Hub};
 
@@ -36,6 +39,69 @@ fn since(query: Option<&str>) -> Result<Option<Revision>, ApiError> {
     Ok(None)
 }
 
+/// The caps on open watch streams, in all and per client address.
+#[derive(Debug)]
+pub struct WatchSlots {
+    max: usize,
+    max_per_client: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One open watch stream's place in [`WatchSlots`], given back when the stream ends.
+struct WatchSlot {
+    slots: Arc<WatchSlots>,
+    client: Option<IpAddr>,
+}
+
+impl WatchSlots {
+    pub fn new(max: usize, max_per_client: usize) -> Self {
+        Self {
+            max,
+            max_per_client,
+            open: Mutex::default(),
+        }
+    }
+
+    /// A place for one more stream from `client` (unknown when the router is called
+    /// without the server loop, which counts only toward the total).
+    fn take(self: &Arc<Self>, client: Option<IpAddr>) -> Result<WatchSlot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= self.max {
+            return Err(ApiError::TooManyWatchers(self.max));
+        }
+        if let Some(client) = client {
+            let mine = open.1.entry(client).or_default();
+            if *mine >= self.max_per_client {
+                return Err(ApiError::TooManyWatchersFromClient {
+                    client,
+                    limit: self.max_per_client,
+                });
+            }
+            *mine += 1;
+        }
+        open.0 += 1;
+        Ok(WatchSlot {
+            slots: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(client) = self.client
+            && let Some(n) = open.1.get_mut(&client)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&client);
+            }
+        }
+    }
+}
+
 struct Watcher {
     hub: Arc<Hub>,
     backlog: VecDeque<Arc<Event>>,
@@ -43,6 +109,7 @@ struct Watcher {
     seen: Revision,
     stopping: signal::Receiver<bool>,
     _counted: WatcherGuard,
+    _slot: WatchSlot,
 }
 
 impl Watcher {
@@ -84,9 +151,13 @@ impl Watcher {
 
 pub async fn watch(
     State(state): State<AppState>,
+    client: Option<Extension<ClientAddr>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let since = since(query.as_deref())?;
+    let slot = state
+        .watch_slots
+        .take(client.map(|Extension(ClientAddr(ip))| ip))?;
     let hub = state.registry.hub().clone();
     let sub = hub.subscribe(since)?;
     let from = sub.from;
@@ -97,6 +168,7 @@ pub async fn watch(
         seen: sub.from,
         stopping: state.stopping.clone(),
         _counted: WatcherGuard::new(&state.metrics),
+        _slot: slot,
     };
     let stream = futures::stream::unfold(watcher, |mut w| async move {
         w.next().await.map(|line| (Ok::<_, Infallible>(line), w))

@@ -56,6 +56,10 @@ impl Server {
             // Every watcher is a connection from this one address.
             .arg("--max-connections-per-client")
             .arg((args.watchers + 2 * args.concurrency + 16).to_string())
+            .arg("--max-watchers")
+            .arg((args.watchers + 16).to_string())
+            .arg("--max-watchers-per-client")
+            .arg((args.watchers + 16).to_string())
             .arg("--db-path")
             .arg(dir.join("bench.db"))
             .arg("--ready-file")
