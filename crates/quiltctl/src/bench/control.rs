@@ -33,11 +33,89 @@ pub fn run(args: ControlArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
     }
     let fd_limit = raise_fd_limit(args.watchers)?;
     let dir = scratch::temp_dir()?;
-    let mut server = Server::start(&binary, dir.path(), &args)?;
-    let result = tokio::runtime::Runtime::new()?.block_on(measure(&args, &server, fd_limit));
+    let mut server = Server::start(&binary, dir.path(), &args, None)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let plain = rt.block_on(measure(&args, &server, fd_limit));
     server.stop();
-    result?;
+    let plain = plain?;
+    // The same registrations and heartbeats over TLS, in the same run. The server asks
+    // for no client certificate: under mutual TLS each node needs its own, naming its
+    // host, and one client registers a thousand hosts here.
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir_all(&tls_dir)?;
+    let tls = Tls::make(&tls_dir)?;
+    let mut server = Server::start(&binary, &tls_dir, &args, Some(&tls))?;
+    let secured = rt.block_on(unary_rates(&args, &server, Some(&tls)));
+    server.stop();
+    let (registrations, heartbeats) = secured?;
+    println!();
+    println!(
+        "over TLS (same run): registrations/s {registrations:.0} ({:.2}x plain, target >= 0.80x), heartbeats/s {heartbeats:.0} ({:.2}x plain)",
+        registrations / plain.0,
+        heartbeats / plain.1
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A CA and the server's certificate (for 127.0.0.1) for the TLS run.
+struct Tls {
+    ca: PathBuf,
+    server: quilt_tls::Identity,
+}
+
+impl Tls {
+    fn make(dir: &Path) -> anyhow::Result<Tls> {
+        use quilt_lab::pki::{self, Subject};
+        pki::init(dir, 1, true)?;
+        let issue = |name: &str| {
+            pki::issue(
+                dir,
+                &Subject {
+                    name: name.into(),
+                    ips: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+                    dns: vec![],
+                    days: 1,
+                },
+                true,
+            )
+            .map(|i| quilt_tls::Identity {
+                cert: i.cert,
+                key: i.key,
+            })
+        };
+        Ok(Tls {
+            ca: dir.join(pki::CA_CERT),
+            server: issue("server")?,
+        })
+    }
+}
+
+/// A client of `server`, over TLS when `tls` is given.
+fn client_of(server: &Server, tls: Option<&Tls>) -> anyhow::Result<Arc<ControlClient>> {
+    Ok(Arc::new(
+        ControlClient::builder([server.url.clone()])
+            .no_proxy()
+            .tls(tls.map(|t| quilt_api::ClientTls {
+                ca: t.ca.clone(),
+                identity: None,
+            }))
+            .build()?,
+    ))
+}
+
+/// Registrations/s and heartbeats/s of `args.nodes` nodes, as [`measure`] takes them.
+async fn unary_rates(
+    args: &ControlArgs,
+    server: &Server,
+    tls: Option<&Tls>,
+) -> anyhow::Result<(f64, f64)> {
+    let client = client_of(server, tls)?;
+    let started = Instant::now();
+    let nodes = register_all(&client, args.nodes, args.concurrency).await?;
+    let registrations = rate(args.nodes, started.elapsed());
+    let started = Instant::now();
+    let beats = heartbeat_for(&client, &nodes, args.concurrency, args.heartbeat_seconds).await?;
+    Ok((registrations, rate(beats, started.elapsed())))
 }
 
 /// The server process, stopped with SIGTERM when the benchmark ends or is interrupted.
@@ -48,9 +126,25 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &Path, dir: &Path, args: &ControlArgs) -> anyhow::Result<Self> {
+    fn start(
+        binary: &Path,
+        dir: &Path,
+        args: &ControlArgs,
+        tls: Option<&Tls>,
+    ) -> anyhow::Result<Self> {
         let ready = dir.join("ready");
+        let tls_args: Vec<&std::ffi::OsStr> = match tls {
+            Some(t) => vec![
+                "--tls-cert".as_ref(),
+                t.server.cert.as_os_str(),
+                "--tls-key".as_ref(),
+                t.server.key.as_os_str(),
+            ],
+            None => Vec::new(),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let child = Command::new(binary)
+            .args(&tls_args)
             .args(["--listen", "127.0.0.1:0", "--log-level", "error"])
             .args(["--node-prefix-len", "26", "--heartbeat-timeout", "5m"])
             // Every watcher is a connection from this one address.
@@ -79,7 +173,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         server.url = loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
-                break format!("http://{}", text.trim());
+                break format!("{scheme}://{}", text.trim());
             }
             if let Some(status) = server.child.try_wait()? {
                 bail!(
@@ -116,7 +210,8 @@ impl Server {
     }
 }
 
-async fn measure(args: &ControlArgs, server: &Server, fd_limit: u64) -> anyhow::Result<()> {
+/// The plain run; answers its registrations/s and heartbeats/s for the TLS comparison.
+async fn measure(args: &ControlArgs, server: &Server, fd_limit: u64) -> anyhow::Result<(f64, f64)> {
     let pid = server.pid();
     let rss_idle = status_kib(pid, "VmRSS").map_err(anyhow::Error::msg)?;
     println!(
@@ -124,11 +219,7 @@ async fn measure(args: &ControlArgs, server: &Server, fd_limit: u64) -> anyhow::
         server.binary.display(),
         server.url
     );
-    let client = Arc::new(
-        ControlClient::builder([server.url.clone()])
-            .no_proxy()
-            .build()?,
-    );
+    let client = client_of(server, None)?;
 
     // 1. registrations
     let started = Instant::now();
@@ -230,7 +321,7 @@ async fn measure(args: &ControlArgs, server: &Server, fd_limit: u64) -> anyhow::
         "",
         None,
     );
-    Ok(())
+    Ok((registrations, heartbeats))
 }
 
 /// Registers `count` nodes from `concurrency` tasks; answers each node's id and token.
