@@ -121,6 +121,18 @@ async fn https_with_the_right_ca_works_and_anything_else_is_refused() {
     let e = client(&server, &other, None).list().await.unwrap_err();
     assert!(refused(&e), "a server certificate from another CA: {e}");
 
+    // Failover across several https:// URLs: a dead one is skipped for the live one.
+    let https = server.base.replace("http://", "https://");
+    let failover = ControlClient::builder(["https://127.0.0.1:9", https.as_str()])
+        .no_proxy()
+        .tls(Some(ClientTls {
+            ca: ca.pem(),
+            identity: None,
+        }))
+        .build()
+        .unwrap();
+    assert_eq!(failover.list().await.unwrap().nodes.len(), 1);
+
     // Plain HTTP to the TLS port: no answer at all.
     let plain = ControlClient::builder([server.base.clone()])
         .no_proxy()
