@@ -57,14 +57,14 @@ pub fn run(args: ControlArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A CA and the server's certificate (for 127.0.0.1) for the TLS run.
-struct Tls {
-    ca: PathBuf,
-    server: quilt_tls::Identity,
+/// A CA and the server's certificate (for 127.0.0.1) for a benchmark's TLS run.
+pub(super) struct Tls {
+    pub(super) ca: PathBuf,
+    pub(super) server: quilt_tls::Identity,
 }
 
 impl Tls {
-    fn make(dir: &Path) -> anyhow::Result<Tls> {
+    pub(super) fn make(dir: &Path) -> anyhow::Result<Tls> {
         use quilt_lab::pki::{self, Subject};
         pki::init(dir, 1, true)?;
         let issue = |name: &str| {

@@ -163,6 +163,35 @@ pub fn run(args: RuntimeArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
         args.routes,
         rss_kb as f64 / 1024.0
     );
+
+    // TLS on and off, same run: one call at a time over loopback TCP, plain and TLS.
+    let mut p50 = Vec::new();
+    for transport in [Transport::Tcp, Transport::Tls] {
+        let calls = args.latency_calls;
+        let (mut latencies,) = with_runtime_over(&runtime_bin, transport, move |runtime| {
+            Box::pin(async move {
+                let mut client = runtime.client;
+                let mut latencies = Vec::with_capacity(calls as usize);
+                for i in 0..calls {
+                    let t = Instant::now();
+                    let r = client.inject_route(route_request(i)).await?.into_inner();
+                    latencies.push(t.elapsed());
+                    if !r.success {
+                        bail!("InjectRoute refused: {}", r.error);
+                    }
+                }
+                Ok(latencies)
+            })
+        })?;
+        latencies.sort();
+        p50.push(latencies[latencies.len() / 2]);
+    }
+    println!(
+        "InjectRoute p50 over loopback TCP, TLS off / on (same run): {:.0} us / {:.0} us, TLS costs {:.2}x",
+        p50[0].as_secs_f64() * 1e6,
+        p50[1].as_secs_f64() * 1e6,
+        p50[1].as_secs_f64() / p50[0].as_secs_f64()
+    );
     scratch::release_kept();
     Ok(ExitCode::SUCCESS)
 }
@@ -258,14 +287,71 @@ pub(super) fn with_runtime<T: Send + 'static>(
     bin: &Path,
     f: impl FnOnce(BenchRuntime) -> BenchFuture<T> + Send,
 ) -> anyhow::Result<(T,)> {
+    with_runtime_over(bin, Transport::Unix, f)
+}
+
+/// How the benchmark reaches its runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transport {
+    /// The unix socket in its state folder, as a node's agent does by default.
+    Unix,
+    /// TCP on the namespace's loopback, in plain text.
+    Tcp,
+    /// TCP on the namespace's loopback, with TLS (a CA and certificate made for the run).
+    Tls,
+}
+
+/// [`with_runtime`] over `transport`.
+pub(super) fn with_runtime_over<T: Send + 'static>(
+    bin: &Path,
+    transport: Transport,
+    f: impl FnOnce(BenchRuntime) -> BenchFuture<T> + Send,
+) -> anyhow::Result<(T,)> {
     let ns = bench_host()?;
     let state = scratch::temp_dir()?;
     let socket = state.path().join(SOCKET_NAME);
-    let address = format!("unix:{}", socket.display());
+    let tcp = "127.0.0.1:50051";
+    let mut listen: Vec<std::ffi::OsString> = Vec::new();
+    let mut tls = quilt_proto::connect::TlsOptions::default();
+    let address = match transport {
+        Transport::Unix => {
+            listen.extend([
+                "--grpc-addr".into(),
+                "off".into(),
+                "--grpc-socket".into(),
+                socket.clone().into(),
+            ]);
+            format!("unix:{}", socket.display())
+        }
+        Transport::Tcp => {
+            listen.extend([
+                "--grpc-addr".into(),
+                tcp.into(),
+                "--grpc-socket".into(),
+                "off".into(),
+            ]);
+            format!("http://{tcp}")
+        }
+        Transport::Tls => {
+            let certs = state.path().join("pki");
+            let made = super::control::Tls::make(&certs)?;
+            listen.extend([
+                "--grpc-addr".into(),
+                tcp.into(),
+                "--grpc-socket".into(),
+                "off".into(),
+                "--tls-cert".into(),
+                made.server.cert.into(),
+                "--tls-key".into(),
+                made.server.key.into(),
+            ]);
+            tls.ca = Some(made.ca);
+            format!("https://{tcp}")
+        }
+    };
     let mut child: Child = ns
         .command(bin)
-        .args(["--grpc-addr", "off", "--grpc-socket"])
-        .arg(&socket)
+        .args(&listen)
         .args([
             "--cluster-cidr",
             "10.0.0.0/8",
@@ -290,9 +376,10 @@ pub(super) fn with_runtime<T: Send + 'static>(
         rt.block_on(async move {
             let mut connected = None;
             for _ in 0..200 {
-                let endpoint = quilt_proto::connect::endpoint(
+                let endpoint = quilt_proto::connect::endpoint_with(
                     &address,
                     quilt_proto::connect::Timeouts::default(),
+                    &tls,
                 )?;
                 match endpoint.connect().await {
                     Ok(channel) => {
