@@ -222,3 +222,88 @@ async fn no_node_token_is_kept_in_the_database_files() {
         );
     }
 }
+
+/// Issue 10: no secret shows where an operator or a scraper looks: the log at the default
+/// level, `/metrics` and every GET answer hold neither the join token nor any node token,
+/// refusals of a wrong token included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_is_logged_listed_or_scraped() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("quilt-mesh.db");
+    let join = "join-0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let token_file = dir.path().join("join-token");
+    std::fs::write(&token_file, join).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = ControlBinary::start(
+        Path::new(BINARY),
+        &db,
+        &["--join-token-file", token_file.to_str().unwrap()],
+    );
+    let joined = ControlClient::builder([server.url("")])
+        .no_proxy()
+        .join_token(Some(join.into()))
+        .build()
+        .unwrap();
+    let mut secrets = vec![join.to_string()];
+    let mut ids = Vec::new();
+    for i in 0..3u32 {
+        let answer = joined
+            .register(&request(&format!("s{i}"), &format!("10.8.0.{}", i + 1)))
+            .await
+            .unwrap();
+        joined
+            .heartbeat(&answer.node.node_id, &answer.node_token, None)
+            .await
+            .unwrap();
+        ids.push(answer.node.node_id.clone());
+        secrets.push(answer.node_token);
+    }
+    // Refusals of wrong tokens, which a careless log would echo.
+    let wrong = "wrong-a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let stranger = ControlClient::builder([server.url("")])
+        .no_proxy()
+        .join_token(Some(wrong.into()))
+        .build()
+        .unwrap();
+    assert!(stranger.register(&request("x", "10.8.0.9")).await.is_err());
+    assert!(stranger.heartbeat(&ids[0], wrong, None).await.is_err());
+    secrets.push(wrong.to_string());
+    joined.delete_node(&ids[2]).await.unwrap();
+
+    let http = {
+        quilt_tls::install_default_provider();
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    };
+    let mut seen = String::new();
+    for path in [
+        "/metrics",
+        "/api/nodes",
+        "/health",
+        &format!("/api/nodes/{}", ids[0]),
+    ] {
+        seen.push_str(
+            &http
+                .get(server.url(path))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(seen.contains(&ids[0]), "the answers were read");
+    seen.push_str(&server.log());
+    assert!(
+        server.log().contains("node registered"),
+        "the log was written"
+    );
+    for secret in &secrets {
+        assert!(
+            !seen.contains(secret.as_str()),
+            "secret {}... is shown",
+            &secret[..8]
+        );
+    }
+}
