@@ -9,6 +9,9 @@ use std::sync::{Arc, RwLock};
 use quilt_tls::{Identity, TlsError};
 use rustls::ServerConfig;
 
+/// How often the TLS files are looked at for a change.
+pub const FILE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The files TLS is served from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -57,20 +60,51 @@ impl ServerTls {
         Ok(())
     }
 
-    /// Reloads on every SIGHUP until the process ends, logging each outcome.
+    /// When the files were last changed, to notice a replaced certificate.
+    fn stamps(&self) -> Vec<Option<std::time::SystemTime>> {
+        let files = [
+            Some(&self.files.identity.cert),
+            Some(&self.files.identity.key),
+            self.files.client_ca.as_ref(),
+        ];
+        files
+            .into_iter()
+            .flatten()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Reloads on every SIGHUP, and when a file changes (looked at every
+    /// [`FILE_CHECK_INTERVAL`]), until the process ends, logging each outcome.
     pub fn reload_on_sighup(&self) -> std::io::Result<tokio::task::JoinHandle<()>> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hangups = signal(SignalKind::hangup())?;
         let tls = self.clone();
         Ok(tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
+            let mut seen = tls.stamps();
+            let mut check = tokio::time::interval(FILE_CHECK_INTERVAL);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let why = tokio::select! {
+                    got = hangups.recv() => match got {
+                        Some(()) => "SIGHUP",
+                        None => return,
+                    },
+                    _ = check.tick() => {
+                        if tls.stamps() == seen {
+                            continue;
+                        }
+                        "a TLS file changed"
+                    }
+                };
+                seen = tls.stamps();
                 match tls.reload() {
                     Ok(()) => tracing::info!(
                         cert = %tls.files.identity.cert.display(),
-                        "SIGHUP: TLS certificate and key re-read; new connections use them"
+                        "{why}: TLS certificate and key re-read; new connections use them"
                     ),
                     Err(e) => {
-                        tracing::error!(error = %e, "SIGHUP: cannot re-read TLS files; keeping the ones in use")
+                        tracing::error!(error = %e, "{why}: cannot re-read TLS files; keeping the ones in use")
                     }
                 }
             }

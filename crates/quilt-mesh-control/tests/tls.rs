@@ -257,3 +257,29 @@ async fn sighup_swaps_the_certificate_and_a_watcher_stays_connected() {
         .unwrap();
     assert_eq!(event.node.host_ip.to_string(), "10.9.0.1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_file_is_served_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let server_id = ca.issue("server", &["127.0.0.1"], VALID);
+    let server = start(dir.path(), &server_id, Some(&ca)).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let a_id = ca.issue("node-a", &["10.9.0.1"], VALID);
+    assert_eq!(
+        served_certificate(&addr, &ca, &a_id).await,
+        der_of(&server_id.cert)
+    );
+    // File times have a granularity; make sure the new files look newer.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let rotated = ca.issue("server", &["127.0.0.1"], VALID);
+    let second = der_of(&rotated.cert);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served_certificate(&addr, &ca, &a_id).await != second {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replaced certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

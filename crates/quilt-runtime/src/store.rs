@@ -91,7 +91,10 @@ impl Store {
         })?;
         let path = dir.join(FILE_NAME);
         match std::fs::symlink_metadata(&path) {
-            Ok(_) => check_header(&path)?,
+            Ok(_) => {
+                check_header(&path)?;
+                owner_only(&path)?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path)?,
             Err(io) => return Err(StoreError::Unreadable { path, io }),
         }
@@ -376,10 +379,40 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
 
 /// Makes a new database at `path` with the current schema: built under a temporary name
 /// in the same folder and renamed into place.
+/// Makes a state file an older version left readable by others 0600.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let unreadable = |io| StoreError::Unreadable {
+        path: path.to_path_buf(),
+        io,
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(unreadable)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(unreadable)?;
+        tracing::info!(path = %path.display(), "state database made readable by its owner only");
+    }
+    Ok(())
+}
+
 fn create(path: &Path) -> Result<(), StoreError> {
     let fresh = path.with_extension("db.new");
     let _ = std::fs::remove_file(&fresh);
     {
+        // Owner only, like every state file (SQLite gives -wal and -shm the same mode).
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&fresh)
+            .map_err(|io| StoreError::Unreadable {
+                path: fresh.clone(),
+                io,
+            })?;
         let mut conn = Connection::open(&fresh)?;
         migrate(&mut conn)?;
     }
@@ -422,6 +455,19 @@ mod tests {
         std::fs::metadata(dir.path().join(format!("{FILE_NAME}-wal")))
             .unwrap()
             .len()
+    }
+
+    #[test]
+    fn the_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let path = dir.path().join(FILE_NAME);
+        drop(Store::open(dir.path()).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        assert_eq!(mode(&path), 0o600, "an open file is made private");
     }
 
     #[test]
