@@ -188,6 +188,19 @@ impl Config {
 }
 
 impl Config {
+    /// The runtime's address and TLS files: `--runtime-tls-*`, or else, for an
+    /// `https://` runtime, the node's `--tls-ca/--tls-cert/--tls-key`, as the original
+    /// agent presents one certificate to the control plane and to a TCP runtime.
+    pub fn runtime_address(&self) -> RuntimeAddress {
+        let mut address = self.runtime_addr.clone();
+        if address.address.trim().starts_with("https://") && address.tls().is_empty() {
+            address.tls_ca = self.control_tls_ca.clone();
+            address.tls_cert = self.control_tls_cert.clone();
+            address.tls_key = self.control_tls_key.clone();
+        }
+        address
+    }
+
     /// How https:// control planes are trusted, and the certificate this node presents.
     pub fn control_tls(&self) -> Option<quilt_api::ClientTls> {
         let ca = self.control_tls_ca.clone()?;
@@ -255,5 +268,30 @@ mod tests {
         );
         assert!(tls.cert.is_some() && tls.key.is_some());
         assert!(parse(&["--runtime-tls-cert", "/etc/quilt/node.pem"]).is_err());
+    }
+
+    #[test]
+    fn an_https_runtime_without_its_own_tls_flags_gets_the_nodes_certificate() {
+        let node_tls = [
+            "--tls-ca",
+            "/etc/quilt/ca.pem",
+            "--tls-cert",
+            "/etc/quilt/node.pem",
+            "--tls-key",
+            "/etc/quilt/node-key.pem",
+        ];
+        let mut args = vec!["--runtime-addr", "https://127.0.0.1:50051"];
+        args.extend(node_tls);
+        let tls = parse(&args).unwrap().runtime_address().tls();
+        assert_eq!(
+            tls.cert.as_deref(),
+            Some(std::path::Path::new("/etc/quilt/node.pem"))
+        );
+        assert_eq!(
+            tls.ca.as_deref(),
+            Some(std::path::Path::new("/etc/quilt/ca.pem"))
+        );
+        // The unix socket takes no TLS files, whatever the control plane's are.
+        assert!(parse(&node_tls).unwrap().runtime_address().tls().is_empty());
     }
 }
