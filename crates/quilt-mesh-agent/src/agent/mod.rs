@@ -85,7 +85,7 @@ pub async fn run<O: Overlay>(
     );
     let mut agent = Agent {
         control: control::client(&config, config.join_token()?)?,
-        runtime: RuntimeClient::new(&config.runtime_address())?,
+        runtime: RuntimeClient::new(config.runtime_address())?,
         spec_template: VxlanSpec {
             name: config.vxlan_interface.clone(),
             vni: config.vni,
