@@ -93,13 +93,7 @@ pub fn init(dir: &Path, days: u32, force: bool) -> Result<Issued, PkiError> {
     ];
     let not_after = set_validity(&mut params, days);
     let cert = params.self_signed(&key)?;
-    write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
-    Ok(Issued {
-        cert: cert_path,
-        key: key_path,
-        not_after,
-    })
+    write_pair(cert_path, &cert, key_path, &key, not_after)
 }
 
 /// Issues `NAME.pem` (0644) and `NAME-key.pem` (0600) in `dir`, signed by the CA there:
@@ -140,6 +134,17 @@ pub fn issue(dir: &Path, subject: &Subject, force: bool) -> Result<Issued, PkiEr
     params.use_authority_key_identifier_extension = true;
     let not_after = set_validity(&mut params, subject.days);
     let cert = params.signed_by(&key, &issuer)?;
+    write_pair(cert_path, &cert, key_path, &key, not_after)
+}
+
+/// Writes the key (0600, first) and the certificate (0644); answers what was written.
+fn write_pair(
+    cert_path: PathBuf,
+    cert: &rcgen::Certificate,
+    key_path: PathBuf,
+    key: &KeyPair,
+    not_after: String,
+) -> Result<Issued, PkiError> {
     write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
     Ok(Issued {

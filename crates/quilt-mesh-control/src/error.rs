@@ -89,11 +89,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let self_kind = matches!(
+        // A full watch cap clears by itself: tell the client when to try again.
+        let retry_soon = matches!(
             self,
             ApiError::TooManyWatchers(_) | ApiError::TooManyWatchersFromClient { .. }
-        )
-        .then_some(status);
+        );
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %self, "request failed");
         } else {
@@ -106,10 +106,7 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if matches!(
-            self_kind,
-            Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
-        ) {
+        if retry_soon {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),

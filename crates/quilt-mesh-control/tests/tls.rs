@@ -218,6 +218,18 @@ fn der_of(pem: &Path) -> Vec<u8> {
     quilt_tls::certificates("certificate", pem).unwrap()[0].to_vec()
 }
 
+/// Waits up to 10 s until the server at `addr` presents certificate `der`.
+async fn until_served(addr: &str, ca: &Ca, identity: &Identity, der: &[u8]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served_certificate(addr, ca, identity).await != der {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_swaps_the_certificate_and_a_watcher_stays_connected() {
     let dir = tempfile::tempdir().unwrap();
@@ -239,14 +251,7 @@ async fn sighup_swaps_the_certificate_and_a_watcher_stays_connected() {
     let second = der_of(&rotated.cert);
     assert_ne!(first, second);
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while served_certificate(&addr, &ca, &a_id).await != second {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new certificate is not served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_served(&addr, &ca, &a_id, &second).await;
 
     // The watcher opened before the rotation still hears changes.
     a.register(&node("10.9.0.1")).await.unwrap();
@@ -274,12 +279,5 @@ async fn a_replaced_certificate_file_is_served_without_a_signal() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let rotated = ca.issue("server", &["127.0.0.1"], VALID);
     let second = der_of(&rotated.cert);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while served_certificate(&addr, &ca, &a_id).await != second {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replaced certificate is not served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_served(&addr, &ca, &a_id, &second).await;
 }
