@@ -56,7 +56,8 @@ pub struct Config {
     #[arg(long = flags::JOIN_TOKEN_FILE, env = "QUILT_CONTROL_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
 
-    /// PEM certificate (chain) to serve HTTPS with; needs --tls-key. Re-read on SIGHUP.
+    /// PEM certificate (chain) to serve HTTPS with; needs --tls-key. Re-read on SIGHUP
+    /// and when a TLS file changes.
     #[arg(long = flags::TLS_CERT, env = "QUILT_CONTROL_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
