@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::AuthError;
 use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeToken, now_ms};
-use crate::store::{Registration, Revision, Store, StoreError, WriteHealth};
+use crate::store::{MarkDown, Registration, Revision, Store, StoreError, WriteHealth};
 use crate::watch::Hub;
 
 /// Why a registry call failed.
@@ -207,6 +207,27 @@ impl Registry {
         .await
     }
 
+    /// Marks node `id` down at once, once `authorize` accepts the request (it leaves, for
+    /// now: it stays listed and keeps its lease, and a heartbeat or a registration brings
+    /// it back). Answers the node as it is now.
+    pub async fn deregister(
+        &self,
+        id: NodeId,
+        authorize: impl FnOnce(&Node) -> Result<(), AuthError> + Send + 'static,
+    ) -> Result<Node, RegistryError> {
+        self.call(move |store, hub| {
+            let mut node = store.get(id)?.ok_or(StoreError::NotFound(id))?;
+            authorize(&node)?;
+            let changes = store.mark_down(MarkDown::Node(id))?;
+            if let Some(change) = changes.first() {
+                node = change.node.clone();
+            }
+            hub.publish(changes);
+            Ok(node)
+        })
+        .await
+    }
+
     pub async fn get(&self, id: NodeId) -> Result<Option<Node>, RegistryError> {
         self.call(move |store, _| Ok(store.get(id)?)).await
     }
@@ -215,10 +236,10 @@ impl Registry {
         self.call(|store, _| Ok(store.list()?)).await
     }
 
-    /// Marks down every up node not heard from since `cutoff_ms`; answers how many.
+    /// Marks down every up node not heard from since `cutoff_ms`; answers those nodes.
     pub async fn mark_down_before(&self, cutoff_ms: u64) -> Result<Vec<Node>, RegistryError> {
         self.call(move |store, hub| {
-            let changes = store.mark_down_before(cutoff_ms)?;
+            let changes = store.mark_down(MarkDown::SilentSince(cutoff_ms))?;
             let nodes = changes.iter().map(|c| c.node.clone()).collect();
             hub.publish(changes);
             Ok(nodes)

@@ -2,7 +2,7 @@
 //!
 //! - [`types`]: request and answer JSON shapes, for clients too.
 //! - [`request`]: request bodies to typed values.
-//! - [`nodes`]: register, heartbeat, list, get, delete.
+//! - [`nodes`]: register, heartbeat, deregister, list, get, delete.
 //! - [`watch`]: the NDJSON watch stream.
 //! - [`system`]: health and metrics.
 
@@ -56,6 +56,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/api/nodes/watch", get(watch::watch))
         .route("/api/nodes/{id}", get(nodes::get).delete(nodes::delete))
         .route("/api/nodes/{id}/heartbeat", post(nodes::heartbeat))
+        .route("/api/nodes/{id}/deregister", post(nodes::deregister))
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
         .fallback(not_found)

@@ -1,4 +1,4 @@
-//! Node handlers: register, heartbeat, list, get, delete.
+//! Node handlers: register, heartbeat, deregister, list, get, delete.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -124,6 +124,32 @@ pub async fn heartbeat(
         status: info.status,
         last_heartbeat: info.last_heartbeat,
     }))
+}
+
+/// `POST /api/nodes/{id}/deregister` (the original agents' graceful shutdown): the node
+/// is marked down at once, so peers withdraw their routes to it now rather than after the
+/// heartbeat timeout; it stays listed with its lease, and its next heartbeat or
+/// registration brings it back. Authorized as a heartbeat is; any body is ignored.
+pub async fn deregister(
+    State(state): State<AppState>,
+    PathNodeId(id): PathNodeId,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let presented = bearer(headers.get(AUTHORIZATION))?;
+    request::body(body)?;
+    let policy = state.policy.clone();
+    let peer = peer_of(peer);
+    let node = state
+        .registry
+        .deregister(id, move |node| {
+            policy.heartbeat(node, presented.as_deref())?;
+            AuthError::check_certificate(&peer, node.host_ip)
+        })
+        .await?;
+    tracing::info!(node = %node.id, host_ip = %node.host_ip, subnet = %node.subnet, "node deregistered: marked down, lease kept");
+    Ok(Json(node_info(&node)))
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {

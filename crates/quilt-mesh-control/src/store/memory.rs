@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use quilt_common::ClusterNetwork;
 
 use super::{
-    Change, ChangeKind, Registration, Revision, Store, StoreError, count, exhausted,
+    Change, ChangeKind, MarkDown, Registration, Revision, Store, StoreError, count, exhausted,
     lowest_free_index,
 };
 use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash};
@@ -141,11 +141,11 @@ impl Store for MemoryStore {
         Ok(self.change(ChangeKind::Deleted, node))
     }
 
-    fn mark_down_before(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError> {
+    fn mark_down(&mut self, which: MarkDown) -> Result<Vec<Change>, StoreError> {
         let stale: Vec<NodeId> = self
             .nodes
             .values()
-            .filter(|n| n.status == NodeStatus::Up && n.last_heartbeat_ms < cutoff_ms)
+            .filter(|n| n.status == NodeStatus::Up && which.selects(n))
             .map(|n| n.id)
             .collect();
         let mut changes = Vec::with_capacity(stale.len());

@@ -137,8 +137,9 @@ pub trait Store: Send + 'static {
     /// Removes a node; its subnet becomes free.
     fn delete(&mut self, id: NodeId) -> Result<Change, StoreError>;
 
-    /// Marks down every up node whose last heartbeat is older than `cutoff_ms`.
-    fn mark_down_before(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError>;
+    /// Marks down the up nodes `which` selects (a node already down is no change); the
+    /// nodes keep their leases, and a heartbeat or registration brings them back.
+    fn mark_down(&mut self, which: MarkDown) -> Result<Vec<Change>, StoreError>;
 
     /// How many nodes are up and how many are down.
     fn count_by_status(&mut self) -> Result<(u64, u64), StoreError>;
@@ -152,6 +153,25 @@ pub trait Store: Send + 'static {
     /// Whether writes work, shared with whoever reports health.
     fn write_health(&self) -> WriteHealth {
         WriteHealth::default()
+    }
+}
+
+/// Which up nodes [`Store::mark_down`] marks down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkDown {
+    /// Every up node whose last heartbeat is older than this (unix ms): the monitor.
+    SilentSince(u64),
+    /// This one node: it deregistered.
+    Node(NodeId),
+}
+
+impl MarkDown {
+    /// Whether `node` (up or not) is selected.
+    pub fn selects(&self, node: &Node) -> bool {
+        match *self {
+            MarkDown::SilentSince(cutoff_ms) => node.last_heartbeat_ms < cutoff_ms,
+            MarkDown::Node(id) => node.id == id,
+        }
     }
 }
 
@@ -346,7 +366,7 @@ pub(crate) mod contract {
         let first = s
             .register(&new_node("a", "10.0.0.1"), token(), 1000)
             .unwrap();
-        s.mark_down_before(5000).unwrap();
+        s.mark_down(MarkDown::SilentSince(5000)).unwrap();
         let mut again = new_node("a-renamed", "10.0.0.1");
         again.vtep_mac = Some(parse_mac("02:00:00:00:00:01").unwrap());
         let second = s.register(&again, token(), 9000).unwrap();
@@ -413,13 +433,13 @@ pub(crate) mod contract {
             "a heartbeat alone is no change"
         );
         assert_eq!(s.revision().unwrap(), rev);
-        let down = s.mark_down_before(2000).unwrap();
+        let down = s.mark_down(MarkDown::SilentSince(2000)).unwrap();
         assert_eq!(down.len(), 1);
         assert_eq!(down[0].node.id, b.id);
         assert_eq!(down[0].node.status, NodeStatus::Down);
         assert_eq!(down[0].revision, rev + 1);
         assert!(
-            s.mark_down_before(2000).unwrap().is_empty(),
+            s.mark_down(MarkDown::SilentSince(2000)).unwrap().is_empty(),
             "down stays down quietly"
         );
         assert_eq!(s.count_by_status().unwrap(), (1, 1));
@@ -433,6 +453,45 @@ pub(crate) mod contract {
             s.heartbeat(NodeId::new(999), 1, None),
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    pub fn a_node_marked_down_by_id_keeps_its_lease(s: &mut dyn Store) {
+        let a = s
+            .register(&new_node("a", "10.0.0.1"), token(), 1000)
+            .unwrap()
+            .node;
+        let b = s
+            .register(&new_node("b", "10.0.0.2"), token(), 1000)
+            .unwrap()
+            .node;
+        let rev = s.revision().unwrap();
+        s.heartbeat(a.id, 1500, None).unwrap();
+        let down = s.mark_down(MarkDown::Node(a.id)).unwrap();
+        assert_eq!(down.len(), 1, "only the node named");
+        assert_eq!(
+            (down[0].node.id, down[0].node.status, down[0].revision),
+            (a.id, NodeStatus::Down, rev + 1)
+        );
+        assert_eq!(down[0].node.subnet, a.subnet, "the lease stays");
+        assert!(s.mark_down(MarkDown::Node(a.id)).unwrap().is_empty());
+        assert_eq!(s.get(b.id).unwrap().unwrap().status, NodeStatus::Up);
+        let listed = s.list().unwrap().0;
+        assert_eq!(listed.len(), 2, "a node marked down stays listed");
+        let up = s.heartbeat(a.id, 2000, None).unwrap().unwrap();
+        assert_eq!((up.node.status, up.revision), (NodeStatus::Up, rev + 2));
+        s.mark_down(MarkDown::Node(a.id)).unwrap();
+        let again = s
+            .register(&new_node("a", "10.0.0.1"), token(), 3000)
+            .unwrap();
+        assert_eq!(
+            (again.node.id, again.node.subnet, again.node.status),
+            (a.id, a.subnet, NodeStatus::Up)
+        );
+        assert!(
+            s.mark_down(MarkDown::Node(NodeId::new(999)))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     pub fn the_holder_of_a_mac_is_found(s: &mut dyn Store) {
@@ -451,6 +510,7 @@ pub(crate) mod contract {
 
     pub fn run_all(mut make: impl FnMut(ClusterNetwork) -> Box<dyn Store>) {
         the_holder_of_a_mac_is_found(make(plan("10.42.0.0/16", 24)).as_mut());
+        a_node_marked_down_by_id_keeps_its_lease(make(plan("10.42.0.0/16", 24)).as_mut());
         leases_start_at_the_second_subnet_and_fill_gaps(make(plan("10.42.0.0/16", 24)).as_mut());
         the_same_host_ip_gets_its_lease_back(make(plan("10.42.0.0/16", 24)).as_mut());
         a_tiny_cluster_runs_out_cleanly(make(plan("10.99.0.0/22", 24)).as_mut());

@@ -28,7 +28,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 mod schema;
 
 use super::{
-    Change, ChangeKind, Registration, Revision, Store, StoreError, WriteHealth, exhausted,
+    Change, ChangeKind, MarkDown, Registration, Revision, Store, StoreError, WriteHealth, exhausted,
 };
 use crate::model::{
     Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash, hostname_from_stored,
@@ -165,14 +165,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Marks down, in memory only, every up node not heard from since `cutoff_ms`: what
-    /// the monitor decides while writes fail. The changes take revisions as written ones
-    /// do and are written with them once writes work again.
-    fn mark_down_unwritten(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError> {
+    /// Marks down, in memory only, the up nodes `which` selects: what the monitor (or a
+    /// node leaving) decides while writes fail. The changes take revisions as written
+    /// ones do and are written with them once writes work again.
+    fn mark_down_unwritten(&mut self, which: MarkDown) -> Result<Vec<Change>, StoreError> {
         let (nodes, _) = self.list()?;
         let mut changes = Vec::new();
         for mut node in nodes {
-            if node.status != NodeStatus::Up || node.last_heartbeat_ms >= cutoff_ms {
+            if node.status != NodeStatus::Up || !which.selects(&node) {
                 continue;
             }
             node.status = NodeStatus::Down;
@@ -503,16 +503,16 @@ impl Store for SqliteStore {
         })
     }
 
-    fn mark_down_before(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError> {
+    fn mark_down(&mut self, which: MarkDown) -> Result<Vec<Change>, StoreError> {
         // Liveness is decided even when nothing can be written.
         if self.flush_heartbeats().is_err() {
-            return self.mark_down_unwritten(cutoff_ms);
+            return self.mark_down_unwritten(which);
         }
-        match self.mark_down_written(cutoff_ms) {
+        match self.mark_down_written(which) {
             Ok(changes) => Ok(changes),
             Err(e) => {
                 self.health.failed(&e);
-                self.mark_down_unwritten(cutoff_ms)
+                self.mark_down_unwritten(which)
             }
         }
     }
@@ -539,15 +539,19 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
-    fn mark_down_written(&mut self, cutoff_ms: u64) -> Result<Vec<Change>, StoreError> {
+    fn mark_down_written(&mut self, which: MarkDown) -> Result<Vec<Change>, StoreError> {
+        let (filter, value) = match which {
+            MarkDown::SilentSince(cutoff_ms) => ("last_heartbeat_ms < ?1", cutoff_ms),
+            MarkDown::Node(id) => ("id = ?1", id.number()),
+        };
         let current = self.revision;
         let tx = self.begin()?;
         let stale = {
             let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM nodes WHERE status = 'up' AND last_heartbeat_ms < ?1 ORDER BY id"
+                "SELECT {COLUMNS} FROM nodes WHERE status = 'up' AND {filter} ORDER BY id"
             ))?;
             let raws = stmt
-                .query_map([cutoff_ms], raw)?
+                .query_map([value], raw)?
                 .collect::<Result<Vec<_>, _>>()?;
             raws.into_iter()
                 .map(RawNode::check)
