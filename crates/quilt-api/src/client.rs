@@ -251,17 +251,29 @@ impl ControlClient {
         }
     }
 
-    async fn parse<T: DeserializeOwned>(
+    /// The body of a successful answer; any other answer is a refusal.
+    async fn answer_body(
         what: &'static str,
         (url, response): (String, Response),
-    ) -> Result<T, ControlError> {
+    ) -> Result<Vec<u8>, ControlError> {
         if !response.status().is_success() {
             return Err(Self::refusal(what, url, response).await);
         }
-        response.json().await.map_err(|e| ControlError::BadAnswer {
-            what,
-            message: error_chain(&e),
-        })
+        match response.bytes().await {
+            Ok(body) => Ok(body.to_vec()),
+            Err(e) => Err(ControlError::BadAnswer {
+                what,
+                message: error_chain(&e),
+            }),
+        }
+    }
+
+    async fn parse<T: DeserializeOwned>(
+        what: &'static str,
+        answer: (String, Response),
+    ) -> Result<T, ControlError> {
+        let body = Self::answer_body(what, answer).await?;
+        serde_json::from_slice(&body).map_err(|e| bad_answer(what, &e, &body))
     }
 
     /// `GET /health`.
@@ -285,7 +297,9 @@ impl ControlClient {
                 }
             })
             .await?;
-        Self::parse("the registration", answer).await
+        let what = "the registration";
+        let body = Self::answer_body(what, answer).await?;
+        RegisterResponse::from_answer(&body, request).map_err(|e| bad_answer(what, &e, &body))
     }
 
     /// Every node, and the revision to watch from.
@@ -364,10 +378,8 @@ impl ControlClient {
             let line = line.map_err(|e| {
                 ControlError::Unreachable(format!("watch stream broke: {}", error_chain(&e)))
             })?;
-            serde_json::from_slice::<WatchEvent>(&line).map_err(|e| ControlError::BadAnswer {
-                what: "a watch event",
-                message: e.to_string(),
-            })
+            serde_json::from_slice::<WatchEvent>(&line)
+                .map_err(|e| bad_answer("a watch event", &e, &line))
         }))
     }
 }
@@ -378,6 +390,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         .map(ToString::to_string)
         .collect();
     chain.join(": ")
+}
+
+/// An answer that does not parse: why, and what it was.
+fn bad_answer(what: &'static str, e: &serde_json::Error, body: &[u8]) -> ControlError {
+    ControlError::BadAnswer {
+        what,
+        message: format!(
+            "{e}; the body was {:?}",
+            excerpt(&String::from_utf8_lossy(body))
+        ),
+    }
 }
 
 /// At most 200 characters of a body that is not the documented error shape.

@@ -7,6 +7,7 @@
 //! Nothing here depends on the server, so a client links no database and no HTTP server.
 
 pub mod client;
+pub mod lenient;
 mod lines;
 pub mod types;
 

@@ -1,12 +1,16 @@
 //! The JSON shapes of the HTTP API (docs/http-api.md).
 //!
 //! Requests refuse unknown fields; clients ignore answer fields they do not know, since new
-//! ones may be added.
+//! ones may be added, and read answers liberally (see [`crate::lenient`]): beyond
+//! `node_id` and `subnet` (and a node's `host_ip`), every answer field may be missing or
+//! `null` and takes a default, as the original control plane sends less.
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+use crate::lenient;
 
 /// A position in the control plane's change history; the watch stream resumes after one.
 pub type Revision = u64;
@@ -29,9 +33,29 @@ pub struct RegisterRequest {
     /// a wish the control plane grants when that subnet is free. Sent only then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    /// The UDP port of the node's VXLAN device (peers send to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_port: Option<u16>,
+    /// The VXLAN network identifier of the node's device (peers must use the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
 }
 
 impl RegisterRequest {
+    /// The original body: a hostname and a host address, nothing else.
+    pub fn new(hostname: impl Into<String>, host_ip: impl Into<String>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            host_ip: host_ip.into(),
+            cpu_cores: None,
+            ram_mb: None,
+            vtep_mac: None,
+            subnet: None,
+            vxlan_port: None,
+            vni: None,
+        }
+    }
+
     /// The body's field names, in the order the documents list them (then additions).
     pub const FIELDS: &'static [&'static str] = &[
         "hostname",
@@ -40,6 +64,8 @@ impl RegisterRequest {
         "ram_mb",
         "vtep_mac",
         "subnet",
+        "vxlan_port",
+        "vni",
     ];
 }
 
@@ -82,41 +108,90 @@ impl Status {
 /// A node as `GET /api/nodes` and the watch stream show it. Times are unix seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
+    #[serde(deserialize_with = "lenient::id")]
     pub node_id: String,
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub hostname: String,
     pub host_ip: Ipv4Addr,
     pub subnet: Ipv4Net,
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub cpu_cores: u32,
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub ram_mb: u64,
+    #[serde(default = "lenient::up", deserialize_with = "lenient::status")]
     pub status: Status,
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub registered_at: u64,
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub last_heartbeat: u64,
-    /// Absent until the node registers one.
+    /// Absent until the node registers one (the original agents never do).
+    #[serde(default, deserialize_with = "lenient::optional_text")]
     pub vtep_mac: Option<String>,
+    /// The UDP port of the node's VXLAN device, when it registered one (an addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_port: Option<u16>,
+    /// The VXLAN network identifier of the node's device, when it registered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
     /// What the node's agent last reported as wrong; absent when nothing is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<NodeCondition>,
 }
 
-/// The answer to a registration: the node, its credential and the cluster plan.
+/// The answer to a registration: the node, its credential and the cluster plan. The
+/// original control plane answers only `{node_id, subnet}`: the rest takes defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterResponse {
     #[serde(flatten)]
     pub node: NodeInfo,
-    /// Present as `Authorization: Bearer <node_token>` on heartbeats and to leave.
+    /// Present as `Authorization: Bearer <node_token>` on heartbeats and to leave; empty
+    /// from a control plane that issues none (then none is presented).
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub node_token: String,
-    pub cluster_cidr: Ipv4Net,
-    /// A node not heard from for this long is marked down; send heartbeats well within it.
-    pub heartbeat_timeout_ms: u64,
-    /// True when this registration made a new node, false when it renewed one.
+    /// Absent from a control plane that does not say.
+    #[serde(default, deserialize_with = "lenient::or_default")]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// A node not heard from for this long is marked down; send heartbeats well within
+    /// it. Absent from a control plane that does not say.
+    #[serde(default, deserialize_with = "lenient::or_default")]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// True when this registration made a new node, false when it renewed one; taken
+    /// as true when the control plane does not say.
+    #[serde(default = "yes", deserialize_with = "lenient::or_true")]
     pub created: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RegisterResponse {
+    /// Reads the answer to `request`. The original control plane answers only
+    /// `{node_id, subnet}`; what the request said of the node (`hostname`, `host_ip`)
+    /// stands in for what the answer leaves out.
+    pub fn from_answer(body: &[u8], request: &RegisterRequest) -> Result<Self, serde_json::Error> {
+        let mut answer: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)?;
+        for (field, said) in [
+            ("hostname", &request.hostname),
+            ("host_ip", &request.host_ip),
+        ] {
+            let value = answer.entry(field).or_insert(serde_json::Value::Null);
+            if value.is_null() {
+                *value = serde_json::Value::from(said.as_str());
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(answer))
+    }
 }
 
 /// `GET /api/nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeList {
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub nodes: Vec<NodeInfo>,
-    /// Pass as `since` to the watch stream to see every change after this list.
+    /// Pass as `since` to the watch stream to see every change after this list; 0 from
+    /// a control plane without revisions (and without a watch stream).
+    #[serde(default, deserialize_with = "lenient::or_default")]
     pub revision: Revision,
 }
 
@@ -176,6 +251,8 @@ mod tests {
             ram_mb: Some(2),
             vtep_mac: Some("02:00:00:00:00:01".into()),
             subnet: Some("10.42.3.0/24".into()),
+            vxlan_port: Some(4789),
+            vni: Some(100),
         };
         let value = serde_json::to_value(&full).unwrap();
         let mut keys: Vec<&str> = value
@@ -204,5 +281,51 @@ mod tests {
         assert_eq!(back["node_id"], "node-1");
         assert_eq!(back["node_token"], "t");
         assert!(back.get("node").is_none(), "flattened, not nested: {back}");
+    }
+
+    #[test]
+    fn the_original_control_planes_minimal_answers_parse() {
+        let request = RegisterRequest::new("h1", "192.168.1.10");
+        let r = RegisterResponse::from_answer(
+            br#"{"node_id": "6f1c2a9e-3b7d-4e0a-9c55-1d2e3f4a5b6c", "subnet": "10.42.1.0/24"}"#,
+            &request,
+        )
+        .unwrap();
+        assert_eq!(r.node.host_ip.to_string(), "192.168.1.10");
+        assert_eq!(r.node.hostname, "h1");
+        assert_eq!(r.node.node_id, "6f1c2a9e-3b7d-4e0a-9c55-1d2e3f4a5b6c");
+        assert_eq!(r.node.subnet.to_string(), "10.42.1.0/24");
+        assert_eq!((r.node_token.as_str(), r.created), ("", true));
+        assert_eq!((r.cluster_cidr, r.heartbeat_timeout_ms), (None, None));
+        assert_eq!(r.node.status, Status::Up);
+
+        let list: NodeList = serde_json::from_str(
+            r#"{"nodes": [{"node_id": 7, "hostname": null, "host_ip": "192.168.1.7",
+                "subnet": "10.42.7.0/24", "cpu_cores": null, "ram_mb": 512, "status": "DOWN",
+                "registered_at": 1, "last_heartbeat": null, "vtep_mac": ""}]}"#,
+        )
+        .unwrap();
+        assert_eq!(list.revision, 0);
+        let n = &list.nodes[0];
+        assert_eq!(n.node_id, "7");
+        assert_eq!((n.hostname.as_str(), n.cpu_cores, n.ram_mb), ("", 0, 512));
+        assert_eq!((n.status, n.last_heartbeat), (Status::Down, 0));
+        assert_eq!(n.vtep_mac, None, "an empty MAC is no MAC");
+        let empty: NodeList = serde_json::from_str(r#"{"nodes": null}"#).unwrap();
+        assert!(empty.nodes.is_empty());
+    }
+
+    #[test]
+    fn what_a_node_cannot_be_without_is_still_required() {
+        for body in [
+            r#"{"subnet": "10.42.1.0/24", "host_ip": "10.0.0.1"}"#,
+            r#"{"node_id": "a", "host_ip": "10.0.0.1"}"#,
+            r#"{"node_id": "a", "subnet": "10.42.1.0/24"}"#,
+            r#"{"node_id": "", "subnet": "10.42.1.0/24", "host_ip": "10.0.0.1"}"#,
+            r#"{"node_id": "a", "subnet": "10.42.1.0/24", "host_ip": "10.0.0.1", "status": "sleepy"}"#,
+        ] {
+            let e = serde_json::from_str::<NodeInfo>(body).unwrap_err();
+            assert!(!e.to_string().is_empty(), "{body}");
+        }
     }
 }

@@ -28,7 +28,15 @@ fn the_agent_builds_its_device_and_peer_entries() {
     let fdb = FdbEntry {
         mac: peer.mac,
         destination: Ipv4Addr::new(192, 168, 51, 2),
+        port: None,
     };
+    // Two peers without a VTEP MAC (original agents), one on another UDP port.
+    let flood = |last: u8, port: Option<u16>| FdbEntry {
+        mac: Mac([0; 6]),
+        destination: Ipv4Addr::new(192, 168, 51, last),
+        port,
+    };
+    let (flood_a, flood_b) = (flood(3, None), flood(4, Some(8472)));
     block_on_in(ns.name(), async move || {
         let k = &NetlinkKernel::open().expect("netlink");
         let underlay = k
@@ -74,6 +82,16 @@ fn the_agent_builds_its_device_and_peer_entries() {
         );
         assert_eq!(k.neighbours("vxlan100").await.unwrap(), vec![peer]);
         assert_eq!(k.fdb("vxlan100").await.unwrap(), vec![fdb]);
+        for entry in [flood_a, flood_b, flood_a, flood_b] {
+            k.replace_fdb("vxlan100", entry).await.unwrap();
+        }
+        let mut all = k.fdb("vxlan100").await.unwrap();
+        all.sort();
+        assert_eq!(
+            all,
+            vec![flood_a, flood_b, fdb],
+            "flood entries sit side by side"
+        );
     });
     let link = ns.ip(&["-d", "link", "show", "vxlan100"]).unwrap();
     assert!(
@@ -99,6 +117,11 @@ fn the_agent_builds_its_device_and_peer_entries() {
         fdb_text.contains("02:aa:bb:cc:dd:ee dst 192.168.51.2 self permanent"),
         "{fdb_text}"
     );
+    assert!(
+        fdb_text.contains("00:00:00:00:00:00 dst 192.168.51.3 self permanent")
+            && fdb_text.contains("00:00:00:00:00:00 dst 192.168.51.4 port 8472 self permanent"),
+        "{fdb_text}"
+    );
 
     block_on_in(ns.name(), async move || {
         let k = &NetlinkKernel::open().expect("netlink");
@@ -106,6 +129,13 @@ fn the_agent_builds_its_device_and_peer_entries() {
         k.delete_neighbour("vxlan100", peer.ip).await.unwrap();
         k.delete_fdb("vxlan100", fdb).await.unwrap();
         k.delete_fdb("vxlan100", fdb).await.unwrap();
+        k.delete_fdb("vxlan100", flood_b).await.unwrap();
+        assert_eq!(
+            k.fdb("vxlan100").await.unwrap(),
+            vec![flood_a],
+            "only the one named goes"
+        );
+        k.delete_fdb("vxlan100", flood_a).await.unwrap();
         assert!(k.neighbours("vxlan100").await.unwrap().is_empty());
         assert!(k.fdb("vxlan100").await.unwrap().is_empty());
         assert!(k.delete_vxlan("vxlan100").await.unwrap());

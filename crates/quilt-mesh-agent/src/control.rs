@@ -27,30 +27,54 @@ pub fn client(config: &Config, join_token: Option<String>) -> Result<ControlClie
         .build()
 }
 
+/// This node's VXLAN device as peers must match it: its port and VNI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalVxlan {
+    pub port: u16,
+    pub vni: u32,
+}
+
 /// Why an up node other than this one is not a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerRefusal {
-    #[error("it has no vtep_mac")]
-    NoMac,
     #[error("vtep_mac {0}")]
     BadMac(#[from] quilt_common::mac::MacParseError),
     #[error("vtep_mac {0} is not a unicast MAC")]
     NotUnicast(Mac),
+    #[error(
+        "it uses vni {theirs} and this node vni {ours}: their devices cannot exchange packets (set the same --vni on every node)"
+    )]
+    OtherVni { theirs: u32, ours: u32 },
 }
 
 /// The peer `node` is: `Ok(None)` for this node or a node that is not up, a refusal
-/// when its values do not make a peer.
-pub fn parse_peer(node: &NodeInfo, self_id: &str) -> Result<Option<Peer>, PeerRefusal> {
+/// when its values do not make a peer. A node without a `vtep_mac` is a peer reached by
+/// flooding; one that registered another VXLAN port is sent to at its port.
+pub fn parse_peer(
+    node: &NodeInfo,
+    self_id: &str,
+    local: LocalVxlan,
+) -> Result<Option<Peer>, PeerRefusal> {
     if node.node_id == self_id || node.status != Status::Up {
         return Ok(None);
     }
-    let vtep_mac: Mac = node
-        .vtep_mac
-        .as_deref()
-        .ok_or(PeerRefusal::NoMac)?
-        .parse()?;
-    if !vtep_mac.is_unicast() || vtep_mac.is_zero() {
-        return Err(PeerRefusal::NotUnicast(vtep_mac));
+    let vtep_mac = match node.vtep_mac.as_deref() {
+        Some(text) => {
+            let mac: Mac = text.parse()?;
+            if !mac.is_unicast() || mac.is_zero() {
+                return Err(PeerRefusal::NotUnicast(mac));
+            }
+            Some(mac)
+        }
+        None => None,
+    };
+    if let Some(theirs) = node.vni
+        && theirs != local.vni
+    {
+        return Err(PeerRefusal::OtherVni {
+            theirs,
+            ours: local.vni,
+        });
     }
     Ok(Some(Peer {
         node_id: node.node_id.clone(),
@@ -58,33 +82,70 @@ pub fn parse_peer(node: &NodeInfo, self_id: &str) -> Result<Option<Peer>, PeerRe
         subnet: node.subnet,
         host_ip: node.host_ip,
         vtep_mac,
+        port: node.vxlan_port.filter(|p| *p != local.port),
     }))
 }
 
-/// Reads nodes as peers and logs each refusal (warn, with the value) once per node and
-/// reason: a resync that lists the same refused node again says it at debug level only.
-#[derive(Debug, Default)]
+/// Reads nodes as peers, and says what is worth saying about each (a refusal, or a
+/// peer reached by flooding) at warn level with the value, once per node and reason:
+/// a resync that lists the same node again says it at debug level only.
+#[derive(Debug)]
 pub struct PeerReader {
-    refused: HashMap<String, PeerRefusal>,
+    local: LocalVxlan,
+    /// What was last said of each node, if anything.
+    said: HashMap<String, String>,
 }
 
 impl PeerReader {
+    pub fn new(local: LocalVxlan) -> Self {
+        Self {
+            local,
+            said: HashMap::new(),
+        }
+    }
+
     /// The peer `node` is, if it is one.
     pub fn peer_of(&mut self, node: &NodeInfo, self_id: &str) -> Option<Peer> {
-        match parse_peer(node, self_id) {
+        let (peer, remark) = match parse_peer(node, self_id, self.local) {
             Ok(peer) => {
-                self.refused.remove(&node.node_id);
-                peer
+                let remark = peer.as_ref().and_then(|p| self.remark(p));
+                (peer, remark)
             }
-            Err(refusal) => {
-                if self.is_news(&node.node_id, &refusal) {
-                    warn!(node_id = %node.node_id, hostname = %node.hostname, "peer {} refused: {refusal}", node.node_id);
+            Err(refusal) => (
+                None,
+                Some(format!("peer {} refused: {refusal}", node.node_id)),
+            ),
+        };
+        match remark {
+            Some(remark) => {
+                if self.is_news(&node.node_id, &remark) {
+                    warn!(node_id = %node.node_id, hostname = %node.hostname, host_ip = %node.host_ip, "{remark}");
                 } else {
-                    debug!(node_id = %node.node_id, "peer {} still refused: {refusal}", node.node_id);
+                    debug!(node_id = %node.node_id, "still: {remark}");
                 }
-                None
+            }
+            None => {
+                self.said.remove(&node.node_id);
             }
         }
+        peer
+    }
+
+    /// What to say of an accepted peer, if anything.
+    fn remark(&self, peer: &Peer) -> Option<String> {
+        if peer.vtep_mac.is_none() {
+            return Some(format!(
+                "peer {} registered no vtep_mac (an agent of the original programs?): \
+                 reaching it by flooding toward {} and a route with no gateway",
+                peer.node_id, peer.host_ip
+            ));
+        }
+        peer.port.map(|port| {
+            format!(
+                "peer {} uses vxlan port {port}, this node {}: sending to it at {port}",
+                peer.node_id, self.local.port
+            )
+        })
     }
 
     /// Every peer among the whole list `nodes`, by node id; nodes no longer listed are
@@ -103,18 +164,21 @@ impl PeerReader {
             .filter_map(|n| self.peer_of(n, self_id))
             .map(|p| (p.node_id.clone(), p))
             .collect();
-        self.refused.retain(|id, _| listed.contains(id));
+        self.said.retain(|id, _| listed.contains(id));
         peers
     }
 
-    /// Node `node_id` left: a later refusal of that id is news again.
+    /// Node `node_id` left: what is said of that id later is news again.
     pub fn forget(&mut self, node_id: &str) {
-        self.refused.remove(node_id);
+        self.said.remove(node_id);
     }
 
-    /// Records `refusal` of `node_id`; answers whether it was not already the reason.
-    fn is_news(&mut self, node_id: &str, refusal: &PeerRefusal) -> bool {
-        self.refused.insert(node_id.to_string(), refusal.clone()) != Some(refusal.clone())
+    /// Records `remark` of `node_id`; answers whether it was not already said.
+    fn is_news(&mut self, node_id: &str, remark: &str) -> bool {
+        self.said
+            .insert(node_id.to_string(), remark.to_string())
+            .as_deref()
+            != Some(remark)
     }
 }
 
@@ -136,45 +200,73 @@ pub(crate) mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             vtep_mac: mac.map(str::to_string),
+            vxlan_port: None,
+            vni: None,
             condition: None,
         }
     }
 
+    const LOCAL: LocalVxlan = LocalVxlan {
+        port: 4789,
+        vni: 100,
+    };
+
     #[test]
-    fn peers_are_the_other_up_nodes_with_a_mac() {
+    fn peers_are_the_other_up_nodes() {
         let nodes = [
             node("node-1", 1, Status::Up, Some("02:00:00:00:00:01")),
             node("node-2", 2, Status::Up, Some("02:00:00:00:00:02")),
             node("node-3", 3, Status::Down, Some("02:00:00:00:00:03")),
             node("node-4", 4, Status::Up, None),
         ];
-        let peers = PeerReader::default().peers_of(&nodes, "node-1");
-        assert_eq!(peers.keys().collect::<Vec<_>>(), vec!["node-2"]);
+        let peers = PeerReader::new(LOCAL).peers_of(&nodes, "node-1");
+        assert_eq!(peers.keys().collect::<Vec<_>>(), vec!["node-2", "node-4"]);
         let p = &peers["node-2"];
-        assert_eq!(p.gateway(), Ipv4Addr::new(10, 42, 2, 0));
+        assert_eq!(p.gateway(), Some(Ipv4Addr::new(10, 42, 2, 0)));
         assert_eq!(p.fdb().destination, Ipv4Addr::new(192, 168, 77, 12));
+        let flooded = &peers["node-4"];
+        assert_eq!((flooded.vtep_mac, flooded.gateway()), (None, None));
+        assert!(flooded.fdb().is_flood());
     }
 
     #[test]
     fn a_bad_mac_is_a_refusal_naming_the_value() {
         let bad = node("node-7", 7, Status::Up, Some("zz"));
-        let refusal = parse_peer(&bad, "node-1").unwrap_err();
+        let refusal = parse_peer(&bad, "node-1", LOCAL).unwrap_err();
         assert_eq!(
             refusal.to_string(),
             "vtep_mac \"zz\" is not a MAC address like 02:42:ac:11:00:02"
         );
         let multicast = node("node-8", 8, Status::Up, Some("01:00:5e:00:00:01"));
         assert_eq!(
-            parse_peer(&multicast, "node-1").unwrap_err().to_string(),
+            parse_peer(&multicast, "node-1", LOCAL)
+                .unwrap_err()
+                .to_string(),
             "vtep_mac 01:00:5e:00:00:01 is not a unicast MAC"
         );
-        let missing = node("node-9", 9, Status::Up, None);
+        let mut other_vni = node("node-9", 9, Status::Up, None);
+        other_vni.vni = Some(7);
         assert_eq!(
-            parse_peer(&missing, "node-1").unwrap_err(),
-            PeerRefusal::NoMac
+            parse_peer(&other_vni, "node-1", LOCAL).unwrap_err(),
+            PeerRefusal::OtherVni {
+                theirs: 7,
+                ours: 100
+            }
         );
         // Not up, or this node: not a peer, and no refusal either.
         let down = node("node-3", 3, Status::Down, Some("zz"));
-        assert_eq!(parse_peer(&down, "node-1").unwrap(), None);
+        assert_eq!(parse_peer(&down, "node-1", LOCAL).unwrap(), None);
+    }
+
+    #[test]
+    fn a_peer_on_another_port_is_sent_to_at_its_port() {
+        let mut n = node("node-5", 5, Status::Up, Some("02:00:00:00:00:05"));
+        n.vxlan_port = Some(8472);
+        n.vni = Some(100);
+        let p = parse_peer(&n, "node-1", LOCAL).unwrap().unwrap();
+        assert_eq!(p.fdb().port, Some(8472));
+        n.vxlan_port = Some(4789);
+        let p = parse_peer(&n, "node-1", LOCAL).unwrap().unwrap();
+        assert_eq!(p.fdb().port, None, "the device's own port is not named");
     }
 }

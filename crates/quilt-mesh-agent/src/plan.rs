@@ -70,19 +70,21 @@ impl PeerPlan {
 
 /// Whether adding `peer`'s neighbour or FDB entry is among the `failed` operations.
 pub fn entries_failed(peer: &Peer, failed: &BTreeSet<EntryOp>) -> bool {
-    failed.contains(&EntryOp::SetNeighbour(peer.neighbour()))
+    peer.neighbour()
+        .is_some_and(|n| failed.contains(&EntryOp::SetNeighbour(n)))
         || failed.contains(&EntryOp::SetFdb(peer.fdb()))
 }
 
 /// Plans `desired` peers against `observed`. Every permanent entry on the device is
 /// the agent's (it made the device), and every route the runtime manages is the mesh's.
-/// A route is added unless the runtime holds it via the peer's gateway over `device`
-/// and the kernel has it.
+/// A route is added unless the runtime holds it via the peer's gateway (none for a
+/// peer without a VTEP MAC) over `device` and the kernel has it. A unicast FDB entry is
+/// replaced in place when its peer moves; flood entries, one per destination, are not.
 pub fn plan(desired: &BTreeMap<String, Peer>, observed: &Observed, device: &str) -> PeerPlan {
     let have_neighbours: BTreeMap<Ipv4Addr, Neighbour> =
         observed.neighbours.iter().map(|n| (n.ip, *n)).collect();
     let have_fdb: BTreeSet<FdbEntry> = observed.fdb.iter().copied().collect();
-    let want_neighbours: BTreeSet<Ipv4Addr> = desired.values().map(Peer::gateway).collect();
+    let want_neighbours: BTreeSet<Ipv4Addr> = desired.values().filter_map(Peer::gateway).collect();
     let want_fdb: BTreeSet<FdbEntry> = desired.values().map(Peer::fdb).collect();
     let want_fdb_macs: BTreeSet<Mac> = want_fdb.iter().map(|w| w.mac).collect();
     let wanted_routes: BTreeSet<Ipv4Net> = desired.values().map(|p| p.subnet).collect();
@@ -102,22 +104,23 @@ pub fn plan(desired: &BTreeMap<String, Peer>, observed: &Observed, device: &str)
         }
     }
     for entry in &have_fdb {
-        let replaced = want_fdb_macs.contains(&entry.mac);
+        let replaced = !entry.is_flood() && want_fdb_macs.contains(&entry.mac);
         if !want_fdb.contains(entry) && !replaced {
             plan.entry_removals.push(EntryOp::DeleteFdb(*entry));
         }
     }
     for peer in desired.values() {
-        let neighbour = peer.neighbour();
-        if have_neighbours.get(&neighbour.ip) != Some(&neighbour) {
+        if let Some(neighbour) = peer.neighbour()
+            && have_neighbours.get(&neighbour.ip) != Some(&neighbour)
+        {
             plan.entry_additions.push(EntryOp::SetNeighbour(neighbour));
         }
         if !have_fdb.contains(&peer.fdb()) {
             plan.entry_additions.push(EntryOp::SetFdb(peer.fdb()));
         }
-        let in_place = have_routes.get(&peer.subnet).is_some_and(|r| {
-            r.gateway == Some(peer.gateway()) && r.interface == device && r.in_kernel
-        });
+        let in_place = have_routes
+            .get(&peer.subnet)
+            .is_some_and(|r| r.gateway == peer.gateway() && r.interface == device && r.in_kernel);
         if !in_place {
             plan.route_additions.push(peer.clone());
         }
@@ -131,12 +134,12 @@ pub fn observed_for(applied: Option<&Peer>, device: &str) -> Observed {
     match applied {
         None => Observed::default(),
         Some(peer) => Observed {
-            neighbours: vec![peer.neighbour()],
+            neighbours: peer.neighbour().into_iter().collect(),
             fdb: vec![peer.fdb()],
             routes: vec![ManagedRoute {
                 destination: peer.subnet,
                 interface: device.to_string(),
-                gateway: Some(peer.gateway()),
+                gateway: peer.gateway(),
                 in_kernel: true,
             }],
         },
@@ -162,7 +165,8 @@ mod tests {
             hostname: format!("host{n}"),
             subnet: format!("10.42.{n}.0/24").parse().unwrap(),
             host_ip: Ipv4Addr::new(192, 168, 77, 10 + n),
-            vtep_mac: format!("02:00:00:00:00:0{n}").parse().unwrap(),
+            vtep_mac: Some(format!("02:00:00:00:00:0{n}").parse().unwrap()),
+            port: None,
         }
     }
 
@@ -193,7 +197,7 @@ mod tests {
         assert_eq!(
             plan.entry_additions,
             vec![
-                EntryOp::SetNeighbour(p.neighbour()),
+                EntryOp::SetNeighbour(p.neighbour().unwrap()),
                 EntryOp::SetFdb(p.fdb())
             ]
         );
@@ -228,7 +232,7 @@ mod tests {
         assert_eq!(
             p.entry_removals,
             vec![
-                EntryOp::DeleteNeighbour(before["node-3"].gateway()),
+                EntryOp::DeleteNeighbour(before["node-3"].gateway().unwrap()),
                 EntryOp::DeleteFdb(before["node-3"].fdb()),
             ]
         );
@@ -258,7 +262,7 @@ mod tests {
         assert_eq!(
             gone.entry_removals,
             vec![
-                EntryOp::DeleteNeighbour(old.gateway()),
+                EntryOp::DeleteNeighbour(old.gateway().unwrap()),
                 EntryOp::DeleteFdb(old.fdb())
             ]
         );
@@ -275,15 +279,80 @@ mod tests {
         assert_eq!(p.route_removals, vec![old.subnet]);
         assert_eq!(
             p.entry_removals,
-            vec![EntryOp::DeleteNeighbour(old.gateway())]
+            vec![EntryOp::DeleteNeighbour(old.gateway().unwrap())]
         );
         assert_eq!(
             p.entry_additions,
-            vec![EntryOp::SetNeighbour(moved.neighbour())]
+            vec![EntryOp::SetNeighbour(moved.neighbour().unwrap())]
         );
         assert_eq!(p.route_additions, vec![moved.clone()]);
 
         // Unchanged: nothing.
         assert!(plan(&one(Some(&old)), &observed_for(Some(&old), DEVICE), DEVICE).is_empty());
+    }
+
+    /// A peer that registered no VTEP MAC, as the original agents do.
+    fn flooded(n: u8) -> Peer {
+        Peer {
+            vtep_mac: None,
+            ..peer(n)
+        }
+    }
+
+    #[test]
+    fn a_peer_without_a_mac_gets_a_flood_entry_and_a_gateway_less_route() {
+        let mut want = peers(&[2]);
+        for p in [flooded(3), flooded(4)] {
+            want.insert(p.node_id.clone(), p);
+        }
+        let p = plan(&want, &Observed::default(), DEVICE);
+        let zero = Mac([0; 6]);
+        assert_eq!(
+            p.entry_additions,
+            vec![
+                EntryOp::SetNeighbour(peer(2).neighbour().unwrap()),
+                EntryOp::SetFdb(peer(2).fdb()),
+                EntryOp::SetFdb(FdbEntry {
+                    mac: zero,
+                    destination: Ipv4Addr::new(192, 168, 77, 13),
+                    port: None
+                }),
+                EntryOp::SetFdb(FdbEntry {
+                    mac: zero,
+                    destination: Ipv4Addr::new(192, 168, 77, 14),
+                    port: None
+                }),
+            ],
+            "no neighbour entry for a peer without a MAC"
+        );
+        assert_eq!(p.route_additions.len(), 3);
+        assert_eq!(flooded(3).gateway(), None);
+        assert!(
+            plan(&want, &converged(&want), DEVICE).is_empty(),
+            "flood entries side by side are all in place"
+        );
+
+        // One flood peer leaves: only its flood entry goes, not the other's.
+        let mut fewer = want.clone();
+        fewer.remove("node-4");
+        let p = plan(&fewer, &converged(&want), DEVICE);
+        assert_eq!(p.entry_removals, vec![EntryOp::DeleteFdb(flooded(4).fdb())]);
+        assert_eq!(p.route_removals, vec![flooded(4).subnet]);
+    }
+
+    #[test]
+    fn a_peer_that_gains_a_mac_moves_from_flooding_to_its_own_entries() {
+        let before = one(Some(&flooded(3)));
+        let after = one(Some(&peer(3)));
+        let p = plan(&after, &converged(&before), DEVICE);
+        assert_eq!(p.entry_removals, vec![EntryOp::DeleteFdb(flooded(3).fdb())]);
+        assert_eq!(
+            p.entry_additions,
+            vec![
+                EntryOp::SetNeighbour(peer(3).neighbour().unwrap()),
+                EntryOp::SetFdb(peer(3).fdb())
+            ]
+        );
+        assert_eq!(p.route_additions, vec![peer(3)], "now via its gateway");
     }
 }

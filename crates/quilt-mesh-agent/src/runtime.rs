@@ -35,12 +35,13 @@ pub struct ManagedRoute {
     pub in_kernel: bool,
 }
 
-/// One route to add: `destination` via `gateway` over `interface`.
+/// One route to add: `destination` via `gateway` over `interface` (no gateway: the
+/// original form, `destination dev interface`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRequest {
     pub destination: Ipv4Net,
     pub interface: String,
-    pub gateway: Ipv4Addr,
+    pub gateway: Option<Ipv4Addr>,
 }
 
 impl RouteRequest {
@@ -48,12 +49,15 @@ impl RouteRequest {
         pb::InjectRouteRequest {
             destination: self.destination.to_string(),
             via_interface: self.interface.clone(),
-            gateway: self.gateway.to_string(),
+            gateway: self.gateway.map(|g| g.to_string()).unwrap_or_default(),
         }
     }
 
     fn what(&self) -> String {
-        format!("route {} via {}", self.destination, self.gateway)
+        match self.gateway {
+            Some(gateway) => format!("route {} via {gateway}", self.destination),
+            None => format!("route {} dev {}", self.destination, self.interface),
+        }
     }
 }
 

@@ -101,6 +101,8 @@ async fn register_peer(control: &str, n: u8) -> String {
         ram_mb: None,
         vtep_mac: Some(format!("02:00:00:00:00:{n:02x}")),
         subnet: None,
+        vxlan_port: None,
+        vni: None,
     };
     let answer = control_client(control).register(&request).await.unwrap();
     answer.node.node_id
@@ -138,6 +140,7 @@ fn peer_entries(n: u8, subnet_octet: u8) -> (Neighbour, FdbEntry) {
         FdbEntry {
             mac,
             destination: Ipv4Addr::new(192, 168, 77, 20 + n),
+            port: None,
         },
     )
 }

@@ -100,6 +100,8 @@ async fn a_resync_with_a_thousand_peers_makes_a_bounded_number_of_runtime_calls(
                     ram_mb: None,
                     vtep_mac: Some(format!("02:00:00:00:{:02x}:{:02x}", n / 256, n % 256)),
                     subnet: None,
+                    vxlan_port: None,
+                    vni: None,
                 };
                 client.register(&request).await.unwrap();
             }

@@ -354,9 +354,31 @@ pub struct NewNode {
     pub cpu_cores: u32,
     pub ram_mb: u64,
     pub vtep_mac: Option<MacAddr>,
+    pub vxlan: Vxlan,
     /// The subnet the node's runtime holds, a node subnet of the cluster (never its first):
     /// leased to the node when free, see [`crate::store::Store::register`].
     pub wanted_subnet: Option<Ipv4Net>,
+}
+
+/// The VXLAN device a node registered (both fields are additions: the original agents
+/// send neither). Peers send to `port` and must share `vni`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Vxlan {
+    pub port: Option<u16>,
+    pub vni: Option<u32>,
+}
+
+impl Vxlan {
+    /// The largest VXLAN network identifier (24 bits).
+    pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+    /// Each field of `self`, or of `old` where `self` has none.
+    pub fn or(self, old: Vxlan) -> Vxlan {
+        Vxlan {
+            port: self.port.or(old.port),
+            vni: self.vni.or(old.vni),
+        }
+    }
 }
 
 /// A node as the registry holds it.
@@ -369,6 +391,7 @@ pub struct Node {
     pub cpu_cores: u32,
     pub ram_mb: u64,
     pub vtep_mac: Option<MacAddr>,
+    pub vxlan: Vxlan,
     pub status: NodeStatus,
     /// Unix seconds.
     pub registered_at: u64,
@@ -392,6 +415,7 @@ impl NewNode {
             cpu_cores: self.cpu_cores,
             ram_mb: self.ram_mb,
             vtep_mac: self.vtep_mac,
+            vxlan: self.vxlan,
             status: NodeStatus::Up,
             registered_at: now_ms / 1000,
             last_heartbeat_ms: now_ms,
@@ -411,6 +435,7 @@ impl Node {
             cpu_cores: new.cpu_cores,
             ram_mb: new.ram_mb,
             vtep_mac: new.vtep_mac.or(self.vtep_mac),
+            vxlan: new.vxlan.or(self.vxlan),
             status: NodeStatus::Up,
             last_heartbeat_ms: now_ms,
             token_hash,
@@ -427,6 +452,7 @@ impl Node {
         self.status != other.status
             || self.subnet != other.subnet
             || self.vtep_mac != other.vtep_mac
+            || self.vxlan != other.vxlan
             || self.hostname != other.hostname
             || self.host_ip != other.host_ip
             || self.cpu_cores != other.cpu_cores
@@ -460,6 +486,7 @@ pub(crate) fn test_node(id: u64, token: &str) -> Node {
         cpu_cores: 1,
         ram_mb: 1,
         vtep_mac: None,
+        vxlan: Vxlan::default(),
         status: NodeStatus::Up,
         registered_at: 0,
         last_heartbeat_ms: 0,

@@ -18,6 +18,8 @@ fn request(hostname: &str, host_ip: &str) -> RegisterRequest {
         ram_mb: None,
         vtep_mac: Some(format!("02:00:00:00:00:{last:02x}")),
         subnet: None,
+        vxlan_port: None,
+        vni: None,
     }
 }
 

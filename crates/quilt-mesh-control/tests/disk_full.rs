@@ -87,6 +87,8 @@ fn node(n: u8) -> RegisterRequest {
         ram_mb: None,
         vtep_mac: None,
         subnet: None,
+        vxlan_port: None,
+        vni: None,
     }
 }
 

@@ -136,6 +136,8 @@ fn request(hostname: &str, host_ip: &str) -> RegisterRequest {
         ram_mb: None,
         vtep_mac: None,
         subnet: None,
+        vxlan_port: None,
+        vni: None,
     }
 }
 

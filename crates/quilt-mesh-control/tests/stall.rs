@@ -39,6 +39,8 @@ async fn a_pause_of_the_control_plane_marks_no_live_node_down() {
             ram_mb: None,
             vtep_mac: None,
             subnet: None,
+            vxlan_port: None,
+            vni: None,
         };
         let answer = client.register(&request).await.unwrap();
         nodes.push((answer.node.node_id, answer.node_token));

@@ -85,6 +85,8 @@ fn node(host_ip: &str) -> RegisterRequest {
         ram_mb: None,
         vtep_mac: None,
         subnet: None,
+        vxlan_port: None,
+        vni: None,
     }
 }
 

@@ -135,6 +135,8 @@ impl Site {
             ram_mb: None,
             vtep_mac: None,
             subnet: None,
+            vxlan_port: None,
+            vni: None,
         };
         block_on_in(self.ns.name(), async || {
             ControlClient::builder(["http://127.0.0.1:8080"])

@@ -247,11 +247,10 @@ impl Overlay for FakeOverlay {
 
     async fn replace_fdb(&self, name: &str, entry: FdbEntry) -> Result<(), KernelError> {
         self.with_device(name, |d, ops| {
-            ops.push(format!(
-                "fdb {} dst {} on {name}",
-                entry.mac, entry.destination
-            ));
-            d.fdb.retain(|e| e.mac != entry.mac);
+            ops.push(format!("{entry} on {name}"));
+            // As the kernel: a unicast MAC has one entry, the flood MAC one per destination.
+            d.fdb
+                .retain(|e| e.is_flood() || e.mac != entry.mac || e == &entry);
             d.fdb.insert(entry);
         })
     }
@@ -259,10 +258,7 @@ impl Overlay for FakeOverlay {
     async fn delete_fdb(&self, name: &str, entry: FdbEntry) -> Result<(), KernelError> {
         self.with_device(name, |d, ops| {
             if d.fdb.remove(&entry) {
-                ops.push(format!(
-                    "del fdb {} dst {} on {name}",
-                    entry.mac, entry.destination
-                ));
+                ops.push(format!("del {entry} on {name}"));
             }
         })
     }

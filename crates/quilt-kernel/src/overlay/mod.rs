@@ -52,11 +52,33 @@ pub struct Neighbour {
     pub mac: Mac,
 }
 
-/// A permanent FDB entry: `bridge fdb replace MAC dev DEV dst IP self permanent`.
+/// A permanent FDB entry: `bridge fdb replace MAC dev DEV dst IP [port P] self permanent`.
+/// The all-zero MAC is the flood entry, of which a device holds one per destination
+/// (`bridge fdb append 00:00:00:00:00:00 ...`): frames for MACs without an entry of
+/// their own go to every such destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FdbEntry {
     pub mac: Mac,
     pub destination: Ipv4Addr,
+    /// The destination's UDP port where it is not the device's own (`None`: the device's).
+    pub port: Option<u16>,
+}
+
+impl FdbEntry {
+    /// Whether this is a flood entry (the all-zero MAC).
+    pub fn is_flood(&self) -> bool {
+        self.mac.is_zero()
+    }
+}
+
+impl std::fmt::Display for FdbEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fdb {} dst {}", self.mac, self.destination)?;
+        match self.port {
+            Some(port) => write!(f, " port {port}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What the agent asks of the kernel.
@@ -134,6 +156,8 @@ pub trait Overlay: Send + Sync + 'static {
     /// The FDB entries with a remote destination on `name`.
     fn fdb(&self, name: &str) -> impl Future<Output = Result<Vec<FdbEntry>, KernelError>> + Send;
 
+    /// Adds or replaces the entry for `entry.mac` (a flood entry is added beside the
+    /// other flood entries, not in place of them).
     fn replace_fdb(
         &self,
         name: &str,

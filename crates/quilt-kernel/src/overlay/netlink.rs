@@ -3,9 +3,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use futures::StreamExt;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -103,6 +108,20 @@ fn vxlan_from_message(message: &LinkMessage) -> VxlanDevice {
         }
     }
     device
+}
+
+/// The FDB entry a bridge-family message shows, if it has a remote destination.
+fn fdb_entry(message: &NeighbourMessage) -> Option<FdbEntry> {
+    let (destination, mac) = neighbour_fields(message);
+    let port = message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Port(port) => Some(*port),
+        _ => None,
+    });
+    Some(FdbEntry {
+        mac: mac?,
+        destination: destination?,
+        port,
+    })
 }
 
 fn neighbour_fields(message: &NeighbourMessage) -> (Option<Ipv4Addr>, Option<Mac>) {
@@ -327,32 +346,50 @@ impl Overlay for NetlinkKernel {
 
     async fn fdb(&self, name: &str) -> Result<Vec<FdbEntry>, KernelError> {
         let entries = self.neighbour_entries(name, AddressFamily::Bridge).await?;
-        Ok(entries
-            .iter()
-            .filter_map(|m| match neighbour_fields(m) {
-                (Some(destination), Some(mac)) => Some(FdbEntry { mac, destination }),
-                _ => None,
-            })
-            .collect())
+        Ok(entries.iter().filter_map(fdb_entry).collect())
     }
 
     async fn replace_fdb(&self, name: &str, entry: FdbEntry) -> Result<(), KernelError> {
         let link = self.overlay_link(name).await?;
-        self.handle()
+        let mut request = self
+            .handle()
             .neighbours()
             .add_bridge(link.index, &entry.mac.0)
             .destination(IpAddr::V4(entry.destination))
             .flags(NeighbourFlags::Own)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| {
-                KernelError::from_rtnetlink(
-                    format!("set fdb {} dst {} on {name}", entry.mac, entry.destination),
-                    e,
-                )
-            })
+            .state(NeighbourState::Permanent);
+        if let Some(port) = entry.port {
+            request
+                .message_mut()
+                .attributes
+                .push(NeighbourAttribute::Port(port));
+        }
+        let operation = || format!("set {entry} on {name}");
+        if !entry.is_flood() {
+            return request
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| KernelError::from_rtnetlink(operation(), e));
+        }
+        // The kernel replaces only unicast entries; a flood destination is appended (a
+        // second append of the same one is a no-op).
+        let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(
+            request.message_mut().clone(),
+        ));
+        message.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        let mut handle = self.handle().clone();
+        let mut replies = handle
+            .request(message)
+            .map_err(|e| KernelError::from_rtnetlink(operation(), e))?;
+        while let Some(reply) = replies.next().await {
+            if let NetlinkPayload::Error(e) = reply.payload
+                && let Some(code) = e.code
+            {
+                return Err(KernelError::from_errno(operation(), -code.get()));
+            }
+        }
+        Ok(())
     }
 
     async fn delete_fdb(&self, name: &str, entry: FdbEntry) -> Result<(), KernelError> {
@@ -369,13 +406,10 @@ impl Overlay for NetlinkKernel {
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
                 entry.destination,
             )));
-        self.delete_neighbour_entry(
-            message,
-            format!(
-                "delete fdb {} dst {} on {name}",
-                entry.mac, entry.destination
-            ),
-        )
-        .await
+        if let Some(port) = entry.port {
+            message.attributes.push(NeighbourAttribute::Port(port));
+        }
+        self.delete_neighbour_entry(message, format!("delete {entry} on {name}"))
+            .await
     }
 }

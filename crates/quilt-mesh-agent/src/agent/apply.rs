@@ -61,7 +61,7 @@ impl<O: Overlay> Agent<O> {
         let outcome = self.apply(&plan, &scope, Trigger::Resync).await;
         repairs += outcome.changes;
         let failures = outcome.failures;
-        self.metrics.peers.set(self.applied.len() as i64);
+        self.metrics.count_peers(&self.applied);
         if !self.synced {
             info!(peers = self.peers.len(), failures, "initial sync done");
         } else if repairs > 0 {
@@ -242,6 +242,8 @@ impl<O: Overlay> Agent<O> {
 fn log_peer_added(peer: &Peer) {
     info!(
         node_id = %peer.node_id, hostname = %peer.hostname, subnet = %peer.subnet,
-        host_ip = %peer.host_ip, vtep_mac = %peer.vtep_mac, "peer added"
+        host_ip = %peer.host_ip,
+        vtep_mac = %peer.vtep_mac.map_or_else(|| "none (flooded)".to_string(), |m| m.to_string()),
+        "peer added"
     );
 }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::Config;
-use crate::control::{self, ControlClient, PeerReader};
+use crate::control::{self, ControlClient, LocalVxlan, PeerReader};
 use crate::metrics::Metrics;
 use crate::peers::Peer;
 use crate::runtime::RuntimeClient;
@@ -83,6 +83,10 @@ pub async fn run<O: Overlay>(
         control_planes = ?config.control_planes, runtime = %config.runtime_addr,
         "quilt-mesh-agent starting"
     );
+    let local_vxlan = LocalVxlan {
+        port: config.vxlan_port,
+        vni: config.vni,
+    };
     let mut agent = Agent {
         control: control::client(&config, config.join_token()?)?,
         runtime: RuntimeClient::new(config.runtime_address())?,
@@ -102,7 +106,7 @@ pub async fn run<O: Overlay>(
         state,
         registered: None,
         peers: BTreeMap::new(),
-        peer_reader: PeerReader::default(),
+        peer_reader: PeerReader::new(local_vxlan),
         applied: BTreeMap::new(),
         dirty: false,
         synced: false,

@@ -83,6 +83,8 @@ impl<O: Overlay> Agent<O> {
                 .as_ref()
                 .and_then(|h| h.wanted_subnet)
                 .map(|s| s.to_string()),
+            vxlan_port: Some(self.spec_template.port),
+            vni: Some(self.spec_template.vni),
         };
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -405,7 +407,7 @@ impl<O: Overlay> Agent<O> {
             warn!(node_id = %id, failures = outcome.failures, "could not apply a peer change; retrying with a full reconcile");
             self.dirty = true;
         }
-        self.metrics.peers.set(self.applied.len() as i64);
+        self.metrics.count_peers(&self.applied);
         false
     }
 }

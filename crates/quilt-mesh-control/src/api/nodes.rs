@@ -92,9 +92,10 @@ pub async fn register(
     Ok(Json(RegisterResponse {
         node: node_info(n),
         node_token: token.as_str().to_string(),
-        cluster_cidr: state.plan.cidr(),
-        heartbeat_timeout_ms: u64::try_from(state.heartbeat_timeout.as_millis())
-            .unwrap_or(u64::MAX),
+        cluster_cidr: Some(state.plan.cidr()),
+        heartbeat_timeout_ms: Some(
+            u64::try_from(state.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
+        ),
         created: registration.created,
     }))
 }

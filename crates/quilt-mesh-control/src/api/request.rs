@@ -15,7 +15,8 @@ use super::types::{HeartbeatRequest, RegisterRequest};
 
 use crate::error::ApiError;
 use crate::model::{
-    Condition, FieldError, NewNode, parse_condition, parse_host_ip, parse_hostname, parse_mac,
+    Condition, FieldError, NewNode, Vxlan, parse_condition, parse_host_ip, parse_hostname,
+    parse_mac,
 };
 
 /// Largest request body accepted.
@@ -80,6 +81,8 @@ fn explain_register(value: &Value, refusal: serde_json::Error) -> FieldError {
     let uint_max = |field: &str| match field {
         "cpu_cores" => Some(u64::from(u32::MAX)),
         "ram_mb" => Some(i64::MAX as u64),
+        "vxlan_port" => Some(u64::from(u16::MAX)),
+        "vni" => Some(u64::from(Vxlan::MAX_VNI)),
         _ => None,
     };
     for field in known {
@@ -131,12 +134,29 @@ pub fn register(body: &[u8], plan: &ClusterNetwork) -> Result<NewNode, ApiError>
         cpu_cores: request.cpu_cores.unwrap_or(0),
         ram_mb: request.ram_mb.unwrap_or(0),
         vtep_mac: request.vtep_mac.as_deref().map(parse_mac).transpose()?,
+        vxlan: vxlan(request.vxlan_port, request.vni)?,
         wanted_subnet: request
             .subnet
             .as_deref()
             .map(|s| wanted_subnet(s, plan))
             .transpose()?,
     })
+}
+
+/// The `vxlan_port` and `vni` of a registration: a port other than 0, a 24-bit VNI.
+fn vxlan(port: Option<u16>, vni: Option<u32>) -> Result<Vxlan, FieldError> {
+    if port == Some(0) {
+        return Err(FieldError("vxlan_port 0 is not a port (1 to 65535)".into()));
+    }
+    if let Some(vni) = vni
+        && vni > Vxlan::MAX_VNI
+    {
+        return Err(FieldError(format!(
+            "vni {vni} is not a VXLAN network identifier (0 to {})",
+            Vxlan::MAX_VNI
+        )));
+    }
+    Ok(Vxlan { port, vni })
 }
 
 /// The `subnet` a registration asks for: a node subnet of the cluster, not its first.

@@ -27,6 +27,8 @@ pub fn node_info(n: &Node) -> NodeInfo {
         registered_at: n.registered_at,
         last_heartbeat: n.last_heartbeat_ms / 1000,
         vtep_mac: n.vtep_mac.map(|m| m.to_string()),
+        vxlan_port: n.vxlan.port,
+        vni: n.vxlan.vni,
         condition: n.condition.as_ref().map(|c| NodeCondition {
             reason: c.reason().to_string(),
             message: c.message().to_string(),

@@ -228,6 +228,7 @@ pub(crate) mod contract {
             cpu_cores: 4,
             ram_mb: 8192,
             vtep_mac: None,
+            vxlan: Default::default(),
             wanted_subnet: None,
         }
     }
@@ -494,6 +495,30 @@ pub(crate) mod contract {
         );
     }
 
+    pub fn the_vxlan_device_is_kept_and_renewed_field_by_field(s: &mut dyn Store) {
+        use crate::model::Vxlan;
+        let mut new = new_node("a", "10.0.0.1");
+        new.vxlan = Vxlan {
+            port: Some(8472),
+            vni: Some(7),
+        };
+        let a = s.register(&new, token(), 1000).unwrap().node;
+        assert_eq!(s.get(a.id).unwrap().unwrap().vxlan, new.vxlan);
+        // A renewal that names no port keeps the old one; a new VNI is an event.
+        new.vxlan = Vxlan {
+            port: None,
+            vni: Some(9),
+        };
+        let renewed = s.register(&new, token(), 2000).unwrap();
+        let want = Vxlan {
+            port: Some(8472),
+            vni: Some(9),
+        };
+        assert_eq!(renewed.node.vxlan, want);
+        assert!(renewed.change.is_some(), "a changed vni is news to peers");
+        assert_eq!(s.list().unwrap().0[0].vxlan, want);
+    }
+
     pub fn the_holder_of_a_mac_is_found(s: &mut dyn Store) {
         let mac = parse_mac("02:00:00:00:00:0a").unwrap();
         let mut new = new_node("a", "10.0.0.1");
@@ -511,6 +536,9 @@ pub(crate) mod contract {
     pub fn run_all(mut make: impl FnMut(ClusterNetwork) -> Box<dyn Store>) {
         the_holder_of_a_mac_is_found(make(plan("10.42.0.0/16", 24)).as_mut());
         a_node_marked_down_by_id_keeps_its_lease(make(plan("10.42.0.0/16", 24)).as_mut());
+        the_vxlan_device_is_kept_and_renewed_field_by_field(
+            make(plan("10.42.0.0/16", 24)).as_mut(),
+        );
         leases_start_at_the_second_subnet_and_fill_gaps(make(plan("10.42.0.0/16", 24)).as_mut());
         the_same_host_ip_gets_its_lease_back(make(plan("10.42.0.0/16", 24)).as_mut());
         a_tiny_cluster_runs_out_cleanly(make(plan("10.99.0.0/22", 24)).as_mut());

@@ -399,6 +399,8 @@ fn node_request(i: usize) -> RegisterRequest {
             ram_mb: None,
             vtep_mac: None,
             subnet: None,
+            vxlan_port: None,
+            vni: None,
         };
     }
     RegisterRequest {
@@ -408,6 +410,8 @@ fn node_request(i: usize) -> RegisterRequest {
         ram_mb: Some(8192),
         vtep_mac: Some(format!("02:00:00:00:{:02x}:{:02x}", i / 256, i % 256)),
         subnet: None,
+        vxlan_port: None,
+        vni: None,
     }
 }
 

@@ -31,12 +31,12 @@ use super::{
     Change, ChangeKind, MarkDown, Registration, Revision, Store, StoreError, WriteHealth, exhausted,
 };
 use crate::model::{
-    Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash, hostname_from_stored,
+    Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash, Vxlan, hostname_from_stored,
     parse_mac,
 };
 use schema::{check_is_sqlite, check_plan, has_table, migrate, read_revision};
 
-const COLUMNS: &str = "id, hostname, host_ip, subnet, cpu_cores, ram_mb, vtep_mac, status, registered_at, last_heartbeat_ms, token_sha256, condition";
+const COLUMNS: &str = "id, hostname, host_ip, subnet, cpu_cores, ram_mb, vtep_mac, status, registered_at, last_heartbeat_ms, token_sha256, condition, vxlan_port, vni";
 
 /// The lowest free lease index: 1 if free, else one past the first index whose
 /// successor is free. The `subnet_index` UNIQUE index makes this a short index scan.
@@ -243,6 +243,8 @@ struct RawNode {
     last_heartbeat_ms: u64,
     token_sha256: String,
     condition: Option<String>,
+    vxlan_port: Option<u16>,
+    vni: Option<u32>,
 }
 
 fn raw(row: &Row<'_>) -> rusqlite::Result<RawNode> {
@@ -259,6 +261,8 @@ fn raw(row: &Row<'_>) -> rusqlite::Result<RawNode> {
         last_heartbeat_ms: row.get(9)?,
         token_sha256: row.get(10)?,
         condition: row.get(11)?,
+        vxlan_port: row.get(12)?,
+        vni: row.get(13)?,
     })
 }
 
@@ -281,6 +285,10 @@ impl RawNode {
             vtep_mac: match &self.vtep_mac {
                 Some(m) => Some(parse_mac(m).map_err(|_| bad("vtep_mac", m))?),
                 None => None,
+            },
+            vxlan: Vxlan {
+                port: self.vxlan_port,
+                vni: self.vni,
             },
             status: NodeStatus::parse(&self.status).ok_or_else(|| bad("status", &self.status))?,
             hostname: hostname_from_stored(self.hostname),
@@ -363,7 +371,8 @@ impl Store for SqliteStore {
             })?;
             tx.prepare_cached(
                 "UPDATE nodes SET hostname = ?1, cpu_cores = ?2, ram_mb = ?3, vtep_mac = ?4,
-                 status = 'up', last_heartbeat_ms = ?5, token_sha256 = ?7, subnet = ?8, subnet_index = ?9
+                 status = 'up', last_heartbeat_ms = ?5, token_sha256 = ?7, subnet = ?8, subnet_index = ?9,
+                 vxlan_port = ?10, vni = ?11
                  WHERE id = ?6",
             )?
             .execute(params![
@@ -375,7 +384,9 @@ impl Store for SqliteStore {
                 node.id.number(),
                 node.token_hash.as_str(),
                 node.subnet.to_string(),
-                index
+                index,
+                node.vxlan.port,
+                node.vxlan.vni
             ])?;
             let kind = old
                 .differs_for_watchers(&node)
@@ -391,7 +402,8 @@ impl Store for SqliteStore {
             let subnet = plan.subnet_at(index).ok_or_else(|| exhausted(&plan))?;
             tx.prepare_cached(
                 "INSERT INTO nodes (hostname, host_ip, subnet, subnet_index, cpu_cores, ram_mb, vtep_mac, status,
-                 registered_at, last_heartbeat_ms, token_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'up', ?8, ?9, ?10)",
+                 registered_at, last_heartbeat_ms, token_sha256, vxlan_port, vni)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'up', ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 new.hostname.as_str(),
@@ -403,7 +415,9 @@ impl Store for SqliteStore {
                 vtep_mac,
                 now_ms / 1000,
                 now_ms,
-                token_hash.as_str()
+                token_hash.as_str(),
+                new.vxlan.port,
+                new.vxlan.vni
             ])?;
             let id = NodeId::new(
                 u64::try_from(tx.last_insert_rowid())

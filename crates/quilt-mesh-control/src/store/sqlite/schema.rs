@@ -39,6 +39,9 @@ const MIGRATIONS: &[&str] = &[
     //    `migrate`, see `register_functions`)
     "ALTER TABLE nodes RENAME COLUMN token TO token_sha256;
      UPDATE nodes SET token_sha256 = quilt_sha256(token_sha256);",
+    // 5: the VXLAN port and VNI a node registered (absent for the original agents)
+    "ALTER TABLE nodes ADD COLUMN vxlan_port INTEGER;
+     ALTER TABLE nodes ADD COLUMN vni INTEGER;",
 ];
 
 /// SQL functions the migrations use: `quilt_sha256(text)`, the lowercase hex SHA-256
