@@ -228,7 +228,7 @@ impl ControlClient {
         self.send(method, path, |builder| {
             let builder = builder.timeout(timeout);
             match bearer {
-                Some(token) => builder.bearer_auth(token),
+                Some(token) => with_token(builder, token),
                 None => builder,
             }
         })
@@ -322,7 +322,7 @@ impl ControlClient {
         let timeout = self.timeouts.request;
         let (url, response) = self
             .send(Method::POST, &path, |builder| {
-                let builder = builder.timeout(timeout).bearer_auth(token);
+                let builder = with_token(builder.timeout(timeout), token);
                 match condition {
                     Some(condition) => builder.json(&HeartbeatRequest {
                         condition: Some(condition.clone()),
@@ -348,6 +348,18 @@ impl ControlClient {
         match response.status() {
             s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
             _ => Err(Self::refusal("leaving", url, response).await),
+        }
+    }
+
+    /// Marks node `node_id` down at once with its own token (`POST .../deregister`):
+    /// peers withdraw their routes now; the node keeps its subnet and comes back with
+    /// its next heartbeat. A node the control plane does not know is fine.
+    pub async fn deregister(&self, node_id: &str, token: &str) -> Result<(), ControlError> {
+        let path = format!("/api/nodes/{node_id}/deregister");
+        let (url, response) = self.call(Method::POST, &path, Some(token)).await?;
+        match response.status() {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            _ => Err(Self::refusal("deregistering", url, response).await),
         }
     }
 
@@ -381,6 +393,16 @@ impl ControlClient {
             serde_json::from_slice::<WatchEvent>(&line)
                 .map_err(|e| bad_answer("a watch event", &e, &line))
         }))
+    }
+}
+
+/// `builder` with `Authorization: Bearer <token>`, unless there is no token (a control
+/// plane that issues none, as the original, gets no header rather than an empty one).
+fn with_token(builder: RequestBuilder, token: &str) -> RequestBuilder {
+    if token.is_empty() {
+        builder
+    } else {
+        builder.bearer_auth(token)
     }
 }
 

@@ -39,6 +39,8 @@ pub mod agent {
     pub const HOST_IP: &str = "host-ip";
     pub const HOSTNAME: &str = "hostname";
     pub const RUNTIME_ADDR: &str = "runtime-addr";
+    /// The original agents' name for `--runtime-addr`, accepted as an alias.
+    pub const QUILT_RUNTIME: &str = "quilt-runtime";
     pub const RUNTIME_TLS_CA: &str = "runtime-tls-ca";
     pub const RUNTIME_TLS_CERT: &str = "runtime-tls-cert";
     pub const RUNTIME_TLS_KEY: &str = "runtime-tls-key";

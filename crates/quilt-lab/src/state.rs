@@ -58,6 +58,9 @@ pub struct LabState {
     /// none for a lab started with `--insecure`.
     #[serde(default)]
     pub pki_dir: Option<PathBuf>,
+    /// The program run as the control plane, when not quilt-mesh-control.
+    #[serde(default)]
+    pub control_program: Option<PathBuf>,
     pub heartbeat_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     /// The agents' `--resync-interval`.

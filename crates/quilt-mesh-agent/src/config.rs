@@ -89,10 +89,22 @@ pub struct Config {
     #[arg(long = flags::RESYNC_INTERVAL, env = "QUILT_AGENT_RESYNC_INTERVAL", default_value = "60s", value_parser = quilt_common::duration::parse)]
     pub resync_interval: Duration,
 
-    /// On SIGTERM, deregister and remove the device, entries and routes (otherwise all
-    /// stay, so restarting the agent does not disturb traffic).
+    /// On SIGTERM, delete this node from the control plane (its subnet is freed) and
+    /// remove the device, entries and routes (otherwise all stay, so restarting the
+    /// agent does not disturb traffic).
     #[arg(long, env = "QUILT_AGENT_LEAVE_ON_EXIT")]
     pub leave_on_exit: bool,
+
+    /// On SIGTERM, mark this node down on the control plane (`deregister`, as the
+    /// original agents do) so peers withdraw their routes to it at once; it keeps its
+    /// subnet, device and routes and comes back up with its next start. Off by default:
+    /// a rolling restart keeps traffic flowing through the node.
+    #[arg(
+        long,
+        env = "QUILT_AGENT_DEREGISTER_ON_EXIT",
+        conflicts_with = "leave_on_exit"
+    )]
+    pub deregister_on_exit: bool,
 
     /// Address for Prometheus metrics at /metrics (off when not set).
     #[arg(long, env = "QUILT_AGENT_METRICS_ADDR")]
@@ -108,8 +120,10 @@ pub struct Config {
 pub struct RuntimeAddress {
     /// quilt-runtime's gRPC address: its unix socket (unix:/PATH or /PATH), HOST:PORT,
     /// http://HOST:PORT or https://HOST:PORT (with --runtime-tls-ca).
+    /// `--quilt-runtime` is the original agents' name for it.
     #[arg(
         long = flags::RUNTIME_ADDR,
+        alias = flags::QUILT_RUNTIME,
         env = "QUILT_AGENT_RUNTIME_ADDR",
         default_value = defaults::RUNTIME_URL
     )]

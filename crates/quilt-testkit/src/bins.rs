@@ -23,31 +23,37 @@ pub fn target_dir_of_current_test() -> Result<PathBuf, String> {
 pub fn probe() -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let dir = target_dir_of_current_test()?;
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "quilt-testkit",
-                    "--bin",
-                    "quilt-rpc-probe",
-                ])
-                .status();
-            let path = dir.join("quilt-rpc-probe");
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(format!(
-                    "{} is missing (cargo build: {status:?})",
-                    path.display()
-                ))
-            }
-        })
+        .get_or_init(|| testkit_binary("quilt-rpc-probe"))
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `original-control` of quilt-testkit (a stand-in for the original control plane),
+/// built once per test process.
+pub fn original_control() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| testkit_binary("original-control"))
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Builds quilt-testkit's binary `name`; answers its path.
+fn testkit_binary(name: &str) -> Result<PathBuf, String> {
+    let dir = target_dir_of_current_test()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", "quilt-testkit", "--bin", name])
+        .status();
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing (cargo build: {status:?})",
+            path.display()
+        ))
+    }
 }
 
 /// Builds the binaries of `packages` (each package's binary of the same name, with the

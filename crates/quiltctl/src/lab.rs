@@ -129,6 +129,7 @@ fn up(args: LabUpArgs, json: bool) -> anyhow::Result<ExitCode> {
         log_level: args.daemon_log_level,
         cancel: Some(cancel),
         insecure: args.insecure,
+        control_program: None,
     };
     let mut progress = |p: &quilt_lab::Progress| {
         if json {

@@ -95,6 +95,7 @@ async fn nodes(cp: &ControlClient, json: bool) -> anyhow::Result<ExitCode> {
                 n.hostname.clone(),
                 n.host_ip.to_string(),
                 n.subnet.to_string(),
+                n.vtep_mac.clone().unwrap_or_else(|| "none".to_string()),
                 n.status.as_str().to_string(),
                 format!("{} ago", table::age(now.saturating_sub(n.last_heartbeat))),
                 n.condition
@@ -111,6 +112,7 @@ async fn nodes(cp: &ControlClient, json: bool) -> anyhow::Result<ExitCode> {
                 "HOSTNAME",
                 "HOST IP",
                 "SUBNET",
+                "VTEP MAC",
                 "STATUS",
                 "LAST HEARTBEAT",
                 "CONDITION"
@@ -120,6 +122,18 @@ async fn nodes(cp: &ControlClient, json: bool) -> anyhow::Result<ExitCode> {
     );
     if list.nodes.is_empty() {
         println!("(no nodes)");
+    }
+    let without_mac: Vec<&str> = list
+        .nodes
+        .iter()
+        .filter(|n| n.vtep_mac.is_none())
+        .map(|n| n.node_id.as_str())
+        .collect();
+    if !without_mac.is_empty() {
+        println!(
+            "no vtep_mac: {} (agents of the original programs?); peers reach them by flooding",
+            without_mac.join(", ")
+        );
     }
     // What each condition means, in its agent's words.
     for n in &list.nodes {

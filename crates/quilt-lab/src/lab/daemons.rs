@@ -187,12 +187,11 @@ pub(super) fn start_control_of(state: &mut LabState) -> Result<Child, LabError> 
     ];
     args.extend(control_tls_args(state));
     let log = state.log_dir.join("control.log");
-    let child = process::spawn_daemon(
-        &h1.netns,
-        &state.binaries_dir.join(CONTROL_BIN),
-        &args,
-        &log,
-    )?;
+    let program = state
+        .control_program
+        .clone()
+        .unwrap_or_else(|| state.binaries_dir.join(CONTROL_BIN));
+    let child = process::spawn_daemon(&h1.netns, &program, &args, &log)?;
     state.control_pid = Some(child.id());
     state.save()?;
     Ok(child)

@@ -47,6 +47,9 @@ pub struct LabSpec {
     /// default the lab makes a CA and per-host certificates, and runs the control plane
     /// with mutual TLS (and its join token), as a real cluster should.
     pub insecure: bool,
+    /// A program started in place of quilt-mesh-control, with the same flags (tests run
+    /// a stand-in for the original control plane this way). Needs `insecure`.
+    pub control_program: Option<PathBuf>,
 }
 
 impl LabSpec {
@@ -67,6 +70,7 @@ impl LabSpec {
             log_level: "info".to_string(),
             cancel: None,
             insecure: false,
+            control_program: None,
         }
     }
 }

@@ -73,6 +73,7 @@ impl Lab {
             },
             join_token: random_token()?,
             pki_dir,
+            control_program: spec.control_program.clone(),
             heartbeat_timeout_ms: spec.heartbeat_timeout.as_millis() as u64,
             heartbeat_interval_ms: spec.heartbeat_interval.as_millis() as u64,
             resync_interval_ms: spec.resync_interval.as_millis() as u64,

@@ -1,6 +1,7 @@
-//! `--leave-on-exit`: the agent takes away what it made (routes, then the device and
-//! every entry on it), then deregisters. Best effort: each failure is logged and the
-//! rest still goes.
+//! Leaving on exit. `--leave-on-exit`: the agent takes away what it made (routes, then
+//! the device and every entry on it), then deletes its node. `--deregister-on-exit`:
+//! it only marks its node down, keeping everything else. Best effort: each failure is
+//! logged and the rest still goes.
 
 use quilt_kernel::overlay::Overlay;
 use tracing::{info, warn};
@@ -39,6 +40,23 @@ impl<O: Overlay> Agent<O> {
                 Ok(()) => info!(node_id = %registered.node_id, "left the mesh"),
                 Err(e) => warn!(error = %e, "could not deregister while leaving"),
             }
+        }
+    }
+
+    /// Marks this node down on the control plane; the kernel keeps everything.
+    pub(super) async fn deregister(&mut self) {
+        let Some(registered) = &self.registered else {
+            return;
+        };
+        match self
+            .control
+            .deregister(&registered.node_id, &registered.token)
+            .await
+        {
+            Ok(()) => {
+                info!(node_id = %registered.node_id, "deregistered: marked down until the next start; routes and device stay")
+            }
+            Err(e) => warn!(error = %e, "could not deregister on exit"),
         }
     }
 }

@@ -113,10 +113,13 @@ pub async fn run<O: Overlay>(
         retry_at: Instant::now(),
         health,
         held: None,
+        polling_said: false,
     };
     let result = agent.main_loop(stop).await;
     if result.is_ok() && agent.config.leave_on_exit {
         agent.leave().await;
+    } else if result.is_ok() && agent.config.deregister_on_exit {
+        agent.deregister().await;
     }
     shutdown_task.abort();
     metrics_endpoint.finish().await;
@@ -161,6 +164,8 @@ struct Agent<O> {
     health: Health,
     /// Why the node cannot join yet (the runtime keeps another subnet), while it is so.
     held: Option<Held>,
+    /// It was said that the control plane has no watch stream (said once).
+    polling_said: bool,
 }
 
 /// A node held out of the mesh: its runtime refuses the leased subnet. The agent

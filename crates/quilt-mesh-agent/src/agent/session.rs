@@ -26,6 +26,24 @@ enum Wake {
     Heartbeat,
     Resync,
     Check,
+    /// Time to list again: the control plane has no watch stream.
+    Poll,
+}
+
+/// How often the node list is read from a control plane that has no watch stream (the
+/// original one); the watch is tried again at every full resync.
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The watch stream, or none while polling.
+type Events =
+    Option<std::pin::Pin<Box<dyn futures::Stream<Item = Result<WatchEvent, ControlError>> + Send>>>;
+
+/// The next event of `events`; never, while polling.
+async fn next_event(events: &mut Events) -> Option<Result<WatchEvent, ControlError>> {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why a session ended.
@@ -87,6 +105,7 @@ impl<O: Overlay> Agent<O> {
             vni: Some(self.spec_template.vni),
         };
         let mut backoff = Duration::from_millis(100);
+        let mut failures = FailureLog::default();
         loop {
             match self.control.register(&request).await {
                 Ok(answer) => {
@@ -116,19 +135,27 @@ impl<O: Overlay> Agent<O> {
                     self.registered = Some(registered.clone());
                     return Ok(Some(registered));
                 }
-                Err(ControlError::Refused {
-                    status, message, ..
-                }) if status.is_client_error() => {
-                    // A refusal will not change by retrying fast: say it loudly and wait.
-                    warn!(%status, %message, "the control plane refused the registration");
-                    backoff = Duration::from_secs(5);
+                Err(e) => {
+                    // An answer that is an error (a refusal, a body that does not parse)
+                    // will not change by retrying fast, and a control plane that made a
+                    // node for an answer we cannot read would make another each time.
+                    let answered = matches!(
+                        e,
+                        ControlError::Refused { .. } | ControlError::BadAnswer { .. }
+                    );
+                    let ceiling = if answered { 30 } else { 5 };
+                    backoff = if answered {
+                        backoff.max(Duration::from_secs(5))
+                    } else {
+                        backoff
+                    };
+                    failures.record(&e.to_string(), backoff);
+                    if sleep_or_stop(stop, backoff).await {
+                        return Ok(None);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(ceiling));
                 }
-                Err(e) => debug!(error = %e, "registration failed; retrying"),
             }
-            if sleep_or_stop(stop, backoff).await {
-                return Ok(None);
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -254,6 +281,8 @@ impl<O: Overlay> Agent<O> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(CHECK_INTERVAL);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let revision = match self.resync(registered).await {
                 Ok(revision) => revision,
@@ -265,8 +294,16 @@ impl<O: Overlay> Agent<O> {
                     continue;
                 }
             };
-            let events = match self.control.watch(revision).await {
-                Ok(events) => events,
+            let mut events: Events = match self.control.watch(revision).await {
+                Ok(events) => Some(Box::pin(events)),
+                Err(ControlError::Refused { status, url, .. }) if status.as_u16() == 404 => {
+                    if !self.polling_said {
+                        warn!(%url, "the control plane has no watch stream (404, as the original one); polling the node list every {} s instead", POLL_INTERVAL.as_secs());
+                        self.polling_said = true;
+                    }
+                    poll.reset();
+                    None
+                }
                 Err(e) => {
                     self.metrics.watch_reconnects.inc();
                     debug!(error = %e, "cannot open the watch stream; listing again");
@@ -276,13 +313,13 @@ impl<O: Overlay> Agent<O> {
                     continue;
                 }
             };
-            let mut events = std::pin::pin!(events);
             let resync_at = tokio::time::sleep(self.config.resync_interval);
             let mut resync_at = std::pin::pin!(resync_at);
             loop {
                 let wake = tokio::select! {
                     _ = stop.wait_for(|s| *s) => Wake::Stop,
-                    event = events.next() => Wake::Event(event),
+                    event = next_event(&mut events) => Wake::Event(event),
+                    _ = poll.tick(), if events.is_none() => Wake::Poll,
                     _ = heartbeat.tick() => Wake::Heartbeat,
                     _ = &mut resync_at => Wake::Resync,
                     _ = check.tick() => Wake::Check,
@@ -311,6 +348,14 @@ impl<O: Overlay> Agent<O> {
                     }
                     Wake::Resync => break,
                     Wake::Check => self.check(registered).await,
+                    Wake::Poll => match self.poll(registered).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            warn!(node_id = %registered.node_id, "this node is no longer listed by the control plane; registering again");
+                            return SessionEnd::Reregister;
+                        }
+                        Err(e) => warn!(error = %e, "cannot list the nodes; trying again"),
+                    },
                 }
             }
         }
@@ -363,6 +408,22 @@ impl<O: Overlay> Agent<O> {
         Ok(list.revision)
     }
 
+    /// Lists the nodes of a control plane without a watch stream, and reconciles when
+    /// the peers changed (or a change is still to be retried). Answers whether this node
+    /// is still listed.
+    async fn poll(&mut self, registered: &Registered) -> Result<bool, ControlError> {
+        let list = self.control.list().await?;
+        let listed = list.nodes.iter().any(|n| n.node_id == registered.node_id);
+        let peers = self.peer_reader.peers_of(&list.nodes, &registered.node_id);
+        if peers != self.peers || self.dirty {
+            self.peers = peers;
+            if let Err(e) = self.reconcile(registered).await {
+                warn!(error = %e, "reconcile failed; retrying shortly");
+            }
+        }
+        Ok(listed)
+    }
+
     /// Applies one watch event as the plan for its one peer; answers true when this
     /// node itself was deleted.
     async fn on_event(&mut self, registered: &Registered, event: WatchEvent) -> bool {
@@ -409,6 +470,37 @@ impl<O: Overlay> Agent<O> {
         }
         self.metrics.count_peers(&self.applied);
         false
+    }
+}
+
+/// Says why registrations fail, at warn level: the first failure, every new reason, and
+/// a reminder (with the count) at most once a minute while the same reason goes on.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<String>,
+    repeats: u64,
+    said_at: Option<Instant>,
+}
+
+impl FailureLog {
+    fn record(&mut self, error: &str, retry_in: Duration) {
+        let same = self.last.as_deref() == Some(error);
+        self.repeats = if same { self.repeats + 1 } else { 1 };
+        let due = self
+            .said_at
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+        if !same || due {
+            warn!(
+                error,
+                attempts = self.repeats,
+                retry_in_ms = retry_in.as_millis() as u64,
+                "registration failed; retrying"
+            );
+            self.said_at = Some(Instant::now());
+        } else {
+            debug!(error, attempts = self.repeats, "registration failed again");
+        }
+        self.last = Some(error.to_string());
     }
 }
 

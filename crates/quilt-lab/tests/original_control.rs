@@ -1,0 +1,89 @@
+//! Our agents and runtimes against a stand-in for the original control plane (issue 12):
+//! it answers registrations with only `{node_id, subnet}`, drops `vtep_mac`, lists
+//! nodes without `revision` and has no watch stream. On a 3-host lab the agents must
+//! poll, reach every peer by flooding with gateway-less routes (the runtimes answer
+//! proxy ARP), and build the full mesh (every container pings every other across
+//! hosts); `quiltctl nodes` reads the stand-in's list.
+
+use std::time::Duration;
+
+use quilt_lab::lab::Lab;
+use quilt_testkit::bins;
+use quilt_testkit::leaks::assert_nothing_left;
+use quilt_testkit::netns::privileged_or_skip;
+
+mod common;
+use common::{dump_logs, lab_name, mesh_bins, spec};
+
+#[test]
+fn our_agents_build_the_full_mesh_against_the_original_control_plane() {
+    if !privileged_or_skip("our_agents_build_the_full_mesh_against_the_original_control_plane") {
+        return;
+    }
+    let bins = mesh_bins();
+    let root = tempfile::tempdir().unwrap();
+    let name = lab_name("o");
+    let mut s = spec(&name, 3, 1, &bins, root.path());
+    s.insecure = true;
+    s.control_program = Some(bins::original_control());
+    s.heartbeat_timeout = Duration::from_secs(6);
+    s.heartbeat_interval = Duration::from_secs(1);
+    s.converge_timeout = Duration::from_secs(60);
+    let lab = Lab::up(s, &mut |p| eprintln!("{p}"))
+        .unwrap_or_else(|e| panic!("lab up: {e}\n{}", dump_logs(root.path(), &name)));
+    let logs = || dump_logs(root.path(), &name);
+    let after = lab.full_mesh_after();
+    assert!(
+        after.is_some(),
+        "no full mesh against the stand-in: {:?}\n{}",
+        lab.matrix(),
+        logs()
+    );
+    eprintln!("full mesh after {after:?}");
+
+    // Every host reaches its peers by flooding: no neighbour entry, a flood FDB entry per
+    // peer, routes with no gateway.
+    for host in 1..=3u16 {
+        let tables = lab.tables(host).unwrap();
+        assert!(tables.neighbours.is_empty(), "h{host}: {tables:?}");
+        let flood = tables
+            .fdb
+            .iter()
+            .filter(|f| f.starts_with("00:00:00:00:00:00"))
+            .count();
+        assert_eq!(flood, 2, "h{host}: {tables:?}");
+        assert_eq!(tables.routes.len(), 2, "h{host}: {tables:?}");
+        assert!(
+            tables.routes.iter().all(|r| !r.contains(" via ")),
+            "h{host}: gateway-less routes: {tables:?}"
+        );
+    }
+    let agent_log = std::fs::read_to_string(root.path().join(&name).join("logs/h1-agent.log"))
+        .unwrap_or_default();
+    assert!(
+        agent_log.contains("no watch stream") && agent_log.contains("registered no vtep_mac"),
+        "the agent says it polls and floods:\n{agent_log}"
+    );
+
+    // quiltctl reads the stand-in's list (no revision, no vtep_mac).
+    let quiltctl = bins::binary("quiltctl");
+    let url = lab.state().control_url.clone();
+    let h1 = lab.state().hosts[0].netns.clone();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &h1])
+        .arg(&quiltctl)
+        .args(["--control-plane", &url, "nodes"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(table.matches(" up ").count(), 3, "{table}");
+    assert!(table.contains("no vtep_mac:"), "{table}");
+
+    lab.down(true).expect("down");
+    assert_nothing_left(&name, root.path());
+}
