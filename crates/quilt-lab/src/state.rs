@@ -61,6 +61,9 @@ pub struct LabState {
     /// The program run as the control plane, when not quilt-mesh-control.
     #[serde(default)]
     pub control_program: Option<PathBuf>,
+    /// More flags for the agents of some hosts, by host index.
+    #[serde(default)]
+    pub agent_args: std::collections::BTreeMap<u16, Vec<String>>,
     pub heartbeat_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     /// The agents' `--resync-interval`.

@@ -3,7 +3,9 @@
 //! nodes without `revision` and has no watch stream. On a 3-host lab the agents must
 //! poll, reach every peer by flooding with gateway-less routes (the runtimes answer
 //! proxy ARP), and build the full mesh (every container pings every other across
-//! hosts); `quiltctl nodes` reads the stand-in's list.
+//! hosts); `quiltctl nodes` reads the stand-in's list. And a mixed cluster on our control
+//! plane where one host's agent acts as the original does (no `vtep_mac`, flood entries,
+//! gateway-less routes): its containers and the others' reach each other.
 
 use std::time::Duration;
 
@@ -84,6 +86,51 @@ fn our_agents_build_the_full_mesh_against_the_original_control_plane() {
     assert_eq!(table.matches(" up ").count(), 3, "{table}");
     assert!(table.contains("no vtep_mac:"), "{table}");
 
+    lab.down(true).expect("down");
+    assert_nothing_left(&name, root.path());
+}
+
+#[test]
+fn a_host_acting_as_the_original_agent_and_ours_reach_each_other() {
+    if !privileged_or_skip("a_host_acting_as_the_original_agent_and_ours_reach_each_other") {
+        return;
+    }
+    let bins = mesh_bins();
+    let root = tempfile::tempdir().unwrap();
+    let name = lab_name("m");
+    let mut s = spec(&name, 3, 1, &bins, root.path());
+    s.heartbeat_interval = Duration::from_secs(1);
+    s.converge_timeout = Duration::from_secs(60);
+    s.agent_args
+        .insert(3, vec!["--original-data-plane".to_string()]);
+    let lab = Lab::up(s, &mut |p| eprintln!("{p}"))
+        .unwrap_or_else(|e| panic!("lab up: {e}\n{}", dump_logs(root.path(), &name)));
+    let logs = || dump_logs(root.path(), &name);
+    assert!(
+        lab.full_mesh_after().is_some(),
+        "no full mesh with an original-style host: {:?}\n{}",
+        lab.matrix(),
+        logs()
+    );
+    let flood = |t: &quilt_lab::tables::HostTables| {
+        t.fdb
+            .iter()
+            .filter(|f| f.starts_with("00:00:00:00:00:00"))
+            .count()
+    };
+    let h3 = lab.tables(3).unwrap();
+    assert_eq!((h3.neighbours.len(), flood(&h3)), (0, 2), "h3 floods: {h3:?}");
+    assert!(h3.routes.iter().all(|r| !r.contains(" via ")), "{h3:?}");
+    for host in 1..=2u16 {
+        let t = lab.tables(host).unwrap();
+        assert_eq!(
+            (t.neighbours.len(), flood(&t)),
+            (1, 1),
+            "h{host}: one peer by MAC, h3 by flooding: {t:?}"
+        );
+        let via = t.routes.iter().filter(|r| r.contains(" via ")).count();
+        assert_eq!((t.routes.len(), via), (2, 1), "h{host}: {t:?}");
+    }
     lab.down(true).expect("down");
     assert_nothing_left(&name, root.path());
 }

@@ -106,6 +106,12 @@ pub struct Config {
     )]
     pub deregister_on_exit: bool,
 
+    /// Act as the original agents do on the data plane: register no vtep_mac, and reach
+    /// every peer by a flood FDB entry and a route with no gateway. For compatibility
+    /// tests of mixed clusters; our agents never need it with each other.
+    #[arg(long, env = "QUILT_AGENT_ORIGINAL_DATA_PLANE", hide = true)]
+    pub original_data_plane: bool,
+
     /// Address for Prometheus metrics at /metrics (off when not set).
     #[arg(long, env = "QUILT_AGENT_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,

@@ -92,14 +92,17 @@ pub fn parse_peer(
 #[derive(Debug)]
 pub struct PeerReader {
     local: LocalVxlan,
+    /// Reach every peer by flooding, as the original agents do (`--original-data-plane`).
+    flood_all: bool,
     /// What was last said of each node, if anything.
     said: HashMap<String, String>,
 }
 
 impl PeerReader {
-    pub fn new(local: LocalVxlan) -> Self {
+    pub fn new(local: LocalVxlan, flood_all: bool) -> Self {
         Self {
             local,
+            flood_all,
             said: HashMap::new(),
         }
     }
@@ -107,6 +110,13 @@ impl PeerReader {
     /// The peer `node` is, if it is one.
     pub fn peer_of(&mut self, node: &NodeInfo, self_id: &str) -> Option<Peer> {
         let (peer, remark) = match parse_peer(node, self_id, self.local) {
+            Ok(Some(peer)) if self.flood_all => (
+                Some(Peer {
+                    vtep_mac: None,
+                    ..peer
+                }),
+                None,
+            ),
             Ok(peer) => {
                 let remark = peer.as_ref().and_then(|p| self.remark(p));
                 (peer, remark)
@@ -219,7 +229,7 @@ pub(crate) mod tests {
             node("node-3", 3, Status::Down, Some("02:00:00:00:00:03")),
             node("node-4", 4, Status::Up, None),
         ];
-        let peers = PeerReader::new(LOCAL).peers_of(&nodes, "node-1");
+        let peers = PeerReader::new(LOCAL, false).peers_of(&nodes, "node-1");
         assert_eq!(peers.keys().collect::<Vec<_>>(), vec!["node-2", "node-4"]);
         let p = &peers["node-2"];
         assert_eq!(p.gateway(), Some(Ipv4Addr::new(10, 42, 2, 0)));

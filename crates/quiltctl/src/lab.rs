@@ -130,6 +130,7 @@ fn up(args: LabUpArgs, json: bool) -> anyhow::Result<ExitCode> {
         cancel: Some(cancel),
         insecure: args.insecure,
         control_program: None,
+        agent_args: Default::default(),
     };
     let mut progress = |p: &quilt_lab::Progress| {
         if json {

@@ -260,6 +260,9 @@ pub fn start_agent_of(state: &mut LabState, host: u16) -> Result<Child, LabError
         state.log_level.clone().into(),
     ];
     args.extend(agent_tls_args(state, host));
+    if let Some(extra) = state.agent_args.get(&host) {
+        args.extend(extra.iter().map(OsString::from));
+    }
     let log = state.log_dir.join(format!("h{host}-agent.log"));
     let child = process::spawn_daemon(&h.netns, &state.binaries_dir.join(AGENT_BIN), &args, &log)?;
     state.hosts[usize::from(host - 1)].agent_pid = Some(child.id());

@@ -50,6 +50,8 @@ pub struct LabSpec {
     /// A program started in place of quilt-mesh-control, with the same flags (tests run
     /// a stand-in for the original control plane this way). Needs `insecure`.
     pub control_program: Option<PathBuf>,
+    /// More flags for the agents of some hosts, by host index (from 1).
+    pub agent_args: std::collections::BTreeMap<u16, Vec<String>>,
 }
 
 impl LabSpec {
@@ -71,6 +73,7 @@ impl LabSpec {
             cancel: None,
             insecure: false,
             control_program: None,
+            agent_args: Default::default(),
         }
     }
 }

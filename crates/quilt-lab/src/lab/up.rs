@@ -74,6 +74,7 @@ impl Lab {
             join_token: random_token()?,
             pki_dir,
             control_program: spec.control_program.clone(),
+            agent_args: spec.agent_args.clone(),
             heartbeat_timeout_ms: spec.heartbeat_timeout.as_millis() as u64,
             heartbeat_interval_ms: spec.heartbeat_interval.as_millis() as u64,
             resync_interval_ms: spec.resync_interval.as_millis() as u64,

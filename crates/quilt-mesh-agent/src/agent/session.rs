@@ -94,7 +94,7 @@ impl<O: Overlay> Agent<O> {
                 .ok()
                 .map(|n| n.get() as u32),
             ram_mb: memory_mb(),
-            vtep_mac: Some(self.state.vtep_mac.to_string()),
+            vtep_mac: (!self.config.original_data_plane).then(|| self.state.vtep_mac.to_string()),
             // Only a held node asks for a subnet; otherwise the body is the original one.
             subnet: self
                 .held
