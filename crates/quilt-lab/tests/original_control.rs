@@ -119,7 +119,11 @@ fn a_host_acting_as_the_original_agent_and_ours_reach_each_other() {
             .count()
     };
     let h3 = lab.tables(3).unwrap();
-    assert_eq!((h3.neighbours.len(), flood(&h3)), (0, 2), "h3 floods: {h3:?}");
+    assert_eq!(
+        (h3.neighbours.len(), flood(&h3)),
+        (0, 2),
+        "h3 floods: {h3:?}"
+    );
     assert!(h3.routes.iter().all(|r| !r.contains(" via ")), "{h3:?}");
     for host in 1..=2u16 {
         let t = lab.tables(host).unwrap();

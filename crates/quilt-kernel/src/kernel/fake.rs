@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
 
+use crate::kernel::ProxyArp;
 use crate::{
     ContainerInterface, ContainerView, Kernel, KernelError, Link, LinkKind, Route, VethSpec,
 };
@@ -35,6 +36,8 @@ struct State {
     stalled_route_batches: Option<Arc<tokio::sync::Notify>>,
     /// Operations (`create_veth_into`, `configure_container`, ...) that fail once.
     failures: BTreeSet<String>,
+    /// Interfaces with proxy ARP and forwarding on (forgotten when the link goes).
+    proxy_arp: BTreeSet<String>,
 }
 
 impl State {
@@ -114,6 +117,7 @@ impl FakeKernel {
     pub fn remove_link(&self, name: &str) {
         let mut state = self.state();
         state.links.remove(name);
+        state.proxy_arp.remove(name);
         state.routes.retain(|_, r| r.interface != name);
         if state.bridges.remove(name).is_some() {
             state.ports.retain(|_, bridge| bridge != name);
@@ -475,6 +479,20 @@ impl Kernel for FakeKernel {
         self.remove_link(name);
         self.state().operations.push(format!("delete link {name}"));
         Ok(true)
+    }
+
+    async fn ensure_proxy_arp(&self, name: &str) -> Result<ProxyArp, KernelError> {
+        let mut state = self.state();
+        if !state.links.contains_key(name) {
+            return Ok(ProxyArp::Missing);
+        }
+        if !state.proxy_arp.insert(name.to_string()) {
+            return Ok(ProxyArp::AlreadyOn);
+        }
+        state
+            .operations
+            .push(format!("proxy_arp and forwarding on {name}"));
+        Ok(ProxyArp::TurnedOn)
     }
 }
 

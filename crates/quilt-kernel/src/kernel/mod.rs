@@ -106,4 +106,23 @@ pub trait Kernel: Send + Sync + 'static {
 
     /// Deletes link `name` (for a veth, its peer goes too); answers whether it existed.
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<bool, KernelError>> + Send;
+
+    /// Turns on proxy ARP and IPv4 forwarding on interface `name` (the overlay device),
+    /// so a peer that ARPs over it for an address this host routes elsewhere (a local
+    /// container) gets an answer.
+    fn ensure_proxy_arp(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<ProxyArp, KernelError>> + Send;
+}
+
+/// What [`Kernel::ensure_proxy_arp`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyArp {
+    /// There is no such interface (yet).
+    Missing,
+    /// Both were on already.
+    AlreadyOn,
+    /// At least one was off and is on now.
+    TurnedOn,
 }

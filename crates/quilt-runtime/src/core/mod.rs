@@ -4,7 +4,8 @@
 //! One struct, [`Runtime`], with one `impl` block per concern in a child module:
 //! `routes` (node subnet and routes), `addresses` (container address allocation),
 //! `containers` (bridge, veths, attachments), `container_repair` (the container part of
-//! reconcile) and `reconcile` (repairing the kernel).
+//! reconcile), `overlay` (proxy ARP on the overlay device) and `reconcile` (repairing the
+//! kernel).
 //! Their fields are private to this module, so nothing else in the crate can reach the
 //! store or the desired state behind the lock.
 //!
@@ -19,6 +20,7 @@
 mod addresses;
 mod container_repair;
 mod containers;
+mod overlay;
 mod reconcile;
 mod routes;
 

@@ -60,6 +60,7 @@ impl<K: Kernel> Runtime<K> {
             }
             report.repairs += 1;
         }
+        self.ensure_overlay_answers_arp(inner.desired.subnet).await;
         let containers = self.reconcile_containers(&mut inner).await;
         report.repairs += containers.repairs;
         report.failures += containers.failures;

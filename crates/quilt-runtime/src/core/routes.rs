@@ -20,6 +20,8 @@ impl<K: Kernel> Runtime<K> {
         let current = inner.desired.subnet;
         if current == Some(subnet) {
             debug!(%subnet, "node subnet unchanged");
+            // The agent may have made the overlay device again since.
+            self.ensure_overlay_answers_arp(Some(subnet)).await;
             return Ok(());
         }
         if let Some(current) = current
@@ -52,6 +54,7 @@ impl<K: Kernel> Runtime<K> {
             Some(previous) => info!(%subnet, %previous, "node subnet changed"),
             None => info!(%subnet, "node subnet configured"),
         }
+        self.ensure_overlay_answers_arp(Some(subnet)).await;
         Ok(())
     }
 

@@ -12,6 +12,7 @@ mod container;
 mod links;
 mod messages;
 mod routes;
+mod sysctl;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +22,7 @@ use nix::errno::Errno;
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
 
+use crate::kernel::ProxyArp;
 use crate::nexthop::RawBatchSocket;
 use crate::{ContainerInterface, ContainerView, Kernel, KernelError, Link, Route, VethSpec};
 
@@ -216,5 +218,11 @@ impl Kernel for NetlinkKernel {
 
     async fn delete_link(&self, name: &str) -> Result<bool, KernelError> {
         self.remove_link(name).await
+    }
+
+    async fn ensure_proxy_arp(&self, name: &str) -> Result<ProxyArp, KernelError> {
+        // /proc/sys/net is the calling thread's network namespace: the daemon's, since
+        // the whole process runs in the host's namespace. Two small writes, no socket.
+        sysctl::ensure_proxy_arp(name)
     }
 }
