@@ -80,16 +80,7 @@ fn start(mount: &Path, outside: &Path) -> (Server, String) {
 }
 
 fn node(n: u8) -> RegisterRequest {
-    RegisterRequest {
-        hostname: format!("n{n}"),
-        host_ip: format!("192.168.6.{n}"),
-        cpu_cores: None,
-        ram_mb: None,
-        vtep_mac: None,
-        subnet: None,
-        vxlan_port: None,
-        vni: None,
-    }
+    RegisterRequest::new(format!("n{n}"), format!("192.168.6.{n}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

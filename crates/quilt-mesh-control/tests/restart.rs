@@ -129,16 +129,7 @@ fn client_of(server: &ControlBinary) -> ControlClient {
 }
 
 fn request(hostname: &str, host_ip: &str) -> RegisterRequest {
-    RegisterRequest {
-        hostname: hostname.into(),
-        host_ip: host_ip.into(),
-        cpu_cores: None,
-        ram_mb: None,
-        vtep_mac: None,
-        subnet: None,
-        vxlan_port: None,
-        vni: None,
-    }
+    RegisterRequest::new(hostname, host_ip)
 }
 
 #[tokio::test]

@@ -32,16 +32,7 @@ async fn a_pause_of_the_control_plane_marks_no_live_node_down() {
         .unwrap();
     let mut nodes = Vec::new();
     for n in 1..=3u8 {
-        let request = RegisterRequest {
-            hostname: format!("n{n}"),
-            host_ip: format!("192.168.5.{n}"),
-            cpu_cores: None,
-            ram_mb: None,
-            vtep_mac: None,
-            subnet: None,
-            vxlan_port: None,
-            vni: None,
-        };
+        let request = RegisterRequest::new(format!("n{n}"), format!("192.168.5.{n}"));
         let answer = client.register(&request).await.unwrap();
         nodes.push((answer.node.node_id, answer.node_token));
     }

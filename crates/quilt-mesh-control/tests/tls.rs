@@ -78,16 +78,7 @@ fn client(server: &ControlServer, ca: &Ca, identity: Option<&Identity>) -> Contr
 }
 
 fn node(host_ip: &str) -> RegisterRequest {
-    RegisterRequest {
-        hostname: "n".into(),
-        host_ip: host_ip.into(),
-        cpu_cores: None,
-        ram_mb: None,
-        vtep_mac: None,
-        subnet: None,
-        vxlan_port: None,
-        vni: None,
-    }
+    RegisterRequest::new("n", host_ip)
 }
 
 async fn start(dir: &Path, server_id: &Identity, client_ca: Option<&Ca>) -> ControlServer {

@@ -392,16 +392,7 @@ async fn heartbeat_for(
 /// Node `i` of the benchmark (`usize::MAX`: the change the watchers wait for).
 fn node_request(i: usize) -> RegisterRequest {
     if i == usize::MAX {
-        return RegisterRequest {
-            hostname: "the-change".into(),
-            host_ip: "10.250.0.1".into(),
-            cpu_cores: None,
-            ram_mb: None,
-            vtep_mac: None,
-            subnet: None,
-            vxlan_port: None,
-            vni: None,
-        };
+        return RegisterRequest::new("the-change", "10.250.0.1");
     }
     RegisterRequest {
         hostname: format!("bench-{i}"),
