@@ -5,9 +5,11 @@
 //! proxy ARP), and build the full mesh (every container pings every other across
 //! hosts); `quiltctl nodes` reads the stand-in's list. And a mixed cluster on our control
 //! plane where one host's agent acts as the original does (no `vtep_mac`, flood entries,
-//! gateway-less routes): its containers and the others' reach each other.
+//! gateway-less routes): its containers and the others' reach each other. And an agent
+//! with `--deregister-on-exit`: stopped, its peers withdraw its route at once, long before
+//! the heartbeat timeout.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quilt_lab::lab::Lab;
 use quilt_testkit::bins;
@@ -135,6 +137,49 @@ fn a_host_acting_as_the_original_agent_and_ours_reach_each_other() {
         let via = t.routes.iter().filter(|r| r.contains(" via ")).count();
         assert_eq!((t.routes.len(), via), (2, 1), "h{host}: {t:?}");
     }
+    lab.down(true).expect("down");
+    assert_nothing_left(&name, root.path());
+}
+
+#[test]
+fn an_agent_that_deregisters_on_exit_is_withdrawn_at_once() {
+    if !privileged_or_skip("an_agent_that_deregisters_on_exit_is_withdrawn_at_once") {
+        return;
+    }
+    let bins = mesh_bins();
+    let root = tempfile::tempdir().unwrap();
+    let name = lab_name("d");
+    let mut s = spec(&name, 3, 0, &bins, root.path());
+    // Far longer than the wait below: only the deregistration can explain a withdrawal.
+    s.heartbeat_timeout = Duration::from_secs(60);
+    s.heartbeat_interval = Duration::from_secs(1);
+    s.agent_args
+        .insert(3, vec!["--deregister-on-exit".to_string()]);
+    let mut lab = Lab::up(s, &mut |p| eprintln!("{p}"))
+        .unwrap_or_else(|e| panic!("lab up: {e}\n{}", dump_logs(root.path(), &name)));
+    let logs = || dump_logs(root.path(), &name);
+    let routes = |lab: &Lab, host: u16| lab.tables(host).map(|t| t.routes.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (routes(&lab, 1) < 2 || routes(&lab, 2) < 2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!((routes(&lab, 1), routes(&lab, 2)), (2, 2), "{}", logs());
+
+    let stopped = Instant::now();
+    lab.stop_agent(3).unwrap();
+    let deadline = stopped + Duration::from_secs(10);
+    while (routes(&lab, 1) > 1 || routes(&lab, 2) > 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        (routes(&lab, 1), routes(&lab, 2)),
+        (1, 1),
+        "h3's route withdrawn on h1 and h2\n{}",
+        logs()
+    );
+    eprintln!("h3 withdrawn {:?} after SIGTERM", stopped.elapsed());
+    let h3 = lab.tables(3).unwrap();
+    assert_eq!(h3.routes.len(), 2, "h3 keeps its own routes: {h3:?}");
     lab.down(true).expect("down");
     assert_nothing_left(&name, root.path());
 }
