@@ -21,30 +21,40 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
 use quilt_common::ClusterNetwork;
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+mod row;
 mod schema;
 
 use super::{
     Change, ChangeKind, MarkDown, Registration, Revision, Store, StoreError, WriteHealth, exhausted,
 };
-use crate::model::{
-    Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash, Vxlan, hostname_from_stored,
-    parse_mac,
-};
+use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash};
+use row::{COLUMNS, RawNode, get_where, raw};
 use schema::{check_is_sqlite, check_plan, has_table, migrate, read_revision};
 
-const COLUMNS: &str = "id, hostname, host_ip, subnet, cpu_cores, ram_mb, vtep_mac, status, registered_at, last_heartbeat_ms, token_sha256, condition, vxlan_port, vni";
-
-/// The lowest free lease index: 1 if free, else one past the first index whose
-/// successor is free. The `subnet_index` UNIQUE index makes this a short index scan.
-const LOWEST_FREE_INDEX: &str = "SELECT CASE
-        WHEN NOT EXISTS (SELECT 1 FROM nodes WHERE subnet_index = 1) THEN 1
-        ELSE (SELECT MIN(a.subnet_index) + 1 FROM nodes a
-              WHERE NOT EXISTS (SELECT 1 FROM nodes b WHERE b.subnet_index = a.subnet_index + 1))
-     END";
+/// The lowest free lease index at or above `from` (every index below `from` is leased):
+/// a walk of the `subnet_index` UNIQUE index from there to the first gap. With `from`
+/// kept just past the last lease given, a registration reads one row, however many nodes
+/// there are (a query for the lowest gap of the whole table read them all).
+fn lowest_free_from(tx: &Transaction<'_>, from: u64) -> Result<u64, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT subnet_index FROM nodes WHERE subnet_index >= ?1 ORDER BY subnet_index",
+    )?;
+    let mut rows = stmt.query([from])?;
+    let mut candidate = from.max(1);
+    while let Some(row) = rows.next()? {
+        let used: u64 = row.get(0)?;
+        if used > candidate {
+            break;
+        }
+        if used == candidate {
+            candidate += 1;
+        }
+    }
+    Ok(candidate)
+}
 
 /// Longest time a heartbeat stays only in memory.
 pub const HEARTBEAT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -62,6 +72,8 @@ pub struct SqliteStore {
     /// The recorded condition of every node that has one, so a heartbeat that repeats it
     /// stays in memory.
     conditions: HashMap<NodeId, Condition>,
+    /// Every lease index below this is taken: where the search for a free one starts.
+    free_from: u64,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -117,6 +129,7 @@ impl SqliteStore {
             health: WriteHealth::default(),
             last_flush: std::time::Instant::now(),
             conditions,
+            free_from: 1,
         })
     }
 
@@ -229,95 +242,6 @@ fn read_conditions(conn: &Connection) -> Result<HashMap<NodeId, Condition>, Stor
         .collect())
 }
 
-/// A row as stored, before checking it.
-struct RawNode {
-    id: u64,
-    hostname: String,
-    host_ip: String,
-    subnet: String,
-    cpu_cores: u32,
-    ram_mb: u64,
-    vtep_mac: Option<String>,
-    status: String,
-    registered_at: u64,
-    last_heartbeat_ms: u64,
-    token_sha256: String,
-    condition: Option<String>,
-    vxlan_port: Option<u16>,
-    vni: Option<u32>,
-}
-
-fn raw(row: &Row<'_>) -> rusqlite::Result<RawNode> {
-    Ok(RawNode {
-        id: row.get(0)?,
-        hostname: row.get(1)?,
-        host_ip: row.get(2)?,
-        subnet: row.get(3)?,
-        cpu_cores: row.get(4)?,
-        ram_mb: row.get(5)?,
-        vtep_mac: row.get(6)?,
-        status: row.get(7)?,
-        registered_at: row.get(8)?,
-        last_heartbeat_ms: row.get(9)?,
-        token_sha256: row.get(10)?,
-        condition: row.get(11)?,
-        vxlan_port: row.get(12)?,
-        vni: row.get(13)?,
-    })
-}
-
-impl RawNode {
-    fn check(self) -> Result<Node, StoreError> {
-        let id = NodeId::new(self.id);
-        let bad = |what: &str, value: &str| {
-            StoreError::Corrupt(format!("node {id} has {what} {value:?}"))
-        };
-        Ok(Node {
-            id,
-            host_ip: self
-                .host_ip
-                .parse()
-                .map_err(|_| bad("host_ip", &self.host_ip))?,
-            subnet: self
-                .subnet
-                .parse::<Ipv4Net>()
-                .map_err(|_| bad("subnet", &self.subnet))?,
-            vtep_mac: match &self.vtep_mac {
-                Some(m) => Some(parse_mac(m).map_err(|_| bad("vtep_mac", m))?),
-                None => None,
-            },
-            vxlan: Vxlan {
-                port: self.vxlan_port,
-                vni: self.vni,
-            },
-            status: NodeStatus::parse(&self.status).ok_or_else(|| bad("status", &self.status))?,
-            hostname: hostname_from_stored(self.hostname),
-            cpu_cores: self.cpu_cores,
-            ram_mb: self.ram_mb,
-            registered_at: self.registered_at,
-            last_heartbeat_ms: self.last_heartbeat_ms,
-            token_hash: TokenHash::from_stored(self.token_sha256),
-            condition: match &self.condition {
-                Some(c) => Some(Condition::from_stored(c).ok_or_else(|| bad("condition", c))?),
-                None => None,
-            },
-        })
-    }
-}
-
-fn get_where(
-    conn: &Connection,
-    clause: &str,
-    key: &dyn rusqlite::ToSql,
-) -> Result<Option<Node>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM nodes WHERE {clause}");
-    let row = conn
-        .prepare_cached(&sql)?
-        .query_row([key], raw)
-        .optional()?;
-    row.map(RawNode::check).transpose()
-}
-
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Err(e) = self.flush_heartbeats() {
@@ -340,6 +264,7 @@ impl Store for SqliteStore {
         self.flush_heartbeats()?;
         let plan = self.plan;
         let current = self.revision;
+        let mut free_from = self.free_from;
         let tx = self.begin()?;
         let host_ip = new.host_ip.to_string();
         let vtep_mac = new.vtep_mac.map(|m| m.to_string());
@@ -361,6 +286,10 @@ impl Store for SqliteStore {
                 && let Some(subnet) = plan.subnet_at(wanted)
             {
                 node.subnet = subnet;
+                // The old lease is let go: the search for a free one starts there now.
+                if let Some(old_index) = index {
+                    free_from = free_from.min(old_index);
+                }
                 index = Some(wanted);
             }
             let index = index.ok_or_else(|| {
@@ -395,9 +324,11 @@ impl Store for SqliteStore {
         } else {
             let index: u64 = match wanted {
                 Some(index) => index,
-                None => tx
-                    .prepare_cached(LOWEST_FREE_INDEX)?
-                    .query_row([], |r| r.get(0))?,
+                None => {
+                    let index = lowest_free_from(&tx, free_from)?;
+                    free_from = index + 1;
+                    index
+                }
             };
             let subnet = plan.subnet_at(index).ok_or_else(|| exhausted(&plan))?;
             tx.prepare_cached(
@@ -432,6 +363,7 @@ impl Store for SqliteStore {
         };
         tx.commit()?;
         self.revision = revision;
+        self.free_from = free_from;
         Ok(Registration {
             change: kind.map(|kind| Change {
                 revision,
@@ -510,6 +442,9 @@ impl Store for SqliteStore {
         tx.commit()?;
         self.revision = revision;
         self.conditions.remove(&id);
+        if let Some(freed) = self.plan.index_of(node.subnet) {
+            self.free_from = self.free_from.min(freed);
+        }
         Ok(Change {
             revision,
             kind: ChangeKind::Deleted,
