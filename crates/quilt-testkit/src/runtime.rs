@@ -41,6 +41,16 @@ impl RuntimeHost {
         }
     }
 
+    /// A host in namespace `ns` as the caller built it (its own underlay and overlay
+    /// devices), with a fresh state folder.
+    pub fn in_netns(ns: OwnedNetns) -> Self {
+        Self {
+            ns,
+            state_dir: tempfile::tempdir().expect("temp dir"),
+            runtime: None,
+        }
+    }
+
     pub fn state_path(&self) -> &Path {
         self.state_dir.path()
     }
