@@ -251,6 +251,17 @@ impl ControlClient {
         }
     }
 
+    /// Success for a call about this node that a node no longer known (404) makes moot.
+    async fn done_or_gone(
+        what: &'static str,
+        (url, response): (String, Response),
+    ) -> Result<(), ControlError> {
+        match response.status() {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            _ => Err(Self::refusal(what, url, response).await),
+        }
+    }
+
     /// The body of a successful answer; any other answer is a refusal.
     async fn answer_body(
         what: &'static str,
@@ -344,11 +355,8 @@ impl ControlClient {
     /// Deregisters node `node_id` with its own token; a node already gone is fine.
     pub async fn leave(&self, node_id: &str, token: &str) -> Result<(), ControlError> {
         let path = format!("/api/nodes/{node_id}");
-        let (url, response) = self.call(Method::DELETE, &path, Some(token)).await?;
-        match response.status() {
-            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
-            _ => Err(Self::refusal("leaving", url, response).await),
-        }
+        let answer = self.call(Method::DELETE, &path, Some(token)).await?;
+        Self::done_or_gone("leaving", answer).await
     }
 
     /// Marks node `node_id` down at once with its own token (`POST .../deregister`):
@@ -356,11 +364,8 @@ impl ControlClient {
     /// its next heartbeat. A node the control plane does not know is fine.
     pub async fn deregister(&self, node_id: &str, token: &str) -> Result<(), ControlError> {
         let path = format!("/api/nodes/{node_id}/deregister");
-        let (url, response) = self.call(Method::POST, &path, Some(token)).await?;
-        match response.status() {
-            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
-            _ => Err(Self::refusal("deregistering", url, response).await),
-        }
+        let answer = self.call(Method::POST, &path, Some(token)).await?;
+        Self::done_or_gone("deregistering", answer).await
     }
 
     /// An operator deletes node `node_id` (with the join token, if given); answers the

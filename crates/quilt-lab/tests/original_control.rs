@@ -12,12 +12,26 @@
 use std::time::{Duration, Instant};
 
 use quilt_lab::lab::Lab;
+use quilt_lab::tables::HostTables;
 use quilt_testkit::bins;
 use quilt_testkit::leaks::assert_nothing_left;
 use quilt_testkit::netns::privileged_or_skip;
 
 mod common;
 use common::{dump_logs, lab_name, mesh_bins, spec};
+
+/// What a host holds for its peers: (neighbour entries, flood FDB entries, routes, routes
+/// via a gateway). A peer of ours adds (1, 0, 1, 1); one reached by flooding (1 flood
+/// entry, a route with no gateway) adds (0, 1, 1, 0).
+fn shape(t: &HostTables) -> (usize, usize, usize, usize) {
+    let flood = t
+        .fdb
+        .iter()
+        .filter(|f| f.starts_with("00:00:00:00:00:00"))
+        .count();
+    let via = t.routes.iter().filter(|r| r.contains(" via ")).count();
+    (t.neighbours.len(), flood, t.routes.len(), via)
+}
 
 #[test]
 fn our_agents_build_the_full_mesh_against_the_original_control_plane() {
@@ -49,18 +63,7 @@ fn our_agents_build_the_full_mesh_against_the_original_control_plane() {
     // peer, routes with no gateway.
     for host in 1..=3u16 {
         let tables = lab.tables(host).unwrap();
-        assert!(tables.neighbours.is_empty(), "h{host}: {tables:?}");
-        let flood = tables
-            .fdb
-            .iter()
-            .filter(|f| f.starts_with("00:00:00:00:00:00"))
-            .count();
-        assert_eq!(flood, 2, "h{host}: {tables:?}");
-        assert_eq!(tables.routes.len(), 2, "h{host}: {tables:?}");
-        assert!(
-            tables.routes.iter().all(|r| !r.contains(" via ")),
-            "h{host}: gateway-less routes: {tables:?}"
-        );
+        assert_eq!(shape(&tables), (0, 2, 2, 0), "h{host}: {tables:?}");
     }
     let agent_log = std::fs::read_to_string(root.path().join(&name).join("logs/h1-agent.log"))
         .unwrap_or_default();
@@ -114,28 +117,15 @@ fn a_host_acting_as_the_original_agent_and_ours_reach_each_other() {
         lab.matrix(),
         logs()
     );
-    let flood = |t: &quilt_lab::tables::HostTables| {
-        t.fdb
-            .iter()
-            .filter(|f| f.starts_with("00:00:00:00:00:00"))
-            .count()
-    };
     let h3 = lab.tables(3).unwrap();
-    assert_eq!(
-        (h3.neighbours.len(), flood(&h3)),
-        (0, 2),
-        "h3 floods: {h3:?}"
-    );
-    assert!(h3.routes.iter().all(|r| !r.contains(" via ")), "{h3:?}");
+    assert_eq!(shape(&h3), (0, 2, 2, 0), "h3 floods to both: {h3:?}");
     for host in 1..=2u16 {
         let t = lab.tables(host).unwrap();
         assert_eq!(
-            (t.neighbours.len(), flood(&t)),
-            (1, 1),
-            "h{host}: one peer by MAC, h3 by flooding: {t:?}"
+            shape(&t),
+            (1, 1, 2, 1),
+            "h{host}: the other of ours by MAC and via its gateway, h3 by flooding: {t:?}"
         );
-        let via = t.routes.iter().filter(|r| r.contains(" via ")).count();
-        assert_eq!((t.routes.len(), via), (2, 1), "h{host}: {t:?}");
     }
     lab.down(true).expect("down");
     assert_nothing_left(&name, root.path());

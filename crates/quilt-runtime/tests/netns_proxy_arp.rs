@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use quilt_proto as pb;
-use quilt_testkit::netns::{OwnedNetns, privileged_or_skip, unique_name};
+use quilt_testkit::netns::{OwnedNetns, Underlay, privileged_or_skip, unique_name};
 use quilt_testkit::runtime::RuntimeHost;
 
 /// One side of the pair: its underlay address, the other side's, and its node subnet.
@@ -55,22 +55,8 @@ fn add_original_vxlan100(ns: &OwnedNetns, side: &Side) {
         ns.ip(args)
             .unwrap_or_else(|e| panic!("ip {} in {}: {e}", args.join(" "), ns.name()))
     };
-    step(&[
-        "link",
-        "add",
-        "vxlan100",
-        "type",
-        "vxlan",
-        "id",
-        "100",
-        "dstport",
-        "4789",
-        "local",
-        side.local,
-        "dev",
-        "underlay0",
-        "nolearning",
-    ]);
+    ns.add_vxlan100(side.local)
+        .unwrap_or_else(|e| panic!("vxlan100 over {} in {}: {e}", side.local, ns.name()));
     run(
         "flood entry",
         Command::new("bridge").args([
@@ -87,7 +73,6 @@ fn add_original_vxlan100(ns: &OwnedNetns, side: &Side) {
     );
     let dot_zero = side.subnet.replace("/24", "/32");
     step(&["addr", "add", &dot_zero, "dev", "vxlan100"]);
-    step(&["link", "set", "vxlan100", "up"]);
     for knob in KNOBS {
         write_knob(ns, knob, "0");
     }

@@ -87,7 +87,7 @@ pub async fn run<O: Overlay>(
         port: config.vxlan_port,
         vni: config.vni,
     };
-    let config_flood_all = config.original_data_plane;
+    let flood_all = config.original_data_plane;
     let mut agent = Agent {
         control: control::client(&config, config.join_token()?)?,
         runtime: RuntimeClient::new(config.runtime_address())?,
@@ -107,7 +107,7 @@ pub async fn run<O: Overlay>(
         state,
         registered: None,
         peers: BTreeMap::new(),
-        peer_reader: PeerReader::new(local_vxlan, config_flood_all),
+        peer_reader: PeerReader::new(local_vxlan, flood_all),
         applied: BTreeMap::new(),
         dirty: false,
         synced: false,

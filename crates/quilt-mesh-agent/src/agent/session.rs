@@ -143,12 +143,8 @@ impl<O: Overlay> Agent<O> {
                         e,
                         ControlError::Refused { .. } | ControlError::BadAnswer { .. }
                     );
-                    let ceiling = if answered { 30 } else { 5 };
-                    backoff = if answered {
-                        backoff.max(Duration::from_secs(5))
-                    } else {
-                        backoff
-                    };
+                    let (floor, ceiling) = if answered { (5, 30) } else { (0, 5) };
+                    backoff = backoff.max(Duration::from_secs(floor));
                     failures.record(&e.to_string(), backoff);
                     if sleep_or_stop(stop, backoff).await {
                         return Ok(None);

@@ -13,7 +13,7 @@ use super::request;
 use super::types::{HeartbeatResponse, NodeInfo, NodeList, RegisterResponse, node_info};
 use crate::auth::{AuthError, bearer};
 use crate::error::ApiError;
-use crate::model::{NodeId, NodeToken};
+use crate::model::{Node, NodeId, NodeToken};
 use crate::registry::RegistryError;
 use crate::store::StoreError;
 use crate::tls::Peer;
@@ -41,6 +41,23 @@ impl<S: Send + Sync> FromRequestParts<S> for PathNodeId {
             }
         }
     }
+}
+
+/// The check of a call a node makes as itself (heartbeat, deregister): its own token
+/// (none needed when the server runs open) and, under mutual TLS, a certificate naming
+/// its host IP. A malformed `Authorization` header is refused before anything is read.
+fn the_node_itself(
+    state: &AppState,
+    peer: Option<Extension<Peer>>,
+    headers: &HeaderMap,
+) -> Result<impl FnOnce(&Node) -> Result<(), AuthError> + Send + 'static, ApiError> {
+    let presented = bearer(headers.get(AUTHORIZATION))?;
+    let policy = state.policy.clone();
+    let peer = peer_of(peer);
+    Ok(move |node: &Node| {
+        policy.heartbeat(node, presented.as_deref())?;
+        AuthError::check_certificate(&peer, node.host_ip)
+    })
 }
 
 /// The connection's [`Peer`] (none when the router is called without the server loop).
@@ -107,17 +124,9 @@ pub async fn heartbeat(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let presented = bearer(headers.get(AUTHORIZATION))?;
+    let authorize = the_node_itself(&state, peer, &headers)?;
     let condition = request::heartbeat(&request::body(body)?)?;
-    let policy = state.policy.clone();
-    let peer = peer_of(peer);
-    let node = state
-        .registry
-        .heartbeat(id, condition, move |node| {
-            policy.heartbeat(node, presented.as_deref())?;
-            AuthError::check_certificate(&peer, node.host_ip)
-        })
-        .await?;
+    let node = state.registry.heartbeat(id, condition, authorize).await?;
     state.metrics.heartbeats.inc();
     let info = node_info(&node);
     Ok(Json(HeartbeatResponse {
@@ -138,17 +147,9 @@ pub async fn deregister(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<NodeInfo>, ApiError> {
-    let presented = bearer(headers.get(AUTHORIZATION))?;
+    let authorize = the_node_itself(&state, peer, &headers)?;
     request::body(body)?;
-    let policy = state.policy.clone();
-    let peer = peer_of(peer);
-    let node = state
-        .registry
-        .deregister(id, move |node| {
-            policy.heartbeat(node, presented.as_deref())?;
-            AuthError::check_certificate(&peer, node.host_ip)
-        })
-        .await?;
+    let node = state.registry.deregister(id, authorize).await?;
     tracing::info!(node = %node.id, host_ip = %node.host_ip, subnet = %node.subnet, "node deregistered: marked down, lease kept");
     Ok(Json(node_info(&node)))
 }
