@@ -18,6 +18,9 @@ pub mod control {
     pub const TLS_CERT: &str = "tls-cert";
     pub const TLS_KEY: &str = "tls-key";
     pub const TLS_CA: &str = "tls-ca";
+    pub const STORE: &str = "store";
+    pub const ETCD_ENDPOINTS: &str = "etcd-endpoints";
+    pub const ETCD_PREFIX: &str = "etcd-prefix";
 }
 
 /// quilt-runtime's flags.

@@ -9,14 +9,42 @@ use quilt_common::ClusterNetwork;
 use quilt_common::defaults;
 use quilt_common::flags::control as flags;
 
+/// Where nodes and leases are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// One SQLite file: one control plane on one machine.
+    Sqlite,
+    /// An etcd cluster: several replicas share it, any one serves the whole API.
+    Etcd,
+}
+
 /// How the control plane runs.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "quilt-mesh-control",
     version,
-    about = "Quilt Mesh control plane: node registry, subnet leases, heartbeats, watch"
+    about = "Quilt Mesh control plane: node registry, subnet leases, heartbeats, watch",
+    long_about = "Quilt Mesh control plane: node registry, subnet leases, heartbeats, watch.\n\nOne replica over SQLite (the default), or several replicas over one etcd cluster (--store etcd), any of which serves the whole API. `quilt-mesh-control migrate` moves a cluster from SQLite to etcd.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Where nodes and leases are kept: `sqlite` (--db-path) or `etcd` (--etcd-endpoints).
+    #[arg(long = flags::STORE, env = "QUILT_CONTROL_STORE", value_enum, default_value = "sqlite")]
+    pub store: StoreKind,
+
+    /// etcd client URLs, comma-separated (`http://10.0.0.1:2379,http://10.0.0.2:2379`); with
+    /// --store etcd. Every replica of one cluster names the same etcd cluster and prefix.
+    #[arg(long = flags::ETCD_ENDPOINTS, env = "QUILT_CONTROL_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+
+    /// The etcd key prefix this cluster's keys live under (several clusters can share one
+    /// etcd with different prefixes).
+    #[arg(long = flags::ETCD_PREFIX, env = "QUILT_CONTROL_ETCD_PREFIX", default_value = "/quilt")]
+    pub etcd_prefix: String,
+
     /// Address to listen on for HTTP.
     #[arg(
         long = flags::LISTEN,
@@ -113,6 +141,56 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
 }
 
+/// Other jobs than serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Copies a cluster from SQLite into an empty etcd prefix: every node with its id,
+    /// subnet, token hash and heartbeat, and the revision, so no node re-registers. Stop
+    /// the SQLite control plane first; start the etcd replicas after.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// The SQLite database to read, as `sqlite:PATH`.
+    #[arg(long, value_parser = parse_sqlite_source)]
+    pub from: PathBuf,
+    /// The etcd cluster to write, as `etcd:URL[,URL...]`.
+    #[arg(long, value_parser = parse_etcd_target)]
+    pub to: EtcdTarget,
+    /// The key prefix to write under (it must hold no nodes yet).
+    #[arg(long = flags::ETCD_PREFIX, default_value = "/quilt")]
+    pub etcd_prefix: String,
+}
+
+/// The etcd endpoints of `--to etcd:URLS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTarget(pub Vec<String>);
+
+fn parse_sqlite_source(value: &str) -> Result<PathBuf, String> {
+    match value.strip_prefix("sqlite:") {
+        Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(format!("{value:?} is not sqlite:PATH")),
+    }
+}
+
+fn parse_etcd_target(value: &str) -> Result<EtcdTarget, String> {
+    let urls: Vec<String> = value
+        .strip_prefix("etcd:")
+        .unwrap_or_default()
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(format!("{value:?} is not etcd:URL[,URL...]"));
+    }
+    if let Some(bad) = urls.iter().find(|u| !u.starts_with("http://")) {
+        return Err(format!("etcd endpoint {bad:?} is not an http:// URL"));
+    }
+    Ok(EtcdTarget(urls))
+}
+
 /// Why a configuration cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -124,6 +202,12 @@ pub enum ConfigError {
     TimeoutTooShort(Duration),
     #[error(transparent)]
     JoinTokenFile(#[from] quilt_common::secret_file::SecretFileError),
+    #[error("--store etcd needs --etcd-endpoints (like http://127.0.0.1:2379)")]
+    NoEtcdEndpoints,
+    #[error("etcd endpoint {0:?} is not an http:// URL (like http://127.0.0.1:2379)")]
+    BadEtcdEndpoint(String),
+    #[error("etcd prefix {0:?} must start with / and hold no spaces")]
+    BadEtcdPrefix(String),
 }
 
 impl Config {
@@ -156,6 +240,19 @@ impl Config {
         if self.heartbeat_timeout < Duration::from_millis(10) {
             return Err(ConfigError::TimeoutTooShort(self.heartbeat_timeout));
         }
+        if self.store == StoreKind::Etcd {
+            if self.etcd_endpoints.iter().all(|e| e.trim().is_empty()) {
+                return Err(ConfigError::NoEtcdEndpoints);
+            }
+            if let Some(bad) = self
+                .etcd_endpoints
+                .iter()
+                .find(|e| !e.trim().starts_with("http://"))
+            {
+                return Err(ConfigError::BadEtcdEndpoint(bad.clone()));
+            }
+            check_etcd_prefix(&self.etcd_prefix)?;
+        }
         Ok(ClusterNetwork::new(
             self.cluster_cidr,
             self.node_prefix_len,
@@ -163,10 +260,80 @@ impl Config {
     }
 }
 
+/// An etcd prefix: absolute, printable, no spaces.
+pub fn check_etcd_prefix(prefix: &str) -> Result<(), ConfigError> {
+    let ok = prefix.starts_with('/')
+        && prefix.len() > 1
+        && prefix.len() <= 256
+        && prefix.chars().all(|c| c.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::BadEtcdPrefix(prefix.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn the_etcd_store_needs_endpoints_and_a_sane_prefix() {
+        let c = Config::parse_from(["x", "--store", "etcd"]);
+        assert!(matches!(c.validate(), Err(ConfigError::NoEtcdEndpoints)));
+        let c = Config::parse_from([
+            "x",
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379,http://127.0.0.1:2479",
+        ]);
+        assert_eq!(c.etcd_endpoints.len(), 2);
+        assert!(c.validate().is_ok());
+        let c = Config::parse_from(["x", "--store", "etcd", "--etcd-endpoints", "127.0.0.1:2379"]);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("127.0.0.1:2379")
+        );
+        let c = Config::parse_from([
+            "x",
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://a:1",
+            "--etcd-prefix",
+            "quilt",
+        ]);
+        assert!(matches!(c.validate(), Err(ConfigError::BadEtcdPrefix(_))));
+    }
+
+    #[test]
+    fn migrate_names_its_source_and_target() {
+        let c = Config::parse_from([
+            "x",
+            "migrate",
+            "--from",
+            "sqlite:/var/lib/quilt/quilt-mesh.db",
+            "--to",
+            "etcd:http://a:2379,http://b:2379",
+        ]);
+        let Some(Command::Migrate(m)) = c.command else {
+            panic!("not migrate")
+        };
+        assert_eq!(m.from, PathBuf::from("/var/lib/quilt/quilt-mesh.db"));
+        assert_eq!(m.to.0, ["http://a:2379", "http://b:2379"]);
+        assert!(
+            Config::try_parse_from(["x", "migrate", "--from", "/x.db", "--to", "etcd:http://a:1"])
+                .is_err()
+        );
+        assert!(
+            Config::try_parse_from(["x", "migrate", "--from", "sqlite:/x", "--to", "etcd:"])
+                .is_err()
+        );
+    }
 
     #[test]
     fn durations_use_the_shared_parser() {

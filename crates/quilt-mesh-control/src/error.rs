@@ -76,7 +76,9 @@ impl ApiError {
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
             ApiError::Watch(_) => StatusCode::GONE,
             ApiError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
-            ApiError::Store(StoreError::Exhausted { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(StoreError::Exhausted { .. } | StoreError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ShuttingDown | ApiError::TooManyWatchers(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -92,7 +94,9 @@ impl IntoResponse for ApiError {
         // A full watch cap clears by itself: tell the client when to try again.
         let retry_soon = matches!(
             self,
-            ApiError::TooManyWatchers(_) | ApiError::TooManyWatchersFromClient { .. }
+            ApiError::TooManyWatchers(_)
+                | ApiError::TooManyWatchersFromClient { .. }
+                | ApiError::Store(StoreError::Unavailable(_))
         );
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %self, "request failed");

@@ -12,7 +12,8 @@
 //! - [`watch`]: revisions, retained history and fan-out to watchers.
 //! - [`monitor`]: marks down nodes that stopped sending heartbeats.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`store`]: the [`store::Store`] trait, SQLite and in-memory implementations.
+//! - [`store`]: the [`store::Store`] trait; SQLite, etcd and in-memory implementations.
+//! - [`migrate`]: `quilt-mesh-control migrate`, from SQLite to etcd.
 //! - [`model`]: validated domain values (node ids, tokens, hostnames, MACs, nodes).
 //!
 //! [`run`] serves until its shutdown future completes, then stops every task it started.
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod monitor;
 pub mod registry;
@@ -40,31 +42,78 @@ pub use config::Config;
 
 use crate::api::AppState;
 use crate::auth::Policy;
+use crate::config::StoreKind;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::store::{SqliteStore, Store};
+use crate::registry::{Publication, Registry};
+use crate::store::etcd::Feed;
+use crate::store::{EtcdStore, SqliteStore, Store, StoreError};
 use crate::watch::Hub;
 
-/// Opens the SQLite database named by `config` and serves the API on `listener` until
-/// `shutdown` completes.
+/// How often a replica that starts while etcd is unavailable tries again.
+const ETCD_OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Opens the store `config` names (the SQLite database, or the etcd cluster) and serves
+/// the API on `listener` until `shutdown` completes.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let plan = config.validate()?;
-    let path = config.db_path.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, plan))
-        .await
-        .context("opening the database panicked")?
-        .with_context(|| format!("cannot open database {}", config.db_path.display()))?;
-    run_with_store(config, Box::new(store), listener, shutdown).await
+    match config.store {
+        StoreKind::Sqlite => {
+            let path = config.db_path.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, plan))
+                .await
+                .context("opening the database panicked")?
+                .with_context(|| format!("cannot open database {}", config.db_path.display()))?;
+            serve_store(config, Box::new(store), None, listener, shutdown).await
+        }
+        StoreKind::Etcd => {
+            let client = quilt_etcd::EtcdClient::new(&config.etcd_endpoints, Default::default())?;
+            let mut shutdown = Box::pin(shutdown);
+            let (store, feed) = loop {
+                match EtcdStore::open(client.clone(), &config.etcd_prefix, plan).await {
+                    Ok(opened) => break opened,
+                    Err(StoreError::Unavailable(e)) => {
+                        tracing::warn!(error = %e, "etcd is unavailable; trying again every second before serving");
+                        tokio::select! {
+                            _ = tokio::time::sleep(ETCD_OPEN_RETRY) => {}
+                            _ = &mut shutdown => return Ok(()),
+                        }
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "cannot use etcd prefix {} at {}",
+                                config.etcd_prefix,
+                                config.etcd_endpoints.join(",")
+                            )
+                        });
+                    }
+                }
+            };
+            serve_store(config, Box::new(store), Some(feed), listener, shutdown).await
+        }
+    }
 }
 
 /// Serves the API over `store` (any [`Store`], such as [`store::MemoryStore`] in tests).
 pub async fn run_with_store(
     config: Config,
+    store: Box<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_store(config, store, None, listener, shutdown).await
+}
+
+/// Serves the API over `store`; watchers learn its changes from `feed` when it has one
+/// (a store other replicas share), else from the registry.
+async fn serve_store(
+    config: Config,
     mut store: Box<dyn Store>,
+    feed: Option<Feed>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -97,12 +146,16 @@ pub async fn run_with_store(
         Some(tls) => Some(tls.reload_on_sighup().context("cannot watch for SIGHUP")?),
         None => None,
     };
-    let revision = store.revision()?;
+    let (revision, publication) = match &feed {
+        Some(feed) => (feed.start_revision(), Publication::ByFeed),
+        None => (store.revision()?, Publication::ByRegistry),
+    };
     let hub = Arc::new(Hub::new(revision, config.watch_history));
-    let (registry, registry_thread) =
-        Registry::start(store, hub).context("cannot start the registry thread")?;
+    let (registry, registry_thread) = Registry::start(store, hub.clone(), publication)
+        .context("cannot start the registry thread")?;
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let feed = feed.map(|feed| tokio::spawn(feed.run(hub, stop_rx.clone())));
 
     let monitor = tokio::spawn(monitor::run(
         registry.clone(),
@@ -141,6 +194,7 @@ pub async fn run_with_store(
         listen = %local,
         tls = tls.is_some(),
         mutual_tls = tls.as_ref().is_some_and(tls::ServerTls::mutual),
+        store = ?config.store,
         cluster_cidr = %config.cluster_cidr,
         node_prefix_len = config.node_prefix_len,
         heartbeat_timeout = ?config.heartbeat_timeout,
@@ -169,6 +223,11 @@ pub async fn run_with_store(
     }
     if let Err(e) = monitor.await {
         tracing::error!(error = %e, "heartbeat monitor panicked");
+    }
+    if let Some(feed) = feed
+        && let Err(e) = feed.await
+    {
+        tracing::error!(error = %e, "etcd change feed panicked");
     }
     registry_thread.stop().await;
     tracing::info!("quilt-mesh-control stopped");

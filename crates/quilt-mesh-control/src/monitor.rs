@@ -5,7 +5,11 @@
 //! before anyone is judged: after a start (a restart must not mark every node down before
 //! it had a chance to send a heartbeat), and after a stall of the control plane itself
 //! (the process paused, the machine suspended, the clock jumped): heartbeats sent during
-//! a stall were not read, so their absence says nothing about the nodes.
+//! a stall were not read, so their absence says nothing about the nodes. Likewise after
+//! the store failed a check (etcd lost): heartbeats may have failed to land meanwhile.
+//!
+//! With etcd every replica runs its monitor; a node is marked down by whichever replica
+//! wins the compare-and-set (see [`crate::store::etcd`]), exactly once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +58,12 @@ impl Grace {
             until_ms: now_ms.saturating_add(timeout_ms),
             last_wall_ms: now_ms,
         }
+    }
+
+    /// Judges nobody for one timeout from `now_ms`: the store could not be read or
+    /// written (etcd lost), so heartbeats sent meanwhile may not have been recorded.
+    pub fn hold(&mut self, now_ms: u64) {
+        self.until_ms = self.until_ms.max(now_ms.saturating_add(self.timeout_ms));
     }
 
     /// A check at wall-clock `now_ms`, `since_last` after the previous one by the
@@ -107,7 +117,12 @@ pub async fn run(
                 }
                 metrics.nodes_marked_down.inc_by(down.len() as u64);
             }
-            Err(e) => tracing::error!(error = %e, "heartbeat monitor cannot check nodes"),
+            Err(e) => {
+                // Heartbeats may have failed to land as well: give every node a full
+                // timeout once the store works again.
+                grace.hold(now_ms());
+                tracing::error!(error = %e, "heartbeat monitor cannot check nodes; no node is marked down until one full timeout after the store works again");
+            }
         }
     }
     tracing::debug!("heartbeat monitor stopped");
@@ -148,5 +163,18 @@ mod tests {
         // The wall clock jumps forward an hour while the monotonic clock does not.
         assert!(matches!(g.check(3_636_000, TICK), Verdict::Stalled(_)));
         assert_eq!(g.check(3_638_000, TICK), Verdict::Wait);
+    }
+
+    #[test]
+    fn a_store_failure_holds_judgement_for_one_timeout() {
+        let mut g = Grace::starting(T, 0);
+        for now in [2_000, 4_000, 6_000] {
+            assert_eq!(g.check(now, TICK), Verdict::Wait);
+        }
+        g.hold(7_000);
+        for now in [8_000, 10_000, 12_000, 14_000] {
+            assert_eq!(g.check(now, TICK), Verdict::Wait);
+        }
+        assert_eq!(g.check(16_000, TICK), Verdict::MarkDownBefore(8_000));
     }
 }

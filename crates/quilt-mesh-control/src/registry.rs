@@ -3,7 +3,9 @@
 //! Every read and write is a job run on that thread, in arrival order. A write and the
 //! publication of its change happen together there, so watchers see changes in revision
 //! order, and a request whose client went away still finishes what it started (the job
-//! runs to the end; nobody is left half-published).
+//! runs to the end; nobody is left half-published). A store shared by several replicas
+//! (etcd) has its changes published by its own feed instead ([`Publication::ByFeed`]),
+//! which also carries the other replicas' changes.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -38,7 +40,30 @@ pub enum RegistryError {
 /// How long the registry waits idle before it lets the store write what it held back.
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 
-type Job = Box<dyn FnOnce(&mut dyn Store, &Hub) + Send>;
+/// Who tells watchers about the store's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publication {
+    /// The registry, as each write returns: the store has this one writer.
+    ByRegistry,
+    /// The store's change feed: other replicas write to the same store.
+    ByFeed,
+}
+
+/// Publishes the registry's changes to the hub, unless a feed does.
+pub struct Publisher {
+    hub: Arc<Hub>,
+    publication: Publication,
+}
+
+impl Publisher {
+    pub fn publish(&self, changes: impl IntoIterator<Item = crate::store::Change>) {
+        if self.publication == Publication::ByRegistry {
+            self.hub.publish(changes);
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut dyn Store, &Publisher) + Send>;
 
 enum Message {
     Job(Job),
@@ -72,20 +97,25 @@ impl RegistryThread {
 }
 
 impl Registry {
-    /// Starts the registry thread over `store`, publishing to `hub`.
+    /// Starts the registry thread over `store`; its changes reach `hub` as `publication`
+    /// says.
     pub fn start(
         mut store: Box<dyn Store>,
         hub: Arc<Hub>,
+        publication: Publication,
     ) -> std::io::Result<(Registry, RegistryThread)> {
         let (sender, receiver) = mpsc::channel::<Message>();
-        let thread_hub = hub.clone();
+        let publisher = Publisher {
+            hub: hub.clone(),
+            publication,
+        };
         let write_health = store.write_health();
         let handle = std::thread::Builder::new()
             .name("quilt-registry".into())
             .spawn(move || {
                 loop {
                     match receiver.recv_timeout(IDLE_FLUSH) {
-                        Ok(Message::Job(job)) => job(store.as_mut(), &thread_hub),
+                        Ok(Message::Job(job)) => job(store.as_mut(), &publisher),
                         Ok(Message::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             if let Err(e) = store.flush() {
@@ -118,7 +148,7 @@ impl Registry {
     /// Runs `f` on the registry thread and returns its result.
     async fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut dyn Store, &Hub) -> Result<T, RegistryError> + Send + 'static,
+        f: impl FnOnce(&mut dyn Store, &Publisher) -> Result<T, RegistryError> + Send + 'static,
     ) -> Result<T, RegistryError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |store, hub| {
@@ -230,6 +260,12 @@ impl Registry {
 
     pub async fn get(&self, id: NodeId) -> Result<Option<Node>, RegistryError> {
         self.call(move |store, _| Ok(store.get(id)?)).await
+    }
+
+    /// The store's revision (which a hub fed by another replica's writes may not have
+    /// reached yet).
+    pub async fn revision(&self) -> Result<Revision, RegistryError> {
+        self.call(|store, _| Ok(store.revision()?)).await
     }
 
     pub async fn list(&self) -> Result<(Vec<Node>, Revision), RegistryError> {

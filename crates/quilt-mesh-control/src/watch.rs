@@ -49,13 +49,14 @@ struct Inner {
     /// The smallest `since` that can be served: everything after it is in `history`.
     floor: Revision,
     current: Revision,
+    /// Replaced when the hub starts over, which ends every live stream.
+    sender: broadcast::Sender<Arc<Event>>,
 }
 
 #[derive(Debug)]
 pub struct Hub {
     inner: Mutex<Inner>,
     capacity: usize,
-    sender: broadcast::Sender<Arc<Event>>,
 }
 
 impl Hub {
@@ -68,9 +69,9 @@ impl Hub {
                 history: VecDeque::with_capacity(capacity.min(1024)),
                 floor: revision,
                 current: revision,
+                sender,
             }),
             capacity,
-            sender,
         }
     }
 
@@ -109,7 +110,38 @@ impl Hub {
             }
             inner.history.push_back(event.clone());
             // No receivers is fine: nobody is watching.
-            let _ = self.sender.send(event);
+            let _ = inner.sender.send(event);
+        }
+    }
+
+    /// Moves the current revision up to `revision` without an event: the store went on
+    /// with writes watchers are not told about (such as heartbeats).
+    pub fn advance(&self, revision: Revision) {
+        let mut inner = self.lock();
+        inner.current = inner.current.max(revision);
+    }
+
+    /// Starts over at `revision` after changes were lost (the store's history was
+    /// compacted before they were read): the retained history is dropped, every live
+    /// stream ends, and a `since` before `revision` answers 410, so watchers list again.
+    pub fn restart_at(&self, revision: Revision) {
+        let mut inner = self.lock();
+        inner.history.clear();
+        inner.floor = revision;
+        inner.current = inner.current.max(revision);
+        let (sender, _) = broadcast::channel(self.capacity);
+        inner.sender = sender;
+    }
+
+    /// Starts a watch after `since`, which is ahead of what this hub has published but
+    /// not of the store (the caller checked): the changes up to `since` that are still to
+    /// come through are skipped, the ones after it sent.
+    pub fn subscribe_ahead(&self, since: Revision) -> Subscription {
+        let inner = self.lock();
+        Subscription {
+            backlog: VecDeque::new(),
+            live: inner.sender.subscribe(),
+            from: since.max(inner.current),
         }
     }
 
@@ -138,7 +170,7 @@ impl Hub {
         // Subscribing under the lock: nothing published after the backlog is missed.
         Ok(Subscription {
             backlog,
-            live: self.sender.subscribe(),
+            live: inner.sender.subscribe(),
             from: since,
         })
     }
@@ -193,6 +225,28 @@ mod tests {
             Err(WatchError::Gone { .. })
         ));
         assert_eq!(hub.subscribe(None).unwrap().from, 7);
+    }
+
+    #[tokio::test]
+    async fn a_restart_ends_live_streams_and_refuses_what_was_lost() {
+        let hub = Hub::new(0, 100);
+        hub.publish([change(1)]);
+        let mut sub = hub.subscribe(Some(1)).unwrap();
+        hub.restart_at(50);
+        assert!(matches!(
+            sub.live.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+        assert!(matches!(
+            hub.subscribe(Some(1)),
+            Err(WatchError::Gone { .. })
+        ));
+        hub.advance(60);
+        assert_eq!(hub.current(), 60);
+        let mut ahead = hub.subscribe_ahead(70);
+        assert_eq!(ahead.from, 70);
+        hub.publish([change(71)]);
+        assert_eq!(ahead.live.recv().await.unwrap().revision, 71);
     }
 
     #[tokio::test]

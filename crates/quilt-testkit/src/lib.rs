@@ -8,6 +8,7 @@
 //! - [`runtime`]: [`runtime::RuntimeHost`], a namespace running the real `quilt-runtime`.
 //! - [`control`]: the control plane in process ([`control::ControlServer`]) or as the
 //!   real binary ([`control::ControlBinary`]).
+//! - [`etcd`]: [`etcd::EtcdCluster`], real etcd members on loopback ports.
 //! - [`fake_runtime`]: [`fake_runtime::FakeRuntime`], the runtime in process over a fake kernel.
 //! - [`leaks`]: assertions that no namespace or process outlived a test.
 //! - [`users`]: unprivileged users and groups made for one test and removed on drop.
@@ -18,6 +19,7 @@
 
 pub mod bins;
 pub mod control;
+pub mod etcd;
 pub mod fake_runtime;
 pub mod leaks;
 pub mod netns;

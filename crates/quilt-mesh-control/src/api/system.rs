@@ -2,25 +2,40 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use super::AppState;
 use super::types::Health;
 use crate::error::ApiError;
 
-/// `ok`, or `degraded` with the reason while database writes fail (reads, heartbeats,
-/// liveness and the watch stream go on meanwhile). Always 200: the server answers.
-pub async fn health(State(state): State<AppState>) -> Json<Health> {
-    match state.registry.write_health().problem() {
-        None => Json(Health {
-            status: "ok".into(),
-            reason: None,
-        }),
-        Some(reason) => Json(Health {
-            status: "degraded".into(),
-            reason: Some(reason),
-        }),
+/// `ok`; or `degraded` with the reason while SQLite writes fail (200: reads, heartbeats,
+/// liveness and the watch stream go on meanwhile); or `not-ready` with the reason (503)
+/// while this replica cannot reach etcd, so a load balancer or an agent goes elsewhere.
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let health = state.registry.write_health();
+    match health.problem() {
+        None => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok".into(),
+                reason: None,
+            }),
+        ),
+        Some(reason) if health.ready() => (
+            StatusCode::OK,
+            Json(Health {
+                status: "degraded".into(),
+                reason: Some(reason),
+            }),
+        ),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "not-ready".into(),
+                reason: Some(reason),
+            }),
+        ),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::metrics::WatcherGuard;
 use crate::serve::ClientAddr;
 use crate::store::Revision;
-use crate::watch::{Event, Hub};
+use crate::watch::{Event, Hub, WatchError};
 
 /// Reads `since` from the query string; other parameters are ignored.
 fn since(query: Option<&str>) -> Result<Option<Revision>, ApiError> {
@@ -159,7 +159,14 @@ pub async fn watch(
         .watch_slots
         .take(client.map(|Extension(ClientAddr(ip))| ip))?;
     let hub = state.registry.hub().clone();
-    let sub = hub.subscribe(since)?;
+    let sub = match hub.subscribe(since) {
+        // Ahead of this hub but not of the store: another replica's change that the feed
+        // has not brought here yet. The watch starts there.
+        Err(WatchError::Future { since, .. }) if since <= state.registry.revision().await? => {
+            hub.subscribe_ahead(since)
+        }
+        other => other?,
+    };
     let from = sub.from;
     let watcher = Watcher {
         hub,

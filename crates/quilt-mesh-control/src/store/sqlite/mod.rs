@@ -27,11 +27,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 mod row;
 mod schema;
 
+use super::stored::StoredNode;
 use super::{
     Change, ChangeKind, MarkDown, Registration, Revision, Store, StoreError, WriteHealth, exhausted,
 };
 use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash};
-use row::{COLUMNS, RawNode, get_where, raw};
+use row::{COLUMNS, get_where, raw};
 use schema::{check_is_sqlite, check_plan, has_table, migrate, read_revision};
 
 /// The lowest free lease index at or above `from` (every index below `from` is leased):
@@ -131,6 +132,23 @@ impl SqliteStore {
             conditions,
             free_from: 1,
         })
+    }
+
+    /// The id the next new node would get: ids are never reused, so past every id
+    /// ever handed out (deleted nodes' too).
+    pub fn next_node_id(&mut self) -> Result<u64, StoreError> {
+        let handed_out: Option<u64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'nodes'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let highest: Option<u64> = self
+            .conn
+            .query_row("SELECT MAX(id) FROM nodes", [], |r| r.get(0))?;
+        Ok(handed_out.max(highest).unwrap_or(0) + 1)
     }
 
     /// Writes what is held in memory (heartbeat times, and statuses decided while writes
@@ -503,7 +521,7 @@ impl SqliteStore {
                 .query_map([value], raw)?
                 .collect::<Result<Vec<_>, _>>()?;
             raws.into_iter()
-                .map(RawNode::check)
+                .map(StoredNode::check)
                 .collect::<Result<Vec<_>, _>>()?
         };
         if stale.is_empty() {
