@@ -11,8 +11,12 @@ use crate::LabError;
 pub const MAX_NODES: u16 = 200;
 /// The most containers per host.
 pub const MAX_CONTAINERS_PER_NODE: u16 = 50;
-/// Port the control plane listens on, on host 1's underlay address.
+/// Port the control plane listens on, on host 1's underlay address (and each other
+/// replica's host).
 pub const CONTROL_PORT: u16 = 8080;
+/// etcd's client and peer ports on each replica host, with several replicas.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
 /// Where each host's runtime also listens on TCP, inside the host's namespace (for
 /// clients of the original documents; the lab's own clients use the socket).
 pub use quilt_common::defaults::RUNTIME_ADDR;

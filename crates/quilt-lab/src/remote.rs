@@ -26,10 +26,10 @@ where
     .map_err(|e| e.to_string())?
 }
 
-/// The lab's control plane, reached without proxies and with short timeouts (it is on
-/// the same machine).
-fn control(url: &str, tls: Option<quilt_api::ClientTls>) -> Result<ControlClient, String> {
-    ControlClient::builder([url])
+/// The lab's control plane (its replicas at `urls`, tried in order), reached without
+/// proxies and with short timeouts (it is on the same machine).
+fn control(urls: &[String], tls: Option<quilt_api::ClientTls>) -> Result<ControlClient, String> {
+    ControlClient::builder(urls.iter().cloned())
         .no_proxy()
         .tls(tls)
         .timeouts(quilt_api::Timeouts {
@@ -47,7 +47,7 @@ pub fn control_health(
     tls: Option<quilt_api::ClientTls>,
 ) -> Result<(), String> {
     block_on_in(netns, || async move {
-        control(url, tls)?
+        control(&[url.to_string()], tls)?
             .health()
             .await
             .map_err(|e| e.to_string())?;
@@ -55,14 +55,32 @@ pub fn control_health(
     })
 }
 
-/// `GET /api/nodes`, from inside `netns`.
+/// A write through the etcd members at `endpoints` (a probe key), from inside `netns`:
+/// whether the cluster has a leader and quorum.
+pub fn etcd_write(netns: &str, endpoints: &[String]) -> Result<(), String> {
+    block_on_in(netns, || async move {
+        let client = quilt_etcd::EtcdClient::new(endpoints, Default::default())
+            .map_err(|e| e.to_string())?;
+        client
+            .txn(quilt_etcd::pb::TxnRequest {
+                success: vec![quilt_etcd::ops::put("/quilt-lab/probe", "1")],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+/// `GET /api/nodes` from the first of the replicas at `urls` that answers, from inside
+/// `netns`.
 pub fn list_nodes(
     netns: &str,
-    url: &str,
+    urls: &[String],
     tls: Option<quilt_api::ClientTls>,
 ) -> Result<NodeList, String> {
     block_on_in(netns, || async move {
-        control(url, tls)?.list().await.map_err(|e| e.to_string())
+        control(urls, tls)?.list().await.map_err(|e| e.to_string())
     })
 }
 

@@ -26,6 +26,13 @@ pub struct HostState {
     pub host_ip: Ipv4Addr,
     pub runtime_pid: Option<u32>,
     pub agent_pid: Option<u32>,
+    /// The control-plane replica on this host, if one runs here (host 1 always has one;
+    /// hosts 2..=N with `--control-replicas N`).
+    #[serde(default)]
+    pub control_pid: Option<u32>,
+    /// The etcd member on this host, with `--control-replicas` of 2 or more.
+    #[serde(default)]
+    pub etcd_pid: Option<u32>,
 }
 
 /// One container of the lab.
@@ -52,7 +59,12 @@ pub struct LabState {
     pub underlay: Ipv4Net,
     pub nodes: u16,
     pub containers_per_node: u16,
+    /// Replica 1's URL (on host 1): where the lab's own calls go first.
     pub control_url: String,
+    /// How many control-plane replicas run (on hosts 1..=N); more than one share an etcd
+    /// cluster with one member on each of those hosts.
+    #[serde(default = "one")]
+    pub control_replicas: u16,
     pub join_token: String,
     /// The lab's CA and certificates (`ca.pem`, `control.pem`, `hN.pem`, `lab.pem`);
     /// none for a lab started with `--insecure`.
@@ -76,13 +88,20 @@ pub struct LabState {
     /// Every namespace the lab may have made; none of them existed before `up`.
     pub namespaces: Vec<String>,
     pub switch_netns: String,
-    pub control_pid: Option<u32>,
+    /// Written by versions before per-host replicas: replica 1's pid (moved to host 1 on
+    /// load).
+    #[serde(default, skip_serializing, rename = "control_pid")]
+    pub(crate) legacy_control_pid: Option<u32>,
     pub hosts: Vec<HostState>,
     pub containers: Vec<ContainerState>,
     /// Unix seconds.
     pub created_at: u64,
     /// The process that ran `up`.
     pub owner_pid: u32,
+}
+
+fn one() -> u16 {
+    1
 }
 
 /// The agent's own default, for records written before the field existed.
@@ -132,10 +151,62 @@ impl LabState {
                 });
             }
         };
-        serde_json::from_str(&text).map_err(|e| LabError::State {
+        let mut state: LabState = serde_json::from_str(&text).map_err(|e| LabError::State {
             path,
             message: format!("cannot parse: {e}"),
-        })
+        })?;
+        if let (Some(pid), Some(h1)) = (state.legacy_control_pid.take(), state.hosts.first_mut()) {
+            h1.control_pid.get_or_insert(pid);
+        }
+        Ok(state)
+    }
+
+    /// The hosts that run a control-plane replica (and, with more than one, an etcd
+    /// member): 1..=N.
+    pub fn replica_hosts(&self) -> impl Iterator<Item = &HostState> {
+        self.hosts
+            .iter()
+            .take(usize::from(self.control_replicas.max(1)))
+    }
+
+    /// Whether the replicas share etcd (more than one of them).
+    pub fn uses_etcd(&self) -> bool {
+        self.control_replicas > 1
+    }
+
+    /// Every replica's URL, replica 1 first: what agents are given.
+    pub fn control_urls(&self) -> Vec<String> {
+        let scheme = if self.pki_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.replica_hosts()
+            .map(|h| format!("{scheme}://{}:{}", h.host_ip, crate::layout::CONTROL_PORT))
+            .collect()
+    }
+
+    /// The etcd members' client URLs.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.replica_hosts()
+            .map(|h| format!("http://{}:{}", h.host_ip, crate::layout::ETCD_CLIENT_PORT))
+            .collect()
+    }
+
+    /// The etcd member spec of each replica host, in order.
+    pub fn etcd_members(&self) -> Vec<quilt_etcd::member::MemberSpec> {
+        self.replica_hosts()
+            .map(|h| quilt_etcd::member::MemberSpec {
+                name: format!("etcd-h{}", h.index),
+                data_dir: self
+                    .dir
+                    .join("data")
+                    .join("etcd")
+                    .join(format!("h{}", h.index)),
+                client: (h.host_ip, crate::layout::ETCD_CLIENT_PORT).into(),
+                peer: (h.host_ip, crate::layout::ETCD_PEER_PORT).into(),
+            })
+            .collect()
     }
 
     /// Writes the state atomically.

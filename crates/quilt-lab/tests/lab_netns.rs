@@ -202,8 +202,7 @@ fn three_nodes_reach_full_mesh_and_leave_nothing_behind() {
     let pids = state
         .hosts
         .iter()
-        .flat_map(|h| [h.runtime_pid, h.agent_pid])
-        .chain([state.control_pid])
+        .flat_map(|h| [h.runtime_pid, h.agent_pid, h.control_pid])
         .flatten();
     for pid in pids {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();

@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 use quilt_lab::lab::{Lab, NodeStatus};
 use quilt_lab::probe::Matrix;
 use quilt_lab::remote;
-use quilt_lab::tables::{HostTables, TableWatch};
+use quilt_lab::tables::TableWatch;
 use quilt_testkit::netns::privileged_or_skip;
 
 mod common;
-use common::{dump_logs, lab_name, mesh_bins, spec};
+use common::{
+    assert_unchanged, dump_logs, lab_name, mesh_bins, sample_while, snapshot, spec, wait_full_mesh,
+    watch_all,
+};
 use quilt_testkit::leaks::assert_nothing_left;
 
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -256,58 +259,6 @@ fn node(lab: &Lab, host: u16) -> NodeStatus {
     lab.status().nodes[usize::from(host - 1)].clone()
 }
 
-/// Every host's tables.
-fn snapshot(lab: &Lab) -> Vec<HostTables> {
-    (1..=lab.state().nodes)
-        .map(|h| lab.tables(h).unwrap())
-        .collect()
-}
-
-fn watch_all(lab: &Lab) -> Vec<TableWatch> {
-    (1..=lab.state().nodes)
-        .map(|h| lab.watch_tables(h).unwrap())
-        .collect()
-}
-
-/// Runs `during` while another thread reads every host's tables every 50 ms; answers
-/// the readings.
-fn sample_while(lab: &mut Lab, during: impl FnOnce(&mut Lab)) -> Vec<Vec<HostTables>> {
-    let hosts: Vec<String> = lab.state().hosts.iter().map(|h| h.netns.clone()).collect();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| {
-            let mut samples = Vec::new();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let reading: Vec<HostTables> = hosts
-                    .iter()
-                    .map(|ns| HostTables::read(ns).unwrap())
-                    .collect();
-                samples.push(reading);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            samples
-        });
-        during(lab);
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        sampler.join().unwrap()
-    })
-}
-
-fn assert_unchanged(before: &[HostTables], samples: &[Vec<HostTables>], when: &str) {
-    assert!(samples.len() > 10, "only {} readings {when}", samples.len());
-    for (k, reading) in samples.iter().enumerate() {
-        for (h, (was, is)) in before.iter().zip(reading).enumerate() {
-            assert_eq!(
-                is,
-                was,
-                "h{}'s tables differ {when} (reading {k} of {})",
-                h + 1,
-                samples.len()
-            );
-        }
-    }
-}
-
 fn container_address(lab: &Lab, container: &str) -> String {
     let out = lab
         .exec(
@@ -323,14 +274,4 @@ fn container_address(lab: &Lab, container: &str) -> String {
         .nth(1)
         .unwrap_or_else(|| panic!("no address on {container}: {}", out.stdout))
         .to_string()
-}
-
-fn wait_full_mesh(lab: &Lab, timeout: Duration, when: &str, logs: &dyn Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    let mut matrix = lab.ping_matrix();
-    while !matrix.full() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(250));
-        matrix.retry_failed();
-    }
-    assert!(matrix.full(), "{when}:\n{}\n{}", matrix.render(), logs());
 }

@@ -60,8 +60,8 @@ impl Grace {
         }
     }
 
-    /// Judges nobody for one timeout from `now_ms`: the store could not be read or
-    /// written (etcd lost), so heartbeats sent meanwhile may not have been recorded.
+    /// Judges nobody for one timeout from `now_ms`: the store works again after it could
+    /// not be read or written (etcd lost), so heartbeats sent meanwhile were not recorded.
     pub fn hold(&mut self, now_ms: u64) {
         self.until_ms = self.until_ms.max(now_ms.saturating_add(self.timeout_ms));
     }
@@ -95,6 +95,9 @@ pub async fn run(
     let mut last = Instant::now();
     let mut ticker = tokio::time::interval(check_interval(timeout));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set when a check failed: until the store answers again, checks only ask whether it
+    // does, and the grace starts when it does (not when it failed).
+    let mut store_failed = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -102,7 +105,16 @@ pub async fn run(
         }
         let since_last = last.elapsed();
         last = Instant::now();
-        let cutoff = match grace.check(now_ms(), since_last) {
+        let verdict = grace.check(now_ms(), since_last);
+        if store_failed {
+            if registry.revision().await.is_ok() {
+                store_failed = false;
+                grace.hold(now_ms());
+                tracing::warn!(grace = ?timeout, "the store works again; no node is marked down for one full timeout, so every node's heartbeats land first");
+            }
+            continue;
+        }
+        let cutoff = match verdict {
             Verdict::MarkDownBefore(cutoff) => cutoff,
             Verdict::Wait => continue,
             Verdict::Stalled(gap) => {
@@ -118,9 +130,9 @@ pub async fn run(
                 metrics.nodes_marked_down.inc_by(down.len() as u64);
             }
             Err(e) => {
-                // Heartbeats may have failed to land as well: give every node a full
+                // Heartbeats may have failed to land as well: every node gets a full
                 // timeout once the store works again.
-                grace.hold(now_ms());
+                store_failed = true;
                 tracing::error!(error = %e, "heartbeat monitor cannot check nodes; no node is marked down until one full timeout after the store works again");
             }
         }

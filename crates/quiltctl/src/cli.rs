@@ -399,4 +399,10 @@ pub struct LabUpArgs {
     /// `data/pki/`, removed by `lab down`) and runs the control plane with mutual TLS and a join token.
     #[arg(long)]
     pub insecure: bool,
+
+    /// Control-plane replicas, one per host on hosts 1..=N. One runs over SQLite; with 2
+    /// or more, each of those hosts also runs an etcd member (Debian's etcd-server) and the
+    /// replicas share that etcd cluster; every agent is given every replica's URL.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
+    pub control_replicas: u16,
 }

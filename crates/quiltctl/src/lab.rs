@@ -131,6 +131,7 @@ fn up(args: LabUpArgs, json: bool) -> anyhow::Result<ExitCode> {
         insecure: args.insecure,
         control_program: None,
         agent_args: Default::default(),
+        control_replicas: args.control_replicas,
     };
     let mut progress = |p: &quilt_lab::Progress| {
         if json {
@@ -239,6 +240,40 @@ fn print_status(s: &LabStatus) {
     );
     if let Some(e) = &s.control_error {
         println!("control plane did not answer: {e}");
+    }
+    if s.replicas.len() > 1 {
+        println!("\ncontrol-plane replicas");
+        let rows: Vec<Vec<String>> = s
+            .replicas
+            .iter()
+            .map(|r| {
+                vec![
+                    r.host.clone(),
+                    r.url.clone(),
+                    running(r.control.running),
+                    mib(r.control.rss_kib),
+                    r.etcd_url.clone().unwrap_or_else(|| "-".into()),
+                    r.etcd
+                        .as_ref()
+                        .map(|e| running(e.running))
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::render(
+                &[
+                    "HOST",
+                    "CONTROL PLANE",
+                    "RUNNING",
+                    "MiB",
+                    "ETCD MEMBER",
+                    "ETCD"
+                ],
+                &rows
+            )
+        );
     }
     println!("\nnodes");
     let rows: Vec<Vec<String>> = s

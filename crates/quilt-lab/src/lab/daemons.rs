@@ -1,5 +1,6 @@
-//! Each daemon operation of a lab, written once over its [`LabState`]: start the control
-//! plane, a runtime or an agent with its flags; stop one; reap exited children.
+//! Each daemon operation of a lab, written once over its [`LabState`]: start a control-plane
+//! replica, an etcd member, a runtime or an agent with its flags; stop one; reap exited
+//! children.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use quilt_common::flags::{agent, arg, control, runtime};
 
 use super::host_of;
-use super::spec::{AGENT_BIN, CONTROL_BIN, RUNTIME_BIN};
+use super::spec::{AGENT_BIN, CONTROL_BIN, ETCD_BIN, RUNTIME_BIN};
 use crate::LabError;
 use crate::layout::{CONTROL_PORT, RUNTIME_ADDR, UNDERLAY_IF};
 use crate::process::{self};
@@ -64,14 +65,81 @@ pub fn stop_runtime_of(
     state.save()
 }
 
-/// Stops the control plane and records that it no longer runs.
-pub fn stop_control_of(state: &mut LabState, children: &mut [Child]) -> Result<(), LabError> {
-    if let Some(pid) = state.control_pid {
-        let h1 = state.hosts[0].netns.clone();
-        stop_process(pid, &h1, CONTROL_BIN, children)?;
+/// Stops host `host`'s control-plane replica and records that it no longer runs.
+pub fn stop_control_of(
+    state: &mut LabState,
+    host: u16,
+    children: &mut [Child],
+) -> Result<(), LabError> {
+    let h = host_of(state, host)?;
+    if let Some(pid) = h.control_pid {
+        stop_process(pid, &h.netns, CONTROL_BIN, children)?;
     }
-    state.control_pid = None;
+    state.hosts[usize::from(host - 1)].control_pid = None;
     state.save()
+}
+
+/// Kills host `host`'s control-plane replica with SIGKILL (a machine lost) and records
+/// that it no longer runs.
+pub fn kill_control_of(
+    state: &mut LabState,
+    host: u16,
+    children: &mut [Child],
+) -> Result<(), LabError> {
+    let h = host_of(state, host)?;
+    if let Some(pid) = h.control_pid
+        && !process::kill_now(pid, &h.netns, &mut |p| reap(children, p))
+    {
+        return Err(LabError::setup(
+            format!("kill quilt-mesh-control of h{host}"),
+            format!("pid {pid} did not exit"),
+        ));
+    }
+    state.hosts[usize::from(host - 1)].control_pid = None;
+    state.save()
+}
+
+/// Kills host `host`'s etcd member with SIGKILL and records that it no longer runs; its
+/// data stays for [`start_etcd_of`].
+pub fn kill_etcd_of(
+    state: &mut LabState,
+    host: u16,
+    children: &mut [Child],
+) -> Result<(), LabError> {
+    let h = host_of(state, host)?;
+    if let Some(pid) = h.etcd_pid
+        && !process::kill_now(pid, &h.netns, &mut |p| reap(children, p))
+    {
+        return Err(LabError::setup(
+            format!("kill etcd of h{host}"),
+            format!("pid {pid} did not exit"),
+        ));
+    }
+    state.hosts[usize::from(host - 1)].etcd_pid = None;
+    state.save()
+}
+
+/// Starts host `host`'s etcd member (a new one, or again over its data) in the host's
+/// namespace, its log appended to `hN-etcd.log`, and records its pid.
+pub(super) fn start_etcd_of(state: &mut LabState, host: u16) -> Result<Child, LabError> {
+    let h = host_of(state, host)?;
+    let members = state.etcd_members();
+    let member = members
+        .iter()
+        .find(|m| m.client.ip() == std::net::IpAddr::V4(h.host_ip))
+        .ok_or_else(|| {
+            LabError::setup(
+                format!("start etcd on h{host}"),
+                "the host runs no control-plane replica",
+            )
+        })?;
+    let token = format!("quilt-lab-{}", state.name);
+    let args = quilt_etcd::member::args(member, &members, &token);
+    let log = state.log_dir.join(format!("h{host}-etcd.log"));
+    let child = process::spawn_daemon(&h.netns, std::path::Path::new(ETCD_BIN), &args, &log)?;
+    state.hosts[usize::from(host - 1)].etcd_pid = Some(child.id());
+    state.save()?;
+    Ok(child)
 }
 
 /// SIGTERM to `pid` if it still runs in `netns`, SIGKILL after 5 s.
@@ -105,33 +173,52 @@ fn join_token_file(state: &LabState) -> Result<PathBuf, LabError> {
     Ok(path)
 }
 
-/// The lab's CA and certificates, unless insecure: `control` naming host 1's address,
+/// The lab's CA and certificates, unless insecure: `control` naming every replica host's
+/// address,
 /// `hN` naming host N's (what each agent presents), and `lab` for the lab's own calls.
 pub(super) fn make_certificates(state: &LabState) -> Result<(), LabError> {
     let Some(dir) = &state.pki_dir else {
         return Ok(());
     };
-    let failed = |e: crate::pki::PkiError| LabError::setup("make the lab's certificates", e);
-    crate::pki::init(dir, crate::pki::CA_DAYS, true).map_err(failed)?;
-    let issue = |name: String, ips: Vec<std::net::IpAddr>, dns: Vec<String>| {
-        let subject = crate::pki::Subject {
-            name,
-            ips,
-            dns,
-            days: crate::pki::CERT_DAYS,
-        };
-        crate::pki::issue(dir, &subject, true).map_err(failed)
-    };
+    crate::pki::init(dir, crate::pki::CA_DAYS, true)
+        .map_err(|e| LabError::setup("make the lab's CA", e))?;
     issue(
+        dir,
         "control".into(),
-        vec![state.hosts[0].host_ip.into()],
+        state.replica_hosts().map(|h| h.host_ip.into()).collect(),
         Vec::new(),
     )?;
     for h in &state.hosts {
-        issue(format!("h{}", h.index), vec![h.host_ip.into()], Vec::new())?;
+        issue_host_certificate(state, h.index)?;
     }
-    issue("lab".into(), Vec::new(), vec!["quilt-lab".into()])?;
+    issue(dir, "lab".into(), Vec::new(), vec!["quilt-lab".into()])?;
     Ok(())
+}
+
+/// Host `host`'s certificate (`hN`, naming its address: what its agent presents), unless
+/// the lab is insecure.
+pub(super) fn issue_host_certificate(state: &LabState, host: u16) -> Result<(), LabError> {
+    let (Some(dir), Ok(h)) = (&state.pki_dir, host_of(state, host)) else {
+        return Ok(());
+    };
+    issue(dir, format!("h{host}"), vec![h.host_ip.into()], Vec::new())
+}
+
+fn issue(
+    dir: &std::path::Path,
+    name: String,
+    ips: Vec<std::net::IpAddr>,
+    dns: Vec<String>,
+) -> Result<(), LabError> {
+    let subject = crate::pki::Subject {
+        name,
+        ips,
+        dns,
+        days: crate::pki::CERT_DAYS,
+    };
+    crate::pki::issue(dir, &subject, true)
+        .map(|_| ())
+        .map_err(|e| LabError::setup(format!("issue the lab's certificate {}", subject.name), e))
 }
 
 /// The control plane's TLS flags (mutual TLS with the lab's CA), none when insecure.
@@ -166,33 +253,51 @@ fn agent_tls_args(state: &LabState, host: u16) -> Vec<OsString> {
     ]
 }
 
-/// Starts the control plane on host 1 (its log is appended to) and records its pid.
-pub(super) fn start_control_of(state: &mut LabState) -> Result<Child, LabError> {
-    let h1 = state.hosts[0].clone();
-    let listen = SocketAddr::from((h1.host_ip, CONTROL_PORT));
+/// The log of host `host`'s control-plane replica (`control.log` for host 1, as before
+/// replicas).
+pub(super) fn control_log(host: u16) -> String {
+    if host == 1 {
+        "control.log".into()
+    } else {
+        format!("h{host}-control.log")
+    }
+}
+
+/// Starts the control-plane replica of host `host` (its log is appended to) and records
+/// its pid: over SQLite with one replica, over the lab's etcd with several.
+pub(super) fn start_control_of(state: &mut LabState, host: u16) -> Result<Child, LabError> {
+    let h = host_of(state, host)?;
+    let listen = SocketAddr::from((h.host_ip, CONTROL_PORT));
     let dir = state.dir.join("data").join("control");
     std::fs::create_dir_all(&dir)
         .map_err(|e| LabError::setup(format!("create {}", dir.display()), e))?;
-    let mut args: Vec<OsString> = vec![
-        arg(control::LISTEN).into(),
-        listen.to_string().into(),
-        arg(control::DB_PATH).into(),
-        dir.join("control.db").into(),
+    let mut args: Vec<OsString> = vec![arg(control::LISTEN).into(), listen.to_string().into()];
+    if state.uses_etcd() {
+        args.extend([
+            arg(control::STORE).into(),
+            "etcd".into(),
+            arg(control::ETCD_ENDPOINTS).into(),
+            state.etcd_endpoints().join(",").into(),
+        ]);
+    } else {
+        args.extend([arg(control::DB_PATH).into(), dir.join("control.db").into()]);
+    }
+    args.extend::<[OsString; 6]>([
         arg(control::HEARTBEAT_TIMEOUT).into(),
         format!("{}ms", state.heartbeat_timeout_ms).into(),
         arg(control::JOIN_TOKEN_FILE).into(),
         join_token_file(state)?.into(),
         arg(control::LOG_LEVEL).into(),
         state.log_level.clone().into(),
-    ];
+    ]);
     args.extend(control_tls_args(state));
-    let log = state.log_dir.join("control.log");
+    let log = state.log_dir.join(control_log(host));
     let program = state
         .control_program
         .clone()
         .unwrap_or_else(|| state.binaries_dir.join(CONTROL_BIN));
-    let child = process::spawn_daemon(&h1.netns, &program, &args, &log)?;
-    state.control_pid = Some(child.id());
+    let child = process::spawn_daemon(&h.netns, &program, &args, &log)?;
+    state.hosts[usize::from(host - 1)].control_pid = Some(child.id());
     state.save()?;
     Ok(child)
 }
@@ -239,7 +344,7 @@ pub fn start_agent_of(state: &mut LabState, host: u16) -> Result<Child, LabError
         .map_err(|e| LabError::setup(format!("create {}", state_dir.display()), e))?;
     let mut args: Vec<OsString> = vec![
         arg(agent::CONTROL_PLANE).into(),
-        state.control_url.clone().into(),
+        state.control_urls().join(",").into(),
         arg(agent::HOST_IP).into(),
         h.host_ip.to_string().into(),
         arg(agent::HOSTNAME).into(),

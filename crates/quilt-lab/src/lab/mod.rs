@@ -28,7 +28,10 @@ use crate::probe::Matrix;
 use crate::process::Output;
 use crate::state::{ContainerState, HostState, LabState};
 use crate::tables::{HostTables, TableWatch};
-use daemons::{kill_agent_of, start_runtime_of, stop_control_of, stop_runtime_of};
+use daemons::{
+    kill_agent_of, kill_control_of, kill_etcd_of, start_etcd_of, start_runtime_of, stop_control_of,
+    stop_runtime_of,
+};
 use teardown::teardown;
 
 pub use daemons::{start_agent_of, stop_agent_of};
@@ -99,11 +102,33 @@ impl Lab {
         kill_agent_of(&mut self.state, host, &mut self.children)
     }
 
-    /// Stops the control plane (SIGTERM) and starts it again on the same database and
-    /// URL; answers once it serves `/health` again.
+    /// Stops the control plane on host 1 (SIGTERM) and starts it again on the same
+    /// database (or etcd) and URL; answers once it serves `/health` again.
     pub fn restart_control(&mut self) -> Result<(), LabError> {
-        stop_control_of(&mut self.state, &mut self.children)?;
-        self.launch_control().map(|_| ())
+        stop_control_of(&mut self.state, 1, &mut self.children)?;
+        self.launch_control(1).map(|_| ())
+    }
+
+    /// Kills host `host`'s control-plane replica with SIGKILL.
+    pub fn kill_control(&mut self, host: u16) -> Result<(), LabError> {
+        kill_control_of(&mut self.state, host, &mut self.children)
+    }
+
+    /// Starts host `host`'s control-plane replica again; answers once it serves `/health`.
+    pub fn start_control(&mut self, host: u16) -> Result<(), LabError> {
+        self.launch_control(host).map(|_| ())
+    }
+
+    /// Kills host `host`'s etcd member with SIGKILL (its data stays).
+    pub fn kill_etcd(&mut self, host: u16) -> Result<(), LabError> {
+        kill_etcd_of(&mut self.state, host, &mut self.children)
+    }
+
+    /// Starts host `host`'s etcd member again over its data.
+    pub fn start_etcd(&mut self, host: u16) -> Result<(), LabError> {
+        let child = start_etcd_of(&mut self.state, host)?;
+        self.children.push(child);
+        Ok(())
     }
 
     /// Stops host `host`'s runtime (SIGTERM, then SIGKILL after 5 s).
@@ -141,6 +166,8 @@ impl Lab {
             host_ip: layout.host_ip(index),
             runtime_pid: None,
             agent_pid: None,
+            control_pid: None,
+            etcd_pid: None,
         });
         self.state
             .containers
@@ -152,6 +179,7 @@ impl Lab {
                 address: None,
             }));
         self.save()?;
+        daemons::issue_host_certificate(&self.state, index)?;
         self.join_underlay(&layout, index)?;
         let h1 = layout.host_ip(1);
         let netns = layout.host_ns(index);

@@ -14,6 +14,11 @@ pub const CONTROL_BIN: &str = "quilt-mesh-control";
 pub const RUNTIME_BIN: &str = "quilt-runtime";
 pub const AGENT_BIN: &str = "quilt-mesh-agent";
 pub const CNI_BIN: &str = "quilt-cni";
+/// etcd, from the system (Debian's `etcd-server`), for labs with several replicas.
+pub const ETCD_BIN: &str = "etcd";
+
+/// The most control-plane replicas a lab runs (etcd clusters beyond 7 members gain nothing).
+pub const MAX_CONTROL_REPLICAS: u16 = 7;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -52,6 +57,9 @@ pub struct LabSpec {
     pub control_program: Option<PathBuf>,
     /// More flags for the agents of some hosts, by host index (from 1).
     pub agent_args: std::collections::BTreeMap<u16, Vec<String>>,
+    /// Control-plane replicas, on hosts 1..=N. One runs over SQLite; several share an etcd
+    /// cluster with one member on each of those hosts.
+    pub control_replicas: u16,
 }
 
 impl LabSpec {
@@ -74,6 +82,7 @@ impl LabSpec {
             insecure: false,
             control_program: None,
             agent_args: Default::default(),
+            control_replicas: 1,
         }
     }
 }
@@ -98,12 +107,17 @@ impl std::fmt::Display for Progress {
     }
 }
 
-/// Checks what `up` needs before anything is made: root, ip and ping, the binaries.
-pub fn preflight(binaries_dir: &Path, with_agents: bool) -> Result<(), LabError> {
+/// Checks what `up` needs before anything is made: root, ip and ping (and etcd for
+/// `with_etcd`), the binaries.
+pub fn preflight(binaries_dir: &Path, with_agents: bool, with_etcd: bool) -> Result<(), LabError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(LabError::NotRoot);
     }
-    for (program, package) in [("ip", "iproute2"), ("ping", "iputils-ping")] {
+    let mut tools = vec![("ip", "iproute2"), ("ping", "iputils-ping")];
+    if with_etcd {
+        tools.push((ETCD_BIN, "etcd-server"));
+    }
+    for (program, package) in tools {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
             .unwrap_or(false);

@@ -97,13 +97,28 @@ pub struct NodeStatus {
     pub agent: ProcessStatus,
 }
 
+/// One control-plane replica as it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub host: String,
+    pub url: String,
+    pub control: ProcessStatus,
+    /// The etcd member on the same host (none over SQLite).
+    pub etcd: Option<ProcessStatus>,
+    pub etcd_url: Option<String>,
+}
+
 /// The whole lab as it is now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabStatus {
     pub name: String,
     pub underlay: Ipv4Net,
     pub control_url: String,
+    /// Replica 1's process (host 1).
     pub control: ProcessStatus,
+    /// Every control-plane replica, and its etcd member when they share etcd.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
     /// Why the control plane could not be asked, when it could not.
     pub control_error: Option<String>,
     pub nodes: Vec<NodeStatus>,
@@ -121,7 +136,7 @@ pub fn status(state: &LabState) -> LabStatus {
         .map(|h| h.netns.clone())
         .unwrap_or_default();
     let (list, control_error) =
-        match remote::list_nodes(&h1, &state.control_url, state.control_tls()) {
+        match remote::list_nodes(&h1, &state.control_urls(), state.control_tls()) {
             Ok(l) => (Some(l), None),
             Err(e) => (None, Some(e)),
         };
@@ -156,7 +171,21 @@ pub fn status(state: &LabState) -> LabStatus {
         name: state.name.clone(),
         underlay: state.underlay,
         control_url: state.control_url.clone(),
-        control: ProcessStatus::of(state.control_pid, &h1),
+        control: ProcessStatus::of(state.hosts.first().and_then(|h| h.control_pid), &h1),
+        replicas: state
+            .replica_hosts()
+            .zip(state.control_urls())
+            .zip(state.etcd_endpoints())
+            .map(|((h, url), etcd_url)| ReplicaStatus {
+                host: format!("h{}", h.index),
+                url,
+                control: ProcessStatus::of(h.control_pid, &h.netns),
+                etcd: state
+                    .uses_etcd()
+                    .then(|| ProcessStatus::of(h.etcd_pid, &h.netns)),
+                etcd_url: state.uses_etcd().then_some(etcd_url),
+            })
+            .collect(),
         control_error,
         nodes,
         containers: state.containers.clone(),

@@ -22,7 +22,7 @@ pub(super) fn teardown(
 ) -> Vec<String> {
     let mut errors = Vec::new();
     // Agents first (they would otherwise repair what goes away), then runtimes, then
-    // the control plane.
+    // the control-plane replicas, then etcd.
     let mut targets: Vec<(u32, String)> = Vec::new();
     targets.extend(
         state
@@ -36,9 +36,18 @@ pub(super) fn teardown(
             .iter()
             .filter_map(|h| Some((h.runtime_pid?, h.netns.clone()))),
     );
-    if let (Some(pid), Some(h1)) = (state.control_pid, state.hosts.first()) {
-        targets.push((pid, h1.netns.clone()));
-    }
+    targets.extend(
+        state
+            .hosts
+            .iter()
+            .filter_map(|h| Some((h.control_pid?, h.netns.clone()))),
+    );
+    targets.extend(
+        state
+            .hosts
+            .iter()
+            .filter_map(|h| Some((h.etcd_pid?, h.netns.clone()))),
+    );
     let left = process::stop_all(&targets, Duration::from_secs(3), &mut |p| reap(children, p));
     errors.extend(left.iter().map(|p| format!("process {p} did not exit")));
 

@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 
 use quilt_kernel::netns::{self, OwnedNetns};
 
-use super::daemons::{start_agent_of, start_control_of, start_runtime_of};
-use super::spec::{AGENT_BIN, CNI_BIN, CONTROL_BIN, LabSpec, Progress, RUNTIME_BIN, preflight};
+use super::daemons::{
+    control_log, start_agent_of, start_control_of, start_etcd_of, start_runtime_of,
+};
+use super::spec::{
+    AGENT_BIN, CNI_BIN, CONTROL_BIN, ETCD_BIN, LabSpec, Progress, RUNTIME_BIN, preflight,
+};
 use super::status::{endpoints, log_tail};
 use super::{Lab, host_of};
 use crate::LabError;
@@ -24,8 +28,31 @@ impl Lab {
     /// even when the mesh did not become full in time; see [`Lab::full_mesh_after`].
     pub fn up(spec: LabSpec, progress: &mut dyn FnMut(&Progress)) -> Result<Lab, LabError> {
         let started = Instant::now();
-        preflight(&spec.binaries_dir, spec.start_agents)?;
+        preflight(
+            &spec.binaries_dir,
+            spec.start_agents,
+            spec.control_replicas > 1,
+        )?;
         crate::layout::check_name(&spec.name)?;
+        if spec.control_replicas == 0
+            || spec.control_replicas > spec.nodes
+            || spec.control_replicas > super::spec::MAX_CONTROL_REPLICAS
+        {
+            return Err(LabError::setup(
+                format!("run {} control-plane replicas", spec.control_replicas),
+                format!(
+                    "replicas run one per host: between 1 and the lab's {} hosts (at most {})",
+                    spec.nodes,
+                    super::spec::MAX_CONTROL_REPLICAS
+                ),
+            ));
+        }
+        if spec.control_replicas > 1 && spec.control_program.is_some() {
+            return Err(LabError::setup(
+                "run several control-plane replicas",
+                "a stand-in control program runs alone",
+            ));
+        }
         let state_path = LabState::path(&spec.root, &spec.name);
         if state_path.exists() {
             return Err(LabError::AlreadyExists {
@@ -71,6 +98,7 @@ impl Lab {
             } else {
                 layout.control_https_url()
             },
+            control_replicas: spec.control_replicas,
             join_token: random_token()?,
             pki_dir,
             control_program: spec.control_program.clone(),
@@ -82,7 +110,7 @@ impl Lab {
             log_level: spec.log_level.clone(),
             namespaces: layout.namespaces(),
             switch_netns: layout.switch_ns(),
-            control_pid: None,
+            legacy_control_pid: None,
             hosts: (1..=layout.nodes)
                 .map(|i| HostState {
                     index: i,
@@ -91,6 +119,8 @@ impl Lab {
                     host_ip: layout.host_ip(i),
                     runtime_pid: None,
                     agent_pid: None,
+                    control_pid: None,
+                    etcd_pid: None,
                 })
                 .collect(),
             containers: (1..=layout.nodes)
@@ -125,7 +155,7 @@ impl Lab {
         };
         // From here on an error drops `lab`, which tears down what exists.
         lab.build_underlay(&layout, progress)?;
-        lab.start_control(progress)?;
+        lab.start_control_plane(progress)?;
         lab.start_runtimes(progress)?;
         if spec.start_agents {
             lab.start_agents(progress)?;
@@ -279,33 +309,86 @@ impl Lab {
         Ok(())
     }
 
-    fn start_control(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<(), LabError> {
+    fn start_control_plane(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<(), LabError> {
         self.check_cancel()?;
-        let _ = std::fs::remove_file(self.log_path("control.log"));
-        let pid = self.launch_control()?;
-        self.report(
-            progress,
-            "control",
-            format!(
-                "quilt-mesh-control on {} in {} (pid {pid})",
-                self.state.control_url, self.state.hosts[0].netns
-            ),
-        );
+        let hosts: Vec<u16> = self.state.replica_hosts().map(|h| h.index).collect();
+        if self.state.uses_etcd() {
+            for &host in &hosts {
+                let _ = std::fs::remove_file(self.log_path(&format!("h{host}-etcd.log")));
+                let child = start_etcd_of(&mut self.state, host)?;
+                self.children.push(child);
+            }
+            self.wait_etcd_serving(Duration::from_secs(30))?;
+            self.report(
+                progress,
+                "etcd",
+                format!(
+                    "{} etcd members serve writes at {}",
+                    hosts.len(),
+                    self.state.etcd_endpoints().join(",")
+                ),
+            );
+        }
+        for &host in &hosts {
+            let _ = std::fs::remove_file(self.log_path(&control_log(host)));
+            let pid = self.launch_control(host)?;
+            let h = &self.state.hosts[usize::from(host - 1)];
+            self.report(
+                progress,
+                "control",
+                format!(
+                    "quilt-mesh-control on {}:{} in {} (pid {pid}){}",
+                    h.host_ip,
+                    crate::layout::CONTROL_PORT,
+                    h.netns,
+                    if self.state.uses_etcd() {
+                        ", over etcd"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         Ok(())
     }
 
-    /// Starts the control plane (same database, same URL every time) and waits until
-    /// it answers `/health`; answers its pid.
-    pub(super) fn launch_control(&mut self) -> Result<u32, LabError> {
-        let child = start_control_of(&mut self.state)?;
+    /// Waits until a write through the lab's etcd members works (from host 1).
+    pub(super) fn wait_etcd_serving(&mut self, timeout: Duration) -> Result<(), LabError> {
+        let h1 = self.state.hosts[0].netns.clone();
+        let endpoints = self.state.etcd_endpoints();
+        self.wait_for("etcd to serve writes", timeout, |lab| {
+            for h in lab
+                .state
+                .hosts
+                .clone()
+                .iter()
+                .filter(|h| h.etcd_pid.is_some())
+            {
+                let pid = h_pid(&lab.state, h.index, |h| h.etcd_pid);
+                lab.check_alive(pid, ETCD_BIN, &format!("h{}-etcd.log", h.index))?;
+            }
+            Ok(remote::etcd_write(&h1, &endpoints).err())
+        })
+    }
+
+    /// Starts host `host`'s control-plane replica (same database or etcd, same URL every
+    /// time) and waits until it answers `/health`; answers its pid.
+    pub(super) fn launch_control(&mut self, host: u16) -> Result<u32, LabError> {
+        let child = start_control_of(&mut self.state, host)?;
         let pid = child.id();
         self.children.push(child);
-        let h1 = self.state.hosts[0].netns.clone();
-        let url = self.state.control_url.clone();
+        let h = &self.state.hosts[usize::from(host - 1)];
+        let netns = h.netns.clone();
+        let scheme = if self.state.pki_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}:{}", h.host_ip, crate::layout::CONTROL_PORT);
         let tls = self.state.control_tls();
         self.wait_for("control plane /health", Duration::from_secs(20), |lab| {
-            lab.check_alive(pid, CONTROL_BIN, "control.log")?;
-            Ok(remote::control_health(&h1, &url, tls.clone()).err())
+            lab.check_alive(pid, CONTROL_BIN, &control_log(host))?;
+            Ok(remote::control_health(&netns, &url, tls.clone()).err())
         })?;
         Ok(pid)
     }
@@ -361,7 +444,8 @@ impl Lab {
             "agents",
             format!(
                 "{} quilt-mesh-agent started; waiting for registration with {}",
-                self.state.nodes, self.state.control_url
+                self.state.nodes,
+                self.state.control_urls().join(",")
             ),
         );
         Ok(())
@@ -369,7 +453,7 @@ impl Lab {
 
     fn wait_registered(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<(), LabError> {
         let h1 = self.state.hosts[0].netns.clone();
-        let url = self.state.control_url.clone();
+        let urls = self.state.control_urls();
         let tls = self.state.control_tls();
         let hosts = self.state.hosts.clone();
         let timeout = self.converge_timeout;
@@ -378,7 +462,7 @@ impl Lab {
                 let pid = h_pid(&lab.state, h.index, |h| h.agent_pid);
                 lab.check_alive(pid, AGENT_BIN, &format!("h{}-agent.log", h.index))?;
             }
-            let list = match remote::list_nodes(&h1, &url, tls.clone()) {
+            let list = match remote::list_nodes(&h1, &urls, tls.clone()) {
                 Ok(l) => l,
                 Err(e) => return Ok(Some(e)),
             };

@@ -1,11 +1,16 @@
-//! What the lab's kernel tests share: unique lab names, the binaries, and the daemon logs for
-//! failure messages (the leak checks are the testkit's).
+//! What the lab's kernel tests share: unique lab names, the binaries, the daemon logs for
+//! failure messages, and readings of every host's tables while something happens (the
+//! leak checks are the testkit's).
 
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant};
+
 use quilt_lab::LabSpec;
+use quilt_lab::lab::Lab;
+use quilt_lab::tables::{HostTables, TableWatch};
 use quilt_testkit::bins;
 
 /// A lab name no other test of this machine uses (at most 24 characters).
@@ -58,4 +63,66 @@ pub fn dump_logs(root: &Path, name: &str) -> String {
         }
     }
     out
+}
+
+/// Every host's tables.
+pub fn snapshot(lab: &Lab) -> Vec<HostTables> {
+    (1..=lab.state().nodes)
+        .map(|h| lab.tables(h).unwrap())
+        .collect()
+}
+
+pub fn watch_all(lab: &Lab) -> Vec<TableWatch> {
+    (1..=lab.state().nodes)
+        .map(|h| lab.watch_tables(h).unwrap())
+        .collect()
+}
+
+/// Runs `during` while another thread reads every host's tables every 50 ms; answers
+/// the readings.
+pub fn sample_while(lab: &mut Lab, during: impl FnOnce(&mut Lab)) -> Vec<Vec<HostTables>> {
+    let hosts: Vec<String> = lab.state().hosts.iter().map(|h| h.netns.clone()).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let reading: Vec<HostTables> = hosts
+                    .iter()
+                    .map(|ns| HostTables::read(ns).unwrap())
+                    .collect();
+                samples.push(reading);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        });
+        during(lab);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().unwrap()
+    })
+}
+
+pub fn assert_unchanged(before: &[HostTables], samples: &[Vec<HostTables>], when: &str) {
+    assert!(samples.len() > 10, "only {} readings {when}", samples.len());
+    for (k, reading) in samples.iter().enumerate() {
+        for (h, (was, is)) in before.iter().zip(reading).enumerate() {
+            assert_eq!(
+                is,
+                was,
+                "h{}'s tables differ {when} (reading {k} of {})",
+                h + 1,
+                samples.len()
+            );
+        }
+    }
+}
+
+pub fn wait_full_mesh(lab: &Lab, timeout: Duration, when: &str, logs: &dyn Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    let mut matrix = lab.ping_matrix();
+    while !matrix.full() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        matrix.retry_failed();
+    }
+    assert!(matrix.full(), "{when}:\n{}\n{}", matrix.render(), logs());
 }

@@ -18,7 +18,7 @@ use crate::cli::CniArgs;
 
 /// Runs the benchmark with the runtime and plugin binaries found in `bin_dir`.
 pub fn run(args: CniArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
-    quilt_lab::lab::preflight(bin_dir, false)?;
+    quilt_lab::lab::preflight(bin_dir, false, false)?;
     let runtime_bin = bin_dir.join(quilt_lab::lab::RUNTIME_BIN);
     let cni_bin = bin_dir.join(quilt_lab::lab::CNI_BIN);
     let count = usize::from(args.containers);

@@ -24,7 +24,7 @@ const SOCKET_NAME: &str = "runtime.sock";
 
 /// Runs the benchmark with the runtime binary found in `bin_dir`.
 pub fn run(args: RuntimeArgs, bin_dir: &Path) -> anyhow::Result<ExitCode> {
-    quilt_lab::lab::preflight(bin_dir, false)?;
+    quilt_lab::lab::preflight(bin_dir, false, false)?;
     let runtime_bin = bin_dir.join(quilt_lab::lab::RUNTIME_BIN);
     println!(
         "quiltctl bench runtime: {} routes, batch {}, concurrency {}",
