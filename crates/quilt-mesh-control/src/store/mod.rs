@@ -3,7 +3,7 @@
 //! - [`sqlite`]: the durable store of one machine (one file, WAL, schema migrations).
 //! - [`etcd`]: the store several replicas share, on an etcd cluster.
 //! - [`memory`]: the same behaviour in memory, for tests.
-//! - [`stored`]: a node as a store keeps it, and its checks.
+//! - `stored`: a node as a store keeps it, and its checks.
 //! - [`write_health`]: whether writes work, for `/health` and the log.
 //!
 //! A store is owned by one thread (see [`crate::registry`]) and called synchronously, so
