@@ -336,7 +336,15 @@ async fn unknown_paths_methods_health_and_metrics() {
 #[tokio::test]
 async fn three_hundred_concurrent_registrations_get_distinct_subnets() {
     // A /16 in /26s holds 1023 leases (a /16 in /24s holds only 255: see the next tests).
-    let s = ControlServer::start(&["--node-prefix-len", "26"]).await;
+    // 300 requests at once may open 300 connections from one address: above the default
+    // per-client cap (256), which is not what this test is about.
+    let s = ControlServer::start(&[
+        "--node-prefix-len",
+        "26",
+        "--max-connections-per-client",
+        "512",
+    ])
+    .await;
     let mut tasks = Vec::new();
     for i in 0..300u32 {
         let client = s.client.clone();
