@@ -403,3 +403,54 @@ async fn a_sqlite_cluster_migrated_to_etcd_carries_on() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("already holds a cluster"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_started_later_resumes_a_watch_from_before_it_started() {
+    if !etcd_or_skip("resume on a new replica") {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).await;
+    let first = replica(&etcd, &[]);
+    let control = client_of(std::slice::from_ref(&first.base));
+    let before = control.list().await.unwrap().revision;
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        let answer = control
+            .register(&RegisterRequest::new(
+                format!("n{i}"),
+                format!("10.6.0.{i}"),
+            ))
+            .await
+            .unwrap();
+        ids.push(answer.node.node_id);
+    }
+    // A replica that did not run while those happened serves them from etcd's history.
+    let later = replica(&etcd, &[]);
+    let mut resumed = watch(&later, before).await;
+    for id in &ids {
+        let event = resumed.next_within(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(
+            (event["type"].as_str(), event["node"]["node_id"].as_str()),
+            (Some("added"), Some(id.as_str()))
+        );
+    }
+    // A watch without `since` starts now: none of the past is sent as new.
+    let mut fresh = watch_now(&later).await;
+    let newcomer = control
+        .register(&RegisterRequest::new("n6", "10.6.0.6"))
+        .await
+        .unwrap()
+        .node;
+    let event = fresh.next_within(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(event["node"]["node_id"], newcomer.node_id.as_str());
+}
+
+async fn watch_now(replica: &ControlBinary) -> EventReader {
+    let r = client()
+        .get(replica.url("/api/nodes/watch"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    EventReader::new(r)
+}

@@ -159,7 +159,13 @@ pub async fn watch(
         .watch_slots
         .take(client.map(|Extension(ClientAddr(ip))| ip))?;
     let hub = state.registry.hub().clone();
-    let sub = match hub.subscribe(since) {
+    // No `since`: from the store's current revision (which a hub fed from etcd, still
+    // reading its start-up replay or another replica's latest change, may not have reached).
+    let since = match since {
+        Some(since) => since,
+        None => state.registry.revision().await?,
+    };
+    let sub = match hub.subscribe(Some(since)) {
         // Ahead of this hub but not of the store: another replica's change that the feed
         // has not brought here yet. The watch starts there.
         Err(WatchError::Future { since, .. }) if since <= state.registry.revision().await? => {

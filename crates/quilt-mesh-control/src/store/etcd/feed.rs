@@ -2,6 +2,10 @@
 //! watch hub, in revision order, whichever replica made them. It also lowers the free-lease
 //! hint when any replica lets a lease go, and probes etcd every second for `/health`.
 //!
+//! It starts a little in the past (the last 20,000 etcd revisions, which etcd keeps unless
+//! it compacted them), so a replica that just started can resume a watcher from a revision
+//! another replica handed out before.
+//!
 //! When the watch breaks (a member died, lost its leader, or etcd is unreachable) it is
 //! opened again from the revision after the last one seen, on whichever member serves;
 //! nothing is missed or sent twice. If etcd compacted its history past that revision, the
@@ -31,8 +35,9 @@ pub struct Feed {
     client: EtcdClient,
     keys: Keys,
     base: i64,
-    /// The etcd revision the store was opened at: the feed sends what comes after.
-    started_at: i64,
+    /// The feed sends what comes after this etcd revision (a little before the store was
+    /// opened: the replay).
+    after: i64,
     hint: Arc<Hint>,
     health: WriteHealth,
 }
@@ -42,7 +47,7 @@ impl Feed {
         client: EtcdClient,
         keys: Keys,
         base: i64,
-        started_at: i64,
+        after: i64,
         hint: Arc<Hint>,
         health: WriteHealth,
     ) -> Self {
@@ -50,7 +55,7 @@ impl Feed {
             client,
             keys,
             base,
-            started_at,
+            after,
             hint,
             health,
         }
@@ -62,7 +67,7 @@ impl Feed {
 
     /// The revision the hub starts at: every change after it comes through the feed.
     pub fn start_revision(&self) -> Revision {
-        self.api_revision(self.started_at)
+        self.api_revision(self.after)
     }
 
     /// Feeds `hub` until `stopping` turns true.
@@ -73,7 +78,7 @@ impl Feed {
             self.health.clone(),
             stopping.clone(),
         ));
-        let mut next = self.started_at + 1;
+        let mut next = self.after + 1;
         let mut broken = false;
         let all = self.keys.all();
         loop {

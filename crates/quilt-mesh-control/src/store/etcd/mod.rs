@@ -52,6 +52,10 @@ const MAX_ATTEMPTS: usize = 32;
 /// timeouts one by one.
 const FAST_FAIL: Duration = Duration::from_millis(300);
 
+/// How many of etcd's latest revisions a replica reads again when it starts, so that its
+/// watchers can resume from a revision handed out before it started.
+const REPLAY_REVISIONS: i64 = 20_000;
+
 /// How many lease keys one read looks at when it searches for a free subnet.
 const LEASE_PAGE: i64 = 256;
 
@@ -190,7 +194,10 @@ impl EtcdStore {
                 }
             }
         }
-        let base = match first_kv(&answer, 1) {
+        let base_kv = first_kv(&answer, 1);
+        // Revisions before the base was set (by a migration) are not the API's.
+        let base_set_at = base_kv.map_or(0, |kv| kv.mod_revision);
+        let base = match base_kv {
             Some(kv) => std::str::from_utf8(&kv.value)
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
@@ -207,11 +214,12 @@ impl EtcdStore {
         });
         let health = WriteHealth::new(Backend::Etcd);
         let started_at = header_revision(answer.header.as_ref());
+        let replay_after = (started_at - REPLAY_REVISIONS).max(base_set_at).max(0);
         let feed = Feed::new(
             client.clone(),
             keys.clone(),
             base,
-            started_at,
+            replay_after,
             hint.clone(),
             health.clone(),
         );
