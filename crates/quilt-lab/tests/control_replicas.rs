@@ -10,6 +10,10 @@
 //!    and still no host's tables change and every container reaches every other;
 //! 5. the members back: everything recovers by itself, nothing restarted, nothing changed.
 //!
+//! A second lab starts over SQLite and is migrated to three replicas over etcd while its
+//! agents run: nothing changes on any host, every node keeps its id and subnet, and a new
+//! host joins through etcd.
+//!
 //! The lab tears itself down when dropped, so a failing step leaves nothing behind.
 
 use std::time::{Duration, Instant};
@@ -186,4 +190,59 @@ fn wait_until(
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+#[test]
+fn a_running_lab_migrated_from_sqlite_to_etcd_carries_on() {
+    let test = "a_running_lab_migrated_from_sqlite_to_etcd_carries_on";
+    if !privileged_or_skip(test) || !etcd_or_skip(test) {
+        return;
+    }
+    let bins = mesh_bins();
+    let root = tempfile::tempdir().unwrap();
+    let name = lab_name("m");
+    let mut s = spec(&name, 3, 1, &bins, root.path());
+    s.heartbeat_timeout = HEARTBEAT_TIMEOUT;
+    s.heartbeat_interval = HEARTBEAT_INTERVAL;
+    let mut lab = Lab::up(s, &mut |p| eprintln!("{p}"))
+        .unwrap_or_else(|e| panic!("lab up: {e}\n{}", dump_logs(root.path(), &name)));
+    let logs = || dump_logs(root.path(), &name);
+    wait_full_mesh(&lab, Duration::from_secs(20), "after up", &logs);
+    let nodes = |lab: &Lab| -> Vec<_> {
+        lab.status()
+            .nodes
+            .into_iter()
+            .map(|n| (n.host, n.node_id, n.subnet, n.status))
+            .collect()
+    };
+    let before = nodes(&lab);
+
+    unchanged_while(&mut lab, "migrating to etcd", &logs, |lab| {
+        let printed = lab.migrate_to_etcd(3).unwrap();
+        assert!(printed.contains("migrated 3 nodes"), "{printed}");
+        std::thread::sleep(HEARTBEAT_TIMEOUT * 2);
+    });
+    assert_eq!(
+        nodes(&lab),
+        before,
+        "every node kept its id and subnet, and is up"
+    );
+    assert_eq!(lab.status().replicas.len(), 3);
+
+    let joined = lab.add_host().unwrap();
+    lab.start_agent(joined).unwrap();
+    wait_until(
+        &lab,
+        Duration::from_secs(20),
+        "a new host registers over etcd",
+        &logs,
+        |lab| {
+            lab.status()
+                .nodes
+                .iter()
+                .all(|n| n.status.as_deref() == Some("up"))
+        },
+    );
+    lab.down(true).expect("down");
+    assert_nothing_left(&name, root.path());
 }

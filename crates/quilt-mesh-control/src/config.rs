@@ -161,6 +161,22 @@ pub struct MigrateArgs {
     /// The key prefix to write under (it must hold no nodes yet).
     #[arg(long = flags::ETCD_PREFIX, default_value = "/quilt")]
     pub etcd_prefix: String,
+    /// The cluster CIDR the database was made for (a different one is refused).
+    #[arg(long, default_value = defaults::CLUSTER_CIDR)]
+    pub cluster_cidr: Ipv4Net,
+    /// The node prefix length the database was made for.
+    #[arg(long, default_value_t = 24)]
+    pub node_prefix_len: u8,
+}
+
+impl MigrateArgs {
+    /// The cluster plan being moved.
+    pub fn plan(&self) -> Result<ClusterNetwork, ConfigError> {
+        Ok(ClusterNetwork::new(
+            self.cluster_cidr,
+            self.node_prefix_len,
+        )?)
+    }
 }
 
 /// The etcd endpoints of `--to etcd:URLS`.

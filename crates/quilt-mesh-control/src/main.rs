@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     quilt_common::logging::init(&config.log_level);
     if let Some(Command::Migrate(args)) = &config.command {
-        let migrated = quilt_mesh_control::migrate::run(&config, args).await?;
+        let migrated = quilt_mesh_control::migrate::run(args).await?;
         tracing::info!(nodes = migrated.nodes, revision = migrated.revision, next_node_id = migrated.next_node_id, from = %args.from.display(), to = args.to.0.join(","), prefix = %args.etcd_prefix, "migrated the cluster to etcd; start the replicas with --store etcd");
         println!(
             "migrated {} nodes from {} to etcd prefix {} (revision {}, next node id {})",

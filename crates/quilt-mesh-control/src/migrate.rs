@@ -15,7 +15,7 @@ use quilt_etcd::EtcdClient;
 use quilt_etcd::ops::{self, absent};
 use quilt_etcd::pb::TxnRequest;
 
-use crate::config::{Config, MigrateArgs, check_etcd_prefix};
+use crate::config::{MigrateArgs, check_etcd_prefix};
 use crate::model::Node;
 use crate::store::etcd::keys::Keys;
 use crate::store::stored::StoredNode;
@@ -34,8 +34,8 @@ pub struct Migrated {
 }
 
 /// Runs `migrate` as the command line asked.
-pub async fn run(config: &Config, args: &MigrateArgs) -> anyhow::Result<Migrated> {
-    let plan = config.validate()?;
+pub async fn run(args: &MigrateArgs) -> anyhow::Result<Migrated> {
+    let plan = args.plan()?;
     check_etcd_prefix(&args.etcd_prefix)?;
     let (nodes, revision, next_node_id) = read_sqlite(&args.from, plan).await?;
     let client = EtcdClient::new(&args.to.0, Default::default())?;

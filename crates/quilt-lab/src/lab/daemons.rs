@@ -182,17 +182,26 @@ pub(super) fn make_certificates(state: &LabState) -> Result<(), LabError> {
     };
     crate::pki::init(dir, crate::pki::CA_DAYS, true)
         .map_err(|e| LabError::setup("make the lab's CA", e))?;
-    issue(
-        dir,
-        "control".into(),
-        state.replica_hosts().map(|h| h.host_ip.into()).collect(),
-        Vec::new(),
-    )?;
+    issue_control_certificate(state)?;
     for h in &state.hosts {
         issue_host_certificate(state, h.index)?;
     }
     issue(dir, "lab".into(), Vec::new(), vec!["quilt-lab".into()])?;
     Ok(())
+}
+
+/// The control plane's certificate (`control`, naming every replica host's address),
+/// unless the lab is insecure.
+pub(super) fn issue_control_certificate(state: &LabState) -> Result<(), LabError> {
+    let Some(dir) = &state.pki_dir else {
+        return Ok(());
+    };
+    issue(
+        dir,
+        "control".into(),
+        state.replica_hosts().map(|h| h.host_ip.into()).collect(),
+        Vec::new(),
+    )
 }
 
 /// Host `host`'s certificate (`hN`, naming its address: what its agent presents), unless

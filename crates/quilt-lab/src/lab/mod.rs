@@ -6,10 +6,12 @@
 //! - `up`: the bring-up stages.
 //! - `daemons`: starting and stopping each daemon, written once over a [`LabState`];
 //!   the [`Lab`] methods below are thin wrappers that also keep the child handles.
+//! - `migrate`: moving a running lab from SQLite to replicas over etcd.
 //! - `teardown`: removing everything a lab made, best effort.
 //! - `status`: what runs, what the control plane says, pings and commands in members.
 
 mod daemons;
+mod migrate;
 mod spec;
 mod status;
 mod teardown;
