@@ -27,6 +27,7 @@ async fn a_pause_of_the_control_plane_marks_no_live_node_down() {
         .timeouts(quilt_api::Timeouts {
             connect: Duration::from_secs(1),
             request: Duration::from_secs(20),
+            failover: Duration::from_secs(2),
         })
         .build()
         .unwrap();

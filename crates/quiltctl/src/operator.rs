@@ -55,6 +55,7 @@ pub fn control_client(global: &Global) -> anyhow::Result<ControlClient> {
         .timeouts(Timeouts {
             connect: Duration::from_secs(3),
             request: Duration::from_secs(10),
+            failover: Duration::from_secs(2),
         })
         .build()?)
 }

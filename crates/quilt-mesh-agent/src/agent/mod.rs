@@ -115,6 +115,7 @@ pub async fn run<O: Overlay>(
         health,
         held: None,
         polling_said: false,
+        heartbeats_failed: 0,
     };
     let result = agent.main_loop(stop).await;
     if result.is_ok() && agent.config.leave_on_exit {
@@ -167,6 +168,8 @@ struct Agent<O> {
     held: Option<Held>,
     /// It was said that the control plane has no watch stream (said once).
     polling_said: bool,
+    /// Heartbeats failed in a row (no replica answered, or all refused).
+    heartbeats_failed: u64,
 }
 
 /// A node held out of the mesh: its runtime refuses the leased subnet. The agent

@@ -28,17 +28,125 @@ enum Wake {
     Check,
     /// Time to list again: the control plane has no watch stream.
     Poll,
+    /// Time to open the watch stream again.
+    Reopen,
+}
+
+/// How soon a periodic resync that could not list is tried again.
+const RESYNC_RETRY: Duration = Duration::from_secs(5);
+
+/// The first wait before opening a watch again after a failure; it doubles up to
+/// [`REOPEN_MAX`].
+const REOPEN_FIRST: Duration = Duration::from_millis(250);
+
+/// The longest wait between attempts to open the watch.
+const REOPEN_MAX: Duration = Duration::from_secs(5);
+
+/// A stream that lasted this long and then broke is opened again at once; one that
+/// broke sooner waits the backoff, so a replica that accepts and drops every watch is not
+/// asked in a tight loop.
+const STREAM_LIVED: Duration = Duration::from_secs(5);
+
+/// The session's source of changes: the watch stream, polling, or neither (to be
+/// opened again), with the revision to resume from and the retry backoff.
+#[derive(Default)]
+struct Feed {
+    events: Events,
+    /// The control plane has no watch stream: the node list is polled.
+    polling: bool,
+    /// The last revision seen (an event's, or a list's); none: list first.
+    since: Option<u64>,
+    /// The wait before the next attempt to open the watch after a failure.
+    backoff: Duration,
+    /// When the open stream was opened.
+    opened_at: Option<Instant>,
+    /// Attempts to open the watch that failed since it was last open.
+    failures: u64,
+}
+
+impl Feed {
+    /// Neither watching nor polling: the watch is to be opened.
+    fn closed(&self) -> bool {
+        self.events.is_none() && !self.polling
+    }
+
+    fn opened(&mut self, events: EventStream, since: u64) {
+        if self.failures > 0 {
+            info!(
+                since,
+                failures = self.failures,
+                "watch stream open again; resuming from the last revision seen"
+            );
+        } else {
+            debug!(since, "watch stream open");
+        }
+        self.events = Some(events);
+        self.polling = false;
+        self.failures = 0;
+        self.backoff = REOPEN_FIRST;
+        self.opened_at = Some(Instant::now());
+    }
+
+    /// The stream ended (`error`, or closed by the server): answers the wait before it
+    /// is opened again, from the last revision seen.
+    fn broke(&mut self, error: Option<ControlError>) -> Duration {
+        let lived = self.opened_at.take().map(|t| t.elapsed());
+        self.events = None;
+        match error {
+            Some(e) => {
+                info!(error = %e, since = ?self.since, "watch stream broke; watching again from the last revision seen")
+            }
+            None => {
+                info!(since = ?self.since, "watch stream ended; watching again from the last revision seen")
+            }
+        }
+        if lived.is_some_and(|l| l >= STREAM_LIVED) {
+            Duration::ZERO
+        } else {
+            self.next_backoff()
+        }
+    }
+
+    /// An attempt to `what` failed: said at warn the first time, then at debug; answers
+    /// the wait before the next.
+    fn failed(&mut self, what: &str, e: &ControlError) -> Duration {
+        self.failures += 1;
+        let wait = self.next_backoff();
+        if self.failures == 1 {
+            warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot {what}; nothing on the node changes meanwhile, retrying");
+        } else {
+            debug!(error = %e, failures = self.failures, retry_in_ms = wait.as_millis() as u64, "cannot {what} yet");
+        }
+        wait
+    }
+
+    /// A full list succeeded at `revision`: the watch is opened again from it.
+    fn restart_from(&mut self, revision: u64) {
+        self.events = None;
+        self.polling = false;
+        self.opened_at = None;
+        self.since = Some(revision);
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let wait = self.backoff.max(REOPEN_FIRST);
+        self.backoff = (wait * 2).min(REOPEN_MAX);
+        wait
+    }
 }
 
 /// How often the node list is read from a control plane that has no watch stream (the
 /// original one); the watch is tried again at every full resync.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The watch stream, or none while polling.
-type Events =
-    Option<std::pin::Pin<Box<dyn futures::Stream<Item = Result<WatchEvent, ControlError>> + Send>>>;
+/// An open watch stream.
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<WatchEvent, ControlError>> + Send>>;
 
-/// The next event of `events`; never, while polling.
+/// The watch stream, or none while polling or reopening.
+type Events = Option<EventStream>;
+
+/// The next event of `events`; never, while there is no stream.
 async fn next_event(events: &mut Events) -> Option<Result<WatchEvent, ControlError>> {
     match events {
         Some(events) => events.next().await,
@@ -268,6 +376,11 @@ impl<O: Overlay> Agent<O> {
     }
 
     /// Lists, reconciles, then applies watch events until something ends the session.
+    /// Heartbeats go on whatever the watch does. A watch that breaks or goes silent is
+    /// opened again (the client moves to the next replica) from the last revision seen,
+    /// so nothing on the node changes; only a revision the history no longer holds (410)
+    /// or the periodic resync lists again. Failures to list or watch are retried with a
+    /// bounded backoff and change nothing in the kernel.
     async fn session(
         &mut self,
         registered: &Registered,
@@ -279,93 +392,136 @@ impl<O: Overlay> Agent<O> {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut feed = Feed::default();
+        let resync_at = tokio::time::sleep(self.config.resync_interval);
+        let mut resync_at = std::pin::pin!(resync_at);
+        let reopen_at = tokio::time::sleep(Duration::ZERO);
+        let mut reopen_at = std::pin::pin!(reopen_at);
         loop {
-            let revision = match self.resync(registered).await {
-                Ok(revision) => revision,
-                Err(e) => {
-                    debug!(error = %e, "resync failed; retrying");
-                    if sleep_or_stop(stop, Duration::from_millis(500)).await {
-                        return SessionEnd::Stop;
-                    }
-                    continue;
-                }
+            let wake = tokio::select! {
+                _ = stop.wait_for(|s| *s) => Wake::Stop,
+                event = next_event(&mut feed.events) => Wake::Event(event),
+                _ = poll.tick(), if feed.polling => Wake::Poll,
+                () = &mut reopen_at, if feed.closed() => Wake::Reopen,
+                _ = heartbeat.tick() => Wake::Heartbeat,
+                () = &mut resync_at => Wake::Resync,
+                _ = check.tick() => Wake::Check,
             };
-            let mut events: Events = match self.control.watch(revision).await {
-                Ok(events) => Some(Box::pin(events)),
-                Err(ControlError::Refused { status, url, .. }) if status.as_u16() == 404 => {
-                    if !self.polling_said {
-                        warn!(%url, "the control plane has no watch stream (404, as the original one); polling the node list every {} s instead", POLL_INTERVAL.as_secs());
-                        self.polling_said = true;
+            match wake {
+                Wake::Stop => return SessionEnd::Stop,
+                Wake::Reopen => {
+                    let retry_in = self.open_feed(registered, &mut feed).await;
+                    if feed.polling {
+                        poll.reset();
                     }
-                    poll.reset();
-                    None
+                    if let Some(wait) = retry_in {
+                        reopen_at.as_mut().reset(tokio::time::Instant::now() + wait);
+                    }
                 }
-                Err(e) => {
+                Wake::Event(Some(Ok(event))) => {
+                    feed.since = Some(event.revision);
+                    if self.on_event(registered, event).await {
+                        return SessionEnd::Reregister;
+                    }
+                }
+                Wake::Event(end) => {
+                    let wait = feed.broke(end.and_then(Result::err));
                     self.metrics.watch_reconnects.inc();
-                    debug!(error = %e, "cannot open the watch stream; listing again");
-                    if sleep_or_stop(stop, Duration::from_millis(500)).await {
-                        return SessionEnd::Stop;
-                    }
-                    continue;
+                    reopen_at.as_mut().reset(tokio::time::Instant::now() + wait);
                 }
-            };
-            let resync_at = tokio::time::sleep(self.config.resync_interval);
-            let mut resync_at = std::pin::pin!(resync_at);
-            loop {
-                let wake = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => Wake::Stop,
-                    event = next_event(&mut events) => Wake::Event(event),
-                    _ = poll.tick(), if events.is_none() => Wake::Poll,
-                    _ = heartbeat.tick() => Wake::Heartbeat,
-                    _ = &mut resync_at => Wake::Resync,
-                    _ = check.tick() => Wake::Check,
-                };
-                match wake {
-                    Wake::Stop => return SessionEnd::Stop,
-                    Wake::Event(Some(Ok(event))) => {
-                        if self.on_event(registered, event).await {
-                            return SessionEnd::Reregister;
-                        }
+                Wake::Heartbeat => {
+                    if self.heartbeat(registered).await {
+                        return SessionEnd::Reregister;
                     }
-                    Wake::Event(Some(Err(e))) => {
-                        info!(error = %e, "watch stream broke; listing again");
-                        self.metrics.watch_reconnects.inc();
-                        break;
-                    }
-                    Wake::Event(None) => {
-                        info!("watch stream ended; listing again");
-                        self.metrics.watch_reconnects.inc();
-                        break;
-                    }
-                    Wake::Heartbeat => {
-                        if self.heartbeat(registered).await {
-                            return SessionEnd::Reregister;
-                        }
-                    }
-                    Wake::Resync => break,
-                    Wake::Check => self.check(registered).await,
-                    Wake::Poll => match self.poll(registered).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            warn!(node_id = %registered.node_id, "this node is no longer listed by the control plane; registering again");
-                            return SessionEnd::Reregister;
-                        }
-                        Err(e) => warn!(error = %e, "cannot list the nodes; trying again"),
-                    },
                 }
+                Wake::Resync => {
+                    // List and compare; on success watch again from the list's revision,
+                    // so no event older than the list is applied after it.
+                    let next = match self.resync(registered).await {
+                        Ok(revision) => {
+                            feed.restart_from(revision);
+                            reopen_at.as_mut().reset(tokio::time::Instant::now());
+                            self.config.resync_interval
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot list the nodes for the periodic resync; keeping the current view and trying again");
+                            RESYNC_RETRY.min(self.config.resync_interval)
+                        }
+                    };
+                    resync_at.as_mut().reset(tokio::time::Instant::now() + next);
+                }
+                Wake::Check => self.check(registered).await,
+                Wake::Poll => match self.poll(registered).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(node_id = %registered.node_id, "this node is no longer listed by the control plane; registering again");
+                        return SessionEnd::Reregister;
+                    }
+                    Err(e) => warn!(error = %e, "cannot list the nodes; trying again"),
+                },
             }
         }
     }
 
+    /// Opens the watch from `feed.since` (listing and reconciling first when there is
+    /// none); answers when to try again if it is not open, or `None` when it is (or the
+    /// control plane has no watch stream: polling).
+    async fn open_feed(&mut self, registered: &Registered, feed: &mut Feed) -> Option<Duration> {
+        let since = match feed.since {
+            Some(since) => since,
+            None => match self.resync(registered).await {
+                Ok(revision) => {
+                    feed.since = Some(revision);
+                    revision
+                }
+                Err(e) => return Some(feed.failed("list the nodes", &e)),
+            },
+        };
+        match self.control.watch(since).await {
+            Ok(events) => {
+                feed.opened(Box::pin(events), since);
+                None
+            }
+            Err(ControlError::Refused { status, url, .. }) if status.as_u16() == 404 => {
+                if !self.polling_said {
+                    warn!(%url, "the control plane has no watch stream (404, as the original one); polling the node list every {} s instead", POLL_INTERVAL.as_secs());
+                    self.polling_said = true;
+                }
+                feed.polling = true;
+                None
+            }
+            Err(ControlError::Gone(revision)) => {
+                info!(
+                    revision,
+                    "the watch history no longer holds the last revision seen; listing again"
+                );
+                feed.since = None;
+                Some(Duration::ZERO)
+            }
+            Err(e) => Some(feed.failed("open the watch stream", &e)),
+        }
+    }
+
     /// Sends a heartbeat; answers true when the control plane no longer knows this node.
-    async fn heartbeat(&self, registered: &Registered) -> bool {
+    /// Any other failure (no replica answers, 503 from all) keeps the session and
+    /// everything on the node: it is said once, and again when heartbeats get through.
+    async fn heartbeat(&mut self, registered: &Registered) -> bool {
         let condition = self.held.as_ref().map(|h| &h.condition);
         match self
             .control
             .heartbeat(&registered.node_id, &registered.token, condition)
             .await
         {
-            Ok(()) => false,
+            Ok(()) => {
+                if self.heartbeats_failed > 0 {
+                    info!(
+                        failed = self.heartbeats_failed,
+                        "heartbeats get through again"
+                    );
+                    self.heartbeats_failed = 0;
+                }
+                false
+            }
             Err(ControlError::UnknownNode(id)) => {
                 warn!(node_id = %id, "the control plane no longer knows this node; registering again");
                 true
@@ -375,7 +531,12 @@ impl<O: Overlay> Agent<O> {
                 true
             }
             Err(e) => {
-                warn!(error = %e, "heartbeat failed");
+                self.heartbeats_failed += 1;
+                if self.heartbeats_failed == 1 {
+                    warn!(error = %e, "heartbeat failed; routes and the device stay as they are, retrying every interval");
+                } else {
+                    debug!(error = %e, failed = self.heartbeats_failed, "heartbeat failed again");
+                }
                 false
             }
         }
