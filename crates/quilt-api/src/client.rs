@@ -90,7 +90,9 @@ impl ControlError {
     }
 }
 
-/// A client of one or more control-plane replicas.
+/// A client of one or more control-plane replicas. Clones share the connection pool and
+/// the preferred replica.
+#[derive(Clone)]
 pub struct ControlClient {
     replicas: Arc<Replicas>,
     http: reqwest::Client,
@@ -203,6 +205,11 @@ impl ControlClient {
     /// The URLs this client tries, as given (trimmed).
     pub fn urls(&self) -> &[String] {
         self.replicas.urls()
+    }
+
+    /// The URL the next call tries first: the replica that answered last.
+    pub fn preferred_url(&self) -> &str {
+        &self.urls()[self.replicas.preferred()]
     }
 
     /// Sends the request `build` makes to each replica in turn, the preferred one first,

@@ -23,7 +23,10 @@ use crate::state;
 enum Wake {
     Stop,
     Event(Option<Result<WatchEvent, ControlError>>),
+    /// Time to send a heartbeat.
     Heartbeat,
+    /// The heartbeat in flight was answered (or failed).
+    Beaten(Result<(), ControlError>),
     Resync,
     Check,
     /// Time to list again: the control plane has no watch stream.
@@ -60,6 +63,8 @@ struct Feed {
     backoff: Duration,
     /// When the open stream was opened.
     opened_at: Option<Instant>,
+    /// The replica the open stream came from.
+    replica: Option<String>,
     /// Attempts to open the watch that failed since it was last open.
     failures: u64,
 }
@@ -92,6 +97,7 @@ impl Feed {
     fn broke(&mut self, error: Option<ControlError>) -> Duration {
         let lived = self.opened_at.take().map(|t| t.elapsed());
         self.events = None;
+        self.replica = None;
         match error {
             Some(e) => {
                 info!(error = %e, since = ?self.since, "watch stream broke; watching again from the last revision seen")
@@ -122,10 +128,16 @@ impl Feed {
 
     /// A full list succeeded at `revision`: the watch is opened again from it.
     fn restart_from(&mut self, revision: u64) {
-        self.events = None;
+        self.restart();
         self.polling = false;
-        self.opened_at = None;
         self.since = Some(revision);
+    }
+
+    /// Closes the open stream, to be opened again (from `since`) at once.
+    fn restart(&mut self) {
+        self.events = None;
+        self.opened_at = None;
+        self.replica = None;
     }
 
     fn next_backoff(&mut self) -> Duration {
@@ -145,6 +157,18 @@ type EventStream =
 
 /// The watch stream, or none while polling or reopening.
 type Events = Option<EventStream>;
+
+/// A heartbeat in flight: it runs beside the loop, so a replica that takes the failover
+/// timeout to be left holds up no watch event.
+type Beat = std::pin::Pin<Box<dyn Future<Output = Result<(), ControlError>> + Send>>;
+
+/// The answer to the heartbeat in flight; never, while there is none.
+async fn beaten(beat: &mut Option<Beat>) -> Result<(), ControlError> {
+    match beat {
+        Some(beat) => beat.await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The next event of `events`; never, while there is no stream.
 async fn next_event(events: &mut Events) -> Option<Result<WatchEvent, ControlError>> {
@@ -393,6 +417,7 @@ impl<O: Overlay> Agent<O> {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut feed = Feed::default();
+        let mut beat: Option<Beat> = None;
         let resync_at = tokio::time::sleep(self.config.resync_interval);
         let mut resync_at = std::pin::pin!(resync_at);
         let reopen_at = tokio::time::sleep(Duration::ZERO);
@@ -403,7 +428,8 @@ impl<O: Overlay> Agent<O> {
                 event = next_event(&mut feed.events) => Wake::Event(event),
                 _ = poll.tick(), if feed.polling => Wake::Poll,
                 () = &mut reopen_at, if feed.closed() => Wake::Reopen,
-                _ = heartbeat.tick() => Wake::Heartbeat,
+                _ = heartbeat.tick(), if beat.is_none() => Wake::Heartbeat,
+                result = beaten(&mut beat) => Wake::Beaten(result),
                 () = &mut resync_at => Wake::Resync,
                 _ = check.tick() => Wake::Check,
             };
@@ -417,6 +443,9 @@ impl<O: Overlay> Agent<O> {
                     if let Some(wait) = retry_in {
                         reopen_at.as_mut().reset(tokio::time::Instant::now() + wait);
                     }
+                    if feed.events.is_some() {
+                        feed.replica = Some(self.control.preferred_url().to_string());
+                    }
                 }
                 Wake::Event(Some(Ok(event))) => {
                     feed.since = Some(event.revision);
@@ -429,9 +458,25 @@ impl<O: Overlay> Agent<O> {
                     self.metrics.watch_reconnects.inc();
                     reopen_at.as_mut().reset(tokio::time::Instant::now() + wait);
                 }
-                Wake::Heartbeat => {
-                    if self.heartbeat(registered).await {
+                Wake::Heartbeat => beat = Some(self.start_heartbeat(registered)),
+                Wake::Beaten(result) => {
+                    beat = None;
+                    let answered = result.is_ok();
+                    if self.heartbeat_answered(result) {
                         return SessionEnd::Reregister;
+                    }
+                    // Heartbeats left the watch's replica (it stopped answering, or
+                    // answered 503): the watch follows now, from the last revision, rather
+                    // than after three silent keepalive intervals.
+                    let now_at = self.control.preferred_url();
+                    if answered
+                        && feed.events.is_some()
+                        && feed.replica.as_deref().is_some_and(|r| r != now_at)
+                    {
+                        info!(from = ?feed.replica, to = %now_at, since = ?feed.since, "heartbeats moved to another replica; moving the watch there");
+                        feed.restart();
+                        self.metrics.watch_reconnects.inc();
+                        reopen_at.as_mut().reset(tokio::time::Instant::now());
                     }
                 }
                 Wake::Resync => {
@@ -502,16 +547,27 @@ impl<O: Overlay> Agent<O> {
         }
     }
 
-    /// Sends a heartbeat; answers true when the control plane no longer knows this node.
+    /// Sends a heartbeat and waits for it; answers true when the control plane no
+    /// longer knows this node (see [`Agent::heartbeat_answered`]).
+    async fn heartbeat(&mut self, registered: &Registered) -> bool {
+        let result = self.start_heartbeat(registered).await;
+        self.heartbeat_answered(result)
+    }
+
+    /// A heartbeat for `registered`, with the node's condition if it is held, to be
+    /// awaited beside the session loop.
+    fn start_heartbeat(&self, registered: &Registered) -> Beat {
+        let control = self.control.clone();
+        let (id, token) = (registered.node_id.clone(), registered.token.clone());
+        let condition = self.held.as_ref().map(|h| h.condition.clone());
+        Box::pin(async move { control.heartbeat(&id, &token, condition.as_ref()).await })
+    }
+
+    /// Reads a heartbeat's answer; true when the control plane no longer knows this node.
     /// Any other failure (no replica answers, 503 from all) keeps the session and
     /// everything on the node: it is said once, and again when heartbeats get through.
-    async fn heartbeat(&mut self, registered: &Registered) -> bool {
-        let condition = self.held.as_ref().map(|h| &h.condition);
-        match self
-            .control
-            .heartbeat(&registered.node_id, &registered.token, condition)
-            .await
-        {
+    fn heartbeat_answered(&mut self, result: Result<(), ControlError>) -> bool {
+        match result {
             Ok(()) => {
                 if self.heartbeats_failed > 0 {
                     info!(
