@@ -91,7 +91,8 @@ pub struct Config {
     /// A watch stream that sent nothing for this long sends a bare newline (a keepalive
     /// line, skipped by NDJSON readers), and names it in `X-Quilt-Keepalive-Ms`: clients
     /// take three silent intervals for a dead replica. Connections that leave data
-    /// unacknowledged for three intervals (at least 3 s) are dropped (TCP_USER_TIMEOUT).
+    /// unacknowledged for two intervals (at least 3 s) are dropped (TCP_USER_TIMEOUT), so
+    /// a dead client's watch ends within three intervals of its death.
     #[arg(long, env = "QUILT_CONTROL_WATCH_KEEPALIVE", default_value = "3s", value_parser = quilt_common::duration::parse)]
     pub watch_keepalive: Duration,
 

@@ -67,9 +67,12 @@ pub struct Limits {
 const MIN_DEAD_CLIENT_AFTER: Duration = Duration::from_secs(3);
 
 /// How long a client may leave data unacknowledged when watch streams send a keepalive
-/// line every `keepalive`: three intervals, at least 3 s.
+/// line every `keepalive`: two intervals, at least 3 s. A client that dies is sent its
+/// next keepalive within one interval, and two more without an acknowledgment drop the
+/// connection: three intervals from its death in all, the silence after which clients
+/// give up on a server.
 pub fn dead_client_after(keepalive: Duration) -> Duration {
-    (keepalive * 3).max(MIN_DEAD_CLIENT_AFTER)
+    (keepalive * 2).max(MIN_DEAD_CLIENT_AFTER)
 }
 
 /// Sets TCP_USER_TIMEOUT on an accepted connection; a failure is logged, not fatal (the
@@ -335,10 +338,10 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_client_is_three_keepalives_but_never_under_3_s() {
+    fn a_dead_client_is_two_unacknowledged_keepalives_but_never_under_3_s() {
         assert_eq!(
             dead_client_after(Duration::from_secs(3)),
-            Duration::from_secs(9)
+            Duration::from_secs(6)
         );
         assert_eq!(
             dead_client_after(Duration::from_millis(300)),
