@@ -125,6 +125,13 @@ async fn mesh(control_args: &[&str]) -> Mesh {
         overlay.neighbours_of("vxlan100").len() == 2 && routes(runtime.addr).await.len() == 2
     })
     .await;
+    // The watch opens right after the list that put the peers in place.
+    eventually(
+        Duration::from_secs(5),
+        "the watch open through p1",
+        async || !p1.requests("GET /api/nodes/watch").is_empty(),
+    )
+    .await;
     assert_eq!(p1.requests("POST /api/nodes/register").len(), 1);
     assert_eq!(p1.requests("GET /api/nodes/watch").len(), 1);
     Mesh {

@@ -1,9 +1,11 @@
 //! The agent's wiring: [`run`] builds the `Agent` from the flags and the kernel, then
 //! drives it. The rooms: `session` (register, prepare the node, the session loop and
-//! heartbeats), `apply` (observe, plan, and the one executor for resyncs and watch
-//! events alike) and `leave` (`--leave-on-exit`).
+//! heartbeats), `feed` (the watch stream, polling, and reopening with backoff), `apply`
+//! (observe, plan, and the one executor for resyncs and watch events alike) and `leave`
+//! (`--leave-on-exit`).
 
 mod apply;
+mod feed;
 mod leave;
 mod session;
 
