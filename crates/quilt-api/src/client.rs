@@ -1,10 +1,13 @@
 //! [`ControlClient`]: the control plane's HTTP API as every Quilt Mesh program calls it.
 //!
 //! Several URLs may be given (replicas); each call tries them in order, starting with the
-//! one that answered last, and moves on only when one does not answer at all. An answer
-//! that is an error is final and comes back typed: [`ControlError`].
+//! one that answered last. A replica that does not connect, does not answer within the
+//! failover timeout (2 s; the last one tried gets the whole request timeout) or answers
+//! 502, 503 or 504 is left at once for the next. Any other answer that is an error is
+//! final and comes back typed: [`ControlError`]. A watch stream whose server names a
+//! keepalive interval ends with [`ControlError::WatchSilent`] after three silent ones.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -12,6 +15,8 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::lines::lines;
+use crate::replicas::Replicas;
+use crate::silence::{self, Break};
 use crate::types::{
     ErrorBody, Health, HeartbeatRequest, NodeCondition, NodeInfo, NodeList, RegisterRequest,
     RegisterResponse, Revision, WatchEvent,
@@ -23,8 +28,12 @@ use crate::types::{
 pub struct Timeouts {
     /// To open a TCP connection to one URL before trying the next.
     pub connect: Duration,
-    /// For a whole unary call (list, register, heartbeat, leave, ...).
+    /// For a whole unary call (list, register, heartbeat, leave, ...), and for a watch's
+    /// answer to begin.
     pub request: Duration,
+    /// For a replica other than the last one tried to begin its answer before the next
+    /// is tried (capped by `request`).
+    pub failover: Duration,
 }
 
 impl Default for Timeouts {
@@ -32,6 +41,7 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(2),
             request: Duration::from_secs(10),
+            failover: Duration::from_secs(2),
         }
     }
 }
@@ -62,6 +72,10 @@ pub enum ControlError {
     StaleToken(String),
     #[error("watch history no longer holds revision {0}; list again")]
     Gone(Revision),
+    #[error(
+        "watch stream from {url} sent nothing for {silent:?} (3 keepalive intervals): the replica or the connection is dead; watch again"
+    )]
+    WatchSilent { url: String, silent: Duration },
     #[error("control plane answered {what} with a body that does not parse: {message}")]
     BadAnswer { what: &'static str, message: String },
 }
@@ -76,10 +90,11 @@ impl ControlError {
     }
 }
 
-/// A client of one or more control-plane replicas.
+/// A client of one or more control-plane replicas. Clones share the connection pool and
+/// the preferred replica.
+#[derive(Clone)]
 pub struct ControlClient {
-    urls: Vec<String>,
-    preferred: AtomicUsize,
+    replicas: Arc<Replicas>,
     http: reqwest::Client,
     join_token: Option<String>,
     timeouts: Timeouts,
@@ -163,8 +178,7 @@ impl ControlClientBuilder {
             .build()
             .map_err(|e| ControlError::Client(error_chain(&e)))?;
         Ok(ControlClient {
-            urls,
-            preferred: AtomicUsize::new(0),
+            replicas: Arc::new(Replicas::new(urls)),
             http,
             join_token: self.join_token,
             timeouts: self.timeouts,
@@ -190,31 +204,52 @@ impl ControlClient {
 
     /// The URLs this client tries, as given (trimmed).
     pub fn urls(&self) -> &[String] {
-        &self.urls
+        self.replicas.urls()
     }
 
-    /// Sends the request `build` makes for each URL in turn until one answers at all;
-    /// answers with that URL and the response.
+    /// The URL the next call tries first: the replica that answered last.
+    pub fn preferred_url(&self) -> &str {
+        &self.urls()[self.replicas.preferred()]
+    }
+
+    /// Sends the request `build` makes to each replica in turn, the preferred one first,
+    /// until one answers something other than 502, 503 or 504: a replica that does not
+    /// connect, or does not begin its answer within the failover timeout (the last one
+    /// tried: the request timeout), is left for the next. Answers the replica's index,
+    /// the URL and the response; when every replica failed and some answered 502-504, the
+    /// last of those answers (the caller reads it as the refusal it is).
     async fn send(
         &self,
         method: Method,
         path: &str,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
-    ) -> Result<(String, Response), ControlError> {
-        let start = self.preferred.load(Ordering::Relaxed);
+    ) -> Result<(usize, String, Response), ControlError> {
+        let start = self.replicas.preferred();
+        let count = self.urls().len();
         let mut failures = Vec::new();
-        for offset in 0..self.urls.len() {
-            let index = (start + offset) % self.urls.len();
-            let url = format!("{}{path}", self.urls[index]);
-            match build(self.http.request(method.clone(), &url)).send().await {
-                Ok(response) => {
-                    self.preferred.store(index, Ordering::Relaxed);
-                    return Ok((url, response));
+        let mut unavailable = None;
+        for (tried, index) in self.replicas.order(start).enumerate() {
+            let url = format!("{}{path}", self.urls()[index]);
+            let limit = if tried + 1 == count {
+                self.timeouts.request
+            } else {
+                self.timeouts.failover.min(self.timeouts.request)
+            };
+            let request = build(self.http.request(method.clone(), &url)).send();
+            match tokio::time::timeout(limit, request).await {
+                Ok(Ok(response)) if is_unavailable(response.status()) => {
+                    failures.push(format!("{url}: answered {}", response.status()));
+                    unavailable = Some((index, url, response));
                 }
-                Err(e) => failures.push(format!("{url}: {}", error_chain(&e))),
+                Ok(Ok(response)) => {
+                    self.replicas.answered(start, index, &failures);
+                    return Ok((index, url, response));
+                }
+                Ok(Err(e)) => failures.push(format!("{url}: {}", error_chain(&e))),
+                Err(_) => failures.push(format!("{url}: no answer within {limit:?}")),
             }
         }
-        Err(ControlError::Unreachable(failures.join("; ")))
+        unavailable.ok_or_else(|| ControlError::Unreachable(failures.join("; ")))
     }
 
     /// A unary call: bounded by the request timeout.
@@ -225,14 +260,16 @@ impl ControlClient {
         bearer: Option<&str>,
     ) -> Result<(String, Response), ControlError> {
         let timeout = self.timeouts.request;
-        self.send(method, path, |builder| {
-            let builder = builder.timeout(timeout);
-            match bearer {
-                Some(token) => with_token(builder, token),
-                None => builder,
-            }
-        })
-        .await
+        let (_, url, response) = self
+            .send(method, path, |builder| {
+                let builder = builder.timeout(timeout);
+                match bearer {
+                    Some(token) => with_token(builder, token),
+                    None => builder,
+                }
+            })
+            .await?;
+        Ok((url, response))
     }
 
     async fn refusal(what: &'static str, url: String, response: Response) -> ControlError {
@@ -299,7 +336,7 @@ impl ControlClient {
         request: &RegisterRequest,
     ) -> Result<RegisterResponse, ControlError> {
         let timeout = self.timeouts.request;
-        let answer = self
+        let (_, url, response) = self
             .send(Method::POST, "/api/nodes/register", |builder| {
                 let builder = builder.timeout(timeout).json(request);
                 match &self.join_token {
@@ -309,7 +346,7 @@ impl ControlClient {
             })
             .await?;
         let what = "the registration";
-        let body = Self::answer_body(what, answer).await?;
+        let body = Self::answer_body(what, (url, response)).await?;
         RegisterResponse::from_answer(&body, request).map_err(|e| bad_answer(what, &e, &body))
     }
 
@@ -331,7 +368,7 @@ impl ControlClient {
     ) -> Result<(), ControlError> {
         let path = format!("/api/nodes/{node_id}/heartbeat");
         let timeout = self.timeouts.request;
-        let (url, response) = self
+        let (_, url, response) = self
             .send(Method::POST, &path, |builder| {
                 let builder = with_token(builder.timeout(timeout), token);
                 match condition {
@@ -378,27 +415,62 @@ impl ControlClient {
         Self::parse("deleting the node", answer).await
     }
 
-    /// The stream of changes after `since`, one event per line, until the connection
-    /// ends. A revision no longer in the history is [`ControlError::Gone`].
+    /// The stream of changes after `since`, one event per line (keepalive lines
+    /// skipped), until the connection ends. A revision no longer in the history is
+    /// [`ControlError::Gone`]. A stream that breaks, or that is silent for three of the
+    /// keepalive intervals its server names, ends with an error after which the next
+    /// call starts with the next replica: watch again from the last revision seen.
     pub async fn watch(
         &self,
         since: Revision,
     ) -> Result<impl Stream<Item = Result<WatchEvent, ControlError>> + use<>, ControlError> {
         let path = format!("/api/nodes/watch?since={since}");
-        let (url, response) = self.send(Method::GET, &path, |builder| builder).await?;
+        let (index, url, response) = self.send(Method::GET, &path, |builder| builder).await?;
         match response.status() {
             s if s.is_success() => {}
             StatusCode::GONE => return Err(ControlError::Gone(since)),
             _ => return Err(Self::refusal("the watch", url, response).await),
         }
-        Ok(lines(response.bytes_stream()).map(|line| {
-            let line = line.map_err(|e| {
-                ControlError::Unreachable(format!("watch stream broke: {}", error_chain(&e)))
-            })?;
-            serde_json::from_slice::<WatchEvent>(&line)
-                .map_err(|e| bad_answer("a watch event", &e, &line))
-        }))
+        let limit = silence::limit_of(response.headers());
+        let replicas = self.replicas.clone();
+        let bytes = Box::pin(silence::limited(response.bytes_stream(), limit));
+        let broken = move |why: Break<reqwest::Error>| {
+            let e = match why {
+                Break::Transport(e) => ControlError::Unreachable(format!(
+                    "watch stream from {url} broke: {}",
+                    error_chain(&e)
+                )),
+                Break::Silent(silent) => ControlError::WatchSilent {
+                    url: url.clone(),
+                    silent,
+                },
+            };
+            replicas.leave(index, &e.to_string());
+            e
+        };
+        Ok(events(lines(bytes), broken))
     }
+}
+
+/// Watch events from the stream's `lines`; a break of the stream is made an error by
+/// `broken`.
+fn events<E>(
+    lines: impl Stream<Item = Result<Vec<u8>, E>>,
+    broken: impl Fn(E) -> ControlError,
+) -> impl Stream<Item = Result<WatchEvent, ControlError>> {
+    lines.map(move |line| {
+        let line = line.map_err(&broken)?;
+        serde_json::from_slice::<WatchEvent>(&line)
+            .map_err(|e| bad_answer("a watch event", &e, &line))
+    })
+}
+
+/// An answer that says "this replica cannot serve now; another may": 502, 503, 504.
+fn is_unavailable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 /// `builder` with `Authorization: Bearer <token>`, unless there is no token (a control
@@ -473,6 +545,66 @@ mod tests {
             text.contains("http://127.0.0.1:9/api/nodes") && text.contains("127.0.0.2:9"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn keepalive_lines_are_skipped_by_the_watch_parsing() {
+        let event = WatchEvent {
+            revision: 7,
+            kind: crate::types::EventType::Added,
+            node: NodeInfo {
+                node_id: "node-1".into(),
+                hostname: "a".into(),
+                host_ip: "192.168.1.1".parse().unwrap(),
+                subnet: "10.42.1.0/24".parse().unwrap(),
+                cpu_cores: 2,
+                ram_mb: 1024,
+                status: crate::types::Status::Up,
+                registered_at: 1,
+                last_heartbeat: 1,
+                vtep_mac: None,
+                vxlan_port: None,
+                vni: None,
+                condition: None,
+            },
+        };
+        let line = serde_json::to_string(&event).unwrap();
+        let second = line.replace("\"revision\":7", "\"revision\":8");
+        // Keepalives alone, between events, and in the middle of a chunk.
+        let body = format!("\n\n{line}\n\n{}\n\n", second);
+        let (head, tail) = body.split_at(body.len() / 2);
+        let chunks: Vec<Result<Vec<u8>, String>> = vec![
+            Ok(b"\n".to_vec()),
+            Ok(head.as_bytes().to_vec()),
+            Ok(b"".to_vec()),
+            Ok(tail.as_bytes().to_vec()),
+            Ok(b"\n".to_vec()),
+        ];
+        let got: Vec<_> = events(lines(futures::stream::iter(chunks)), |e: String| {
+            ControlError::Unreachable(e)
+        })
+        .collect()
+        .await;
+        let revisions: Vec<_> = got.into_iter().map(|e| e.unwrap().revision).collect();
+        assert_eq!(revisions, [7, 8]);
+    }
+
+    #[test]
+    fn only_502_503_and_504_move_on_to_the_next_replica() {
+        for (status, moves) in [
+            (502, true),
+            (503, true),
+            (504, true),
+            (500, false),
+            (429, false),
+            (404, false),
+        ] {
+            assert_eq!(
+                is_unavailable(StatusCode::from_u16(status).unwrap()),
+                moves,
+                "{status}"
+            );
+        }
     }
 
     #[test]

@@ -212,6 +212,11 @@ pub enum EventType {
     Deleted,
 }
 
+/// The header of a watch answer naming, in milliseconds, the longest the stream stays
+/// silent: the server sends a bare newline (a keepalive line, skipped by readers) when
+/// no event went out for that long.
+pub const KEEPALIVE_HEADER: &str = "x-quilt-keepalive-ms";
+
 /// One line of `GET /api/nodes/watch`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchEvent {

@@ -35,6 +35,7 @@ fn control(urls: &[String], tls: Option<quilt_api::ClientTls>) -> Result<Control
         .timeouts(quilt_api::Timeouts {
             connect: Duration::from_secs(1),
             request: Duration::from_secs(3),
+            failover: Duration::from_secs(1),
         })
         .build()
         .map_err(|e| e.to_string())

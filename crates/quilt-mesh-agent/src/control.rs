@@ -14,8 +14,10 @@ use crate::Config;
 use crate::peers::Peer;
 
 /// A client of the control planes `config` names, registering with `join_token`.
-/// Unary calls (register, list, heartbeat, leave) give up after 5 s, well within a
-/// heartbeat timeout; the watch stream is bounded only by the server.
+/// A replica that has not begun to answer within 2 s (or answers 502-504) is left for the
+/// next; unary calls (register, list, heartbeat, leave) give up after 5 s on the last one,
+/// well within a heartbeat timeout. The watch stream is bounded by its server's keepalive
+/// (three silent intervals end it), or only by the server when it names none.
 pub fn client(config: &Config, join_token: Option<String>) -> Result<ControlClient, ControlError> {
     ControlClient::builder(config.control_planes.clone())
         .join_token(join_token)
@@ -23,6 +25,7 @@ pub fn client(config: &Config, join_token: Option<String>) -> Result<ControlClie
         .timeouts(quilt_api::Timeouts {
             connect: Duration::from_secs(2),
             request: Duration::from_secs(5),
+            failover: Duration::from_secs(2),
         })
         .build()
 }

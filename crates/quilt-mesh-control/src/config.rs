@@ -116,6 +116,14 @@ pub struct Config {
     #[arg(long, env = "QUILT_CONTROL_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_connections_per_client: usize,
 
+    /// A watch stream that sent nothing for this long sends a bare newline (a keepalive
+    /// line, skipped by NDJSON readers), and names it in `X-Quilt-Keepalive-Ms`: clients
+    /// take three silent intervals for a dead replica. Connections that leave data
+    /// unacknowledged for two intervals (at least 3 s) are dropped (TCP_USER_TIMEOUT), so
+    /// a dead client's watch ends within three intervals of its death.
+    #[arg(long, env = "QUILT_CONTROL_WATCH_KEEPALIVE", default_value = "3s", value_parser = quilt_common::duration::parse)]
+    pub watch_keepalive: Duration,
+
     /// Open watch streams in all; past it a new watch is answered 503 (Retry-After).
     #[arg(long, env = "QUILT_CONTROL_MAX_WATCHERS", default_value_t = 2048, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_watchers: usize,
@@ -365,6 +373,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.db_path, PathBuf::from("quilt-mesh.db"));
         assert_eq!(c.heartbeat_timeout, Duration::from_secs(30));
+        assert_eq!(c.watch_keepalive, Duration::from_secs(3));
         assert_eq!(
             c.validate().unwrap().subnet_at(1).unwrap().to_string(),
             "10.42.1.0/24"

@@ -174,6 +174,7 @@ async fn serve_store(
             config.max_watchers_per_client,
         )),
         heartbeat_timeout: config.heartbeat_timeout,
+        watch_keepalive: config.watch_keepalive,
         stopping: stop_rx,
     };
     let app = api::router(state, config.request_timeout);
@@ -186,6 +187,7 @@ async fn serve_store(
             .max(1),
         max_connections_per_client: config.max_connections_per_client,
         idle_timeout: config.idle_timeout,
+        dead_client_after: serve::dead_client_after(config.watch_keepalive),
     };
     let local = listener
         .local_addr()

@@ -1,7 +1,8 @@
 //! The HTTP/1.1 server loop: accepts connections within [`Limits`] (a cap in all and per
 //! client address, each refusal a `503` with a JSON error), closes connections that send
-//! no complete request head in time (idle keep-alives and slow headers alike), and on
-//! shutdown lets the requests in flight finish.
+//! no complete request head in time (idle keep-alives and slow headers alike), drops
+//! connections to clients that stopped acknowledging (TCP_USER_TIMEOUT), and on shutdown
+//! lets the requests in flight finish.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +56,33 @@ pub struct Limits {
     /// A connection that has not sent a whole request head for this long (idle between
     /// requests, or sending its headers slowly) is closed.
     pub idle_timeout: Duration,
+    /// A connection whose client leaves sent data unacknowledged this long is dropped by
+    /// the kernel (TCP_USER_TIMEOUT): a watch to a dead client ends, as its keepalive
+    /// lines go unanswered. See [`dead_client_after`].
+    pub dead_client_after: Duration,
+}
+
+/// The shortest [`Limits::dead_client_after`]: a client that is slow to acknowledge for
+/// a moment (a busy host, a lossy link) keeps its connection.
+const MIN_DEAD_CLIENT_AFTER: Duration = Duration::from_secs(3);
+
+/// How long a client may leave data unacknowledged when watch streams send a keepalive
+/// line every `keepalive`: two intervals, at least 3 s. A client that dies is sent its
+/// next keepalive within one interval, and two more without an acknowledgment drop the
+/// connection: three intervals from its death in all, the silence after which clients
+/// give up on a server.
+pub fn dead_client_after(keepalive: Duration) -> Duration {
+    (keepalive * 2).max(MIN_DEAD_CLIENT_AFTER)
+}
+
+/// Sets TCP_USER_TIMEOUT on an accepted connection; a failure is logged, not fatal (the
+/// connection works, only a dead client is noticed later).
+fn set_user_timeout(stream: &TcpStream, limit: Duration, client: SocketAddr) {
+    use nix::sys::socket::{setsockopt, sockopt::TcpUserTimeout};
+    let ms = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX);
+    if let Err(e) = setsockopt(stream, TcpUserTimeout, &ms) {
+        tracing::debug!(%client, error = %e, "cannot set TCP_USER_TIMEOUT");
+    }
 }
 
 /// How long shutdown waits for requests in flight.
@@ -168,6 +196,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        set_user_timeout(&stream, limits.dead_client_after, peer);
         let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
         let acceptor = tls.as_ref().map(ServerTls::acceptor);
         let handshake_limit = limits.idle_timeout;
@@ -292,6 +321,7 @@ mod tests {
             max_connections: 3,
             max_connections_per_client: 2,
             idle_timeout: Duration::from_secs(1),
+            dead_client_after: Duration::from_secs(3),
         };
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
@@ -305,5 +335,17 @@ mod tests {
         assert_eq!(take_slot(&open, b, &limits).err(), Some(Refusal::Full(3)));
         drop(a1);
         assert!(take_slot(&open, b, &limits).is_ok());
+    }
+
+    #[test]
+    fn a_dead_client_is_two_unacknowledged_keepalives_but_never_under_3_s() {
+        assert_eq!(
+            dead_client_after(Duration::from_secs(3)),
+            Duration::from_secs(6)
+        );
+        assert_eq!(
+            dead_client_after(Duration::from_millis(300)),
+            Duration::from_secs(3)
+        );
     }
 }

@@ -9,6 +9,8 @@
 //! - [`control`]: the control plane in process ([`control::ControlServer`]) or as the
 //!   real binary ([`control::ControlBinary`]).
 //! - [`etcd`]: [`etcd::EtcdCluster`], real etcd members on loopback ports.
+//! - [`replica`]: [`replica::ReplicaProxy`], a control-plane replica stand-in in front of a
+//!   real one that forwards, answers 503 or goes silent on demand.
 //! - [`fake_runtime`]: [`fake_runtime::FakeRuntime`], the runtime in process over a fake kernel.
 //! - [`leaks`]: assertions that no namespace or process outlived a test.
 //! - [`users`]: unprivileged users and groups made for one test and removed on drop.
@@ -23,6 +25,7 @@ pub mod etcd;
 pub mod fake_runtime;
 pub mod leaks;
 pub mod netns;
+pub mod replica;
 pub mod runtime;
 pub mod users;
 pub mod wait;

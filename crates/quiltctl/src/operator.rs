@@ -55,6 +55,7 @@ pub fn control_client(global: &Global) -> anyhow::Result<ControlClient> {
         .timeouts(Timeouts {
             connect: Duration::from_secs(3),
             request: Duration::from_secs(10),
+            failover: Duration::from_secs(2),
         })
         .build()?)
 }
@@ -161,7 +162,10 @@ async fn delete_node(cp: &ControlClient, id: &str, json: bool) -> anyhow::Result
 /// What `status --json` prints.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
+    /// Every control-plane URL given, comma-separated.
     pub control_plane: String,
+    /// The replica that answered (the first that did, in the order tried).
+    pub answered_by: String,
     pub health: String,
     /// Why the control plane is degraded, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,6 +202,7 @@ async fn status(cp: &ControlClient, args: &StatusArgs, json: bool) -> anyhow::Re
     let used = list.nodes.len() as u64;
     let report = StatusReport {
         control_plane: cp.urls().join(","),
+        answered_by: cp.preferred_url().to_string(),
         health: health.status,
         health_reason: health.reason,
         nodes: Counts {
@@ -218,7 +223,14 @@ async fn status(cp: &ControlClient, args: &StatusArgs, json: bool) -> anyhow::Re
         print_json(&report)?;
     } else {
         let r = &report;
-        println!("control plane  {} ({})", r.control_plane, r.health);
+        if cp.urls().len() > 1 {
+            println!(
+                "control plane  {} ({}), of {}",
+                r.answered_by, r.health, r.control_plane
+            );
+        } else {
+            println!("control plane  {} ({})", r.control_plane, r.health);
+        }
         if let Some(reason) = &r.health_reason {
             println!("               {reason}");
         }

@@ -1,9 +1,11 @@
 //! The agent's wiring: [`run`] builds the `Agent` from the flags and the kernel, then
 //! drives it. The rooms: `session` (register, prepare the node, the session loop and
-//! heartbeats), `apply` (observe, plan, and the one executor for resyncs and watch
-//! events alike) and `leave` (`--leave-on-exit`).
+//! heartbeats), `feed` (the watch stream, polling, and reopening with backoff), `apply`
+//! (observe, plan, and the one executor for resyncs and watch events alike) and `leave`
+//! (`--leave-on-exit`).
 
 mod apply;
+mod feed;
 mod leave;
 mod session;
 
@@ -115,6 +117,7 @@ pub async fn run<O: Overlay>(
         health,
         held: None,
         polling_said: false,
+        heartbeats_failed: 0,
     };
     let result = agent.main_loop(stop).await;
     if result.is_ok() && agent.config.leave_on_exit {
@@ -167,6 +170,8 @@ struct Agent<O> {
     held: Option<Held>,
     /// It was said that the control plane has no watch stream (said once).
     polling_said: bool,
+    /// Heartbeats failed in a row (no replica answered, or all refused).
+    heartbeats_failed: u64,
 }
 
 /// A node held out of the mesh: its runtime refuses the leased subnet. The agent

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::apply::Trigger;
+use super::feed::{Events, Feed};
 use super::{Agent, CHECK_INTERVAL, HELD_RETRY, Held, Registered, sleep_or_stop};
 use crate::control::ControlError;
 use crate::device::{self, DeviceChange, DeviceError};
@@ -23,22 +24,38 @@ use crate::state;
 enum Wake {
     Stop,
     Event(Option<Result<WatchEvent, ControlError>>),
+    /// Time to send a heartbeat.
     Heartbeat,
+    /// The heartbeat in flight was answered (or failed).
+    Beaten(Result<(), ControlError>),
     Resync,
     Check,
     /// Time to list again: the control plane has no watch stream.
     Poll,
+    /// Time to open the watch stream again.
+    Reopen,
 }
+
+/// How soon a periodic resync that could not list is tried again.
+const RESYNC_RETRY: Duration = Duration::from_secs(5);
 
 /// How often the node list is read from a control plane that has no watch stream (the
 /// original one); the watch is tried again at every full resync.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The watch stream, or none while polling.
-type Events =
-    Option<std::pin::Pin<Box<dyn futures::Stream<Item = Result<WatchEvent, ControlError>> + Send>>>;
+/// A heartbeat in flight: it runs beside the loop, so a replica that takes the failover
+/// timeout to be left holds up no watch event.
+type Beat = std::pin::Pin<Box<dyn Future<Output = Result<(), ControlError>> + Send>>;
 
-/// The next event of `events`; never, while polling.
+/// The answer to the heartbeat in flight; never, while there is none.
+async fn beaten(beat: &mut Option<Beat>) -> Result<(), ControlError> {
+    match beat {
+        Some(beat) => beat.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next event of `events`; never, while there is no stream.
 async fn next_event(events: &mut Events) -> Option<Result<WatchEvent, ControlError>> {
     match events {
         Some(events) => events.next().await,
@@ -268,6 +285,11 @@ impl<O: Overlay> Agent<O> {
     }
 
     /// Lists, reconciles, then applies watch events until something ends the session.
+    /// Heartbeats go on whatever the watch does. A watch that breaks or goes silent is
+    /// opened again (the client moves to the next replica) from the last revision seen,
+    /// so nothing on the node changes; only a revision the history no longer holds (410)
+    /// or the periodic resync lists again. Failures to list or watch are retried with a
+    /// bounded backoff and change nothing in the kernel.
     async fn session(
         &mut self,
         registered: &Registered,
@@ -279,93 +301,168 @@ impl<O: Overlay> Agent<O> {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut feed = Feed::default();
+        let mut beat: Option<Beat> = None;
+        let resync_at = tokio::time::sleep(self.config.resync_interval);
+        let mut resync_at = std::pin::pin!(resync_at);
+        let reopen_at = tokio::time::sleep(Duration::ZERO);
+        let mut reopen_at = std::pin::pin!(reopen_at);
         loop {
-            let revision = match self.resync(registered).await {
-                Ok(revision) => revision,
-                Err(e) => {
-                    debug!(error = %e, "resync failed; retrying");
-                    if sleep_or_stop(stop, Duration::from_millis(500)).await {
-                        return SessionEnd::Stop;
-                    }
-                    continue;
-                }
+            let wake = tokio::select! {
+                _ = stop.wait_for(|s| *s) => Wake::Stop,
+                event = next_event(&mut feed.events) => Wake::Event(event),
+                _ = poll.tick(), if feed.polling => Wake::Poll,
+                () = &mut reopen_at, if feed.closed() => Wake::Reopen,
+                _ = heartbeat.tick(), if beat.is_none() => Wake::Heartbeat,
+                result = beaten(&mut beat) => Wake::Beaten(result),
+                () = &mut resync_at => Wake::Resync,
+                _ = check.tick() => Wake::Check,
             };
-            let mut events: Events = match self.control.watch(revision).await {
-                Ok(events) => Some(Box::pin(events)),
-                Err(ControlError::Refused { status, url, .. }) if status.as_u16() == 404 => {
-                    if !self.polling_said {
-                        warn!(%url, "the control plane has no watch stream (404, as the original one); polling the node list every {} s instead", POLL_INTERVAL.as_secs());
-                        self.polling_said = true;
+            match wake {
+                Wake::Stop => return SessionEnd::Stop,
+                Wake::Reopen => {
+                    let retry_in = self.open_feed(registered, &mut feed).await;
+                    if feed.polling {
+                        poll.reset();
                     }
-                    poll.reset();
-                    None
+                    if let Some(wait) = retry_in {
+                        reopen_at.as_mut().reset(tokio::time::Instant::now() + wait);
+                    }
+                    if feed.events.is_some() {
+                        feed.replica = Some(self.control.preferred_url().to_string());
+                    }
                 }
-                Err(e) => {
+                Wake::Event(Some(Ok(event))) => {
+                    feed.since = Some(event.revision);
+                    if self.on_event(registered, event).await {
+                        return SessionEnd::Reregister;
+                    }
+                }
+                Wake::Event(end) => {
+                    let wait = feed.broke(end.and_then(Result::err));
                     self.metrics.watch_reconnects.inc();
-                    debug!(error = %e, "cannot open the watch stream; listing again");
-                    if sleep_or_stop(stop, Duration::from_millis(500)).await {
-                        return SessionEnd::Stop;
-                    }
-                    continue;
+                    reopen_at.as_mut().reset(tokio::time::Instant::now() + wait);
                 }
-            };
-            let resync_at = tokio::time::sleep(self.config.resync_interval);
-            let mut resync_at = std::pin::pin!(resync_at);
-            loop {
-                let wake = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => Wake::Stop,
-                    event = next_event(&mut events) => Wake::Event(event),
-                    _ = poll.tick(), if events.is_none() => Wake::Poll,
-                    _ = heartbeat.tick() => Wake::Heartbeat,
-                    _ = &mut resync_at => Wake::Resync,
-                    _ = check.tick() => Wake::Check,
-                };
-                match wake {
-                    Wake::Stop => return SessionEnd::Stop,
-                    Wake::Event(Some(Ok(event))) => {
-                        if self.on_event(registered, event).await {
-                            return SessionEnd::Reregister;
-                        }
+                Wake::Heartbeat => beat = Some(self.start_heartbeat(registered)),
+                Wake::Beaten(result) => {
+                    beat = None;
+                    let answered = result.is_ok();
+                    if self.heartbeat_answered(result) {
+                        return SessionEnd::Reregister;
                     }
-                    Wake::Event(Some(Err(e))) => {
-                        info!(error = %e, "watch stream broke; listing again");
+                    // Heartbeats left the watch's replica (it stopped answering, or
+                    // answered 503): the watch follows now, from the last revision, rather
+                    // than after three silent keepalive intervals.
+                    let now_at = self.control.preferred_url();
+                    if answered
+                        && feed.events.is_some()
+                        && feed.replica.as_deref().is_some_and(|r| r != now_at)
+                    {
+                        info!(from = ?feed.replica, to = %now_at, since = ?feed.since, "heartbeats moved to another replica; moving the watch there");
+                        feed.restart();
                         self.metrics.watch_reconnects.inc();
-                        break;
+                        reopen_at.as_mut().reset(tokio::time::Instant::now());
                     }
-                    Wake::Event(None) => {
-                        info!("watch stream ended; listing again");
-                        self.metrics.watch_reconnects.inc();
-                        break;
-                    }
-                    Wake::Heartbeat => {
-                        if self.heartbeat(registered).await {
-                            return SessionEnd::Reregister;
-                        }
-                    }
-                    Wake::Resync => break,
-                    Wake::Check => self.check(registered).await,
-                    Wake::Poll => match self.poll(registered).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            warn!(node_id = %registered.node_id, "this node is no longer listed by the control plane; registering again");
-                            return SessionEnd::Reregister;
-                        }
-                        Err(e) => warn!(error = %e, "cannot list the nodes; trying again"),
-                    },
                 }
+                Wake::Resync => {
+                    // List and compare; on success watch again from the list's revision,
+                    // so no event older than the list is applied after it.
+                    let next = match self.resync(registered).await {
+                        Ok(revision) => {
+                            feed.restart_from(revision);
+                            reopen_at.as_mut().reset(tokio::time::Instant::now());
+                            self.config.resync_interval
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot list the nodes for the periodic resync; keeping the current view and trying again");
+                            RESYNC_RETRY.min(self.config.resync_interval)
+                        }
+                    };
+                    resync_at.as_mut().reset(tokio::time::Instant::now() + next);
+                }
+                Wake::Check => self.check(registered).await,
+                Wake::Poll => match self.poll(registered).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(node_id = %registered.node_id, "this node is no longer listed by the control plane; registering again");
+                        return SessionEnd::Reregister;
+                    }
+                    Err(e) => warn!(error = %e, "cannot list the nodes; trying again"),
+                },
             }
         }
     }
 
-    /// Sends a heartbeat; answers true when the control plane no longer knows this node.
-    async fn heartbeat(&self, registered: &Registered) -> bool {
-        let condition = self.held.as_ref().map(|h| &h.condition);
-        match self
-            .control
-            .heartbeat(&registered.node_id, &registered.token, condition)
-            .await
-        {
-            Ok(()) => false,
+    /// Opens the watch from `feed.since` (listing and reconciling first when there is
+    /// none); answers when to try again if it is not open, or `None` when it is (or the
+    /// control plane has no watch stream: polling).
+    async fn open_feed(&mut self, registered: &Registered, feed: &mut Feed) -> Option<Duration> {
+        let since = match feed.since {
+            Some(since) => since,
+            None => match self.resync(registered).await {
+                Ok(revision) => {
+                    feed.since = Some(revision);
+                    revision
+                }
+                Err(e) => return Some(feed.failed("list the nodes", &e)),
+            },
+        };
+        match self.control.watch(since).await {
+            Ok(events) => {
+                feed.opened(Box::pin(events), since);
+                None
+            }
+            Err(ControlError::Refused { status, url, .. }) if status.as_u16() == 404 => {
+                if !self.polling_said {
+                    warn!(%url, "the control plane has no watch stream (404, as the original one); polling the node list every {} s instead", POLL_INTERVAL.as_secs());
+                    self.polling_said = true;
+                }
+                feed.polling = true;
+                None
+            }
+            Err(ControlError::Gone(revision)) => {
+                info!(
+                    revision,
+                    "the watch history no longer holds the last revision seen; listing again"
+                );
+                feed.since = None;
+                Some(Duration::ZERO)
+            }
+            Err(e) => Some(feed.failed("open the watch stream", &e)),
+        }
+    }
+
+    /// Sends a heartbeat and waits for it; answers true when the control plane no
+    /// longer knows this node (see [`Agent::heartbeat_answered`]).
+    async fn heartbeat(&mut self, registered: &Registered) -> bool {
+        let result = self.start_heartbeat(registered).await;
+        self.heartbeat_answered(result)
+    }
+
+    /// A heartbeat for `registered`, with the node's condition if it is held, to be
+    /// awaited beside the session loop.
+    fn start_heartbeat(&self, registered: &Registered) -> Beat {
+        let control = self.control.clone();
+        let (id, token) = (registered.node_id.clone(), registered.token.clone());
+        let condition = self.held.as_ref().map(|h| h.condition.clone());
+        Box::pin(async move { control.heartbeat(&id, &token, condition.as_ref()).await })
+    }
+
+    /// Reads a heartbeat's answer; true when the control plane no longer knows this node.
+    /// Any other failure (no replica answers, 503 from all) keeps the session and
+    /// everything on the node: it is said once, and again when heartbeats get through.
+    fn heartbeat_answered(&mut self, result: Result<(), ControlError>) -> bool {
+        match result {
+            Ok(()) => {
+                if self.heartbeats_failed > 0 {
+                    info!(
+                        failed = self.heartbeats_failed,
+                        "heartbeats get through again"
+                    );
+                    self.heartbeats_failed = 0;
+                }
+                false
+            }
             Err(ControlError::UnknownNode(id)) => {
                 warn!(node_id = %id, "the control plane no longer knows this node; registering again");
                 true
@@ -375,7 +472,12 @@ impl<O: Overlay> Agent<O> {
                 true
             }
             Err(e) => {
-                warn!(error = %e, "heartbeat failed");
+                self.heartbeats_failed += 1;
+                if self.heartbeats_failed == 1 {
+                    warn!(error = %e, "heartbeat failed; routes and the device stay as they are, retrying every interval");
+                } else {
+                    debug!(error = %e, failed = self.heartbeats_failed, "heartbeat failed again");
+                }
                 false
             }
         }

@@ -37,6 +37,8 @@ pub struct AppState {
     /// The cluster CIDR and node prefix length leases are made from.
     pub plan: ClusterNetwork,
     pub heartbeat_timeout: Duration,
+    /// A watch stream silent for this long sends a keepalive line.
+    pub watch_keepalive: Duration,
     /// The caps on open watch streams.
     pub watch_slots: Arc<watch::WatchSlots>,
     /// Turns true when the server stops; watch streams end then.

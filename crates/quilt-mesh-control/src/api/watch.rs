@@ -1,19 +1,23 @@
 //! `GET /api/nodes/watch?since=REV`: a chunked stream of NDJSON events, one per change
-//! after `since`, in revision order, until the client leaves or the server stops.
+//! after `since`, in revision order, until the client leaves or the server stops; a bare
+//! newline (keepalive) whenever nothing was sent for `--watch-keepalive`.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use quilt_api::types::KEEPALIVE_HEADER;
 use quilt_common::cluster::excerpt;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch as signal};
+use tokio::time::Instant;
 
 use super::AppState;
 use crate::error::ApiError;
@@ -108,13 +112,27 @@ struct Watcher {
     live: broadcast::Receiver<Arc<Event>>,
     seen: Revision,
     stopping: signal::Receiver<bool>,
+    /// How long the stream may be silent before a keepalive line.
+    keepalive: Duration,
+    /// When the last line (event or keepalive) was sent.
+    sent_at: Instant,
     _counted: WatcherGuard,
     _slot: WatchSlot,
 }
 
+/// The keepalive line: an empty line, which NDJSON readers skip.
+const KEEPALIVE_LINE: &[u8] = b"\n";
+
 impl Watcher {
     /// The next line to send, or `None` when the stream ends.
     async fn next(&mut self) -> Option<Bytes> {
+        let line = self.next_line().await;
+        self.sent_at = Instant::now();
+        line
+    }
+
+    /// The next event's line, or a keepalive once nothing was sent for the interval.
+    async fn next_line(&mut self) -> Option<Bytes> {
         loop {
             if let Some(event) = self.backlog.pop_front() {
                 self.seen = event.revision;
@@ -144,6 +162,9 @@ impl Watcher {
                     Err(RecvError::Closed) => return None,
                 },
                 _ = self.stopping.wait_for(|stop| *stop) => return None,
+                () = tokio::time::sleep_until(self.sent_at + self.keepalive) => {
+                    return Some(Bytes::from_static(KEEPALIVE_LINE));
+                }
             }
         }
     }
@@ -180,6 +201,8 @@ pub async fn watch(
         live: sub.live,
         seen: sub.from,
         stopping: state.stopping.clone(),
+        keepalive: state.watch_keepalive,
+        sent_at: Instant::now(),
         _counted: WatcherGuard::new(&state.metrics),
         _slot: slot,
     };
@@ -193,6 +216,10 @@ pub async fn watch(
             (
                 header::HeaderName::from_static("x-quilt-revision"),
                 from.to_string(),
+            ),
+            (
+                header::HeaderName::from_static(KEEPALIVE_HEADER),
+                state.watch_keepalive.as_millis().to_string(),
             ),
         ],
         Body::from_stream(stream),

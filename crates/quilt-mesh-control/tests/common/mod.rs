@@ -1,5 +1,5 @@
 //! What this crate's HTTP tests share besides the testkit's servers: reading a watch
-//! stream's NDJSON events.
+//! stream's NDJSON events (skipping keepalive lines, as every Quilt Mesh reader does).
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -31,6 +31,9 @@ impl EventReader {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
                 return Some(serde_json::from_slice(&line).expect("each line is json"));
             }
             match self.response.chunk().await.expect("watch stream reads") {
