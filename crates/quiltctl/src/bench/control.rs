@@ -212,24 +212,25 @@ impl Plane {
     ) -> anyhow::Result<Plane> {
         std::fs::create_dir_all(dir)?;
         let etcd = EtcdMembers::start(dir, members, rt)?;
-        let store: Vec<OsString> = vec![
-            "--store".into(),
-            "etcd".into(),
-            "--etcd-endpoints".into(),
-            etcd.endpoints_flag().into(),
-            "--etcd-prefix".into(),
-            ETCD_PREFIX.into(),
-        ];
         let mut plane = Plane {
             servers: Vec::new(),
             clients: Vec::new(),
-            etcd: Some(etcd),
+            etcd: None,
         };
         for i in 0..replicas {
+            let store: Vec<OsString> = vec![
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoints_flag().into(),
+                "--etcd-prefix".into(),
+                ETCD_PREFIX.into(),
+            ];
             let server = Server::start(spec, &dir.join(format!("ready-{i}")), &store, None)?;
             plane.clients.push(client_of(&server, None)?);
             plane.servers.push(server);
         }
+        plane.etcd = Some(etcd);
         Ok(plane)
     }
 

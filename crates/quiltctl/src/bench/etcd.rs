@@ -113,7 +113,9 @@ impl EtcdMembers {
         }
     }
 
-    /// The client URLs, comma-separated, as `--etcd-endpoints` takes them.
+    /// The client URLs, comma-separated, as `--etcd-endpoints` takes them. Every replica
+    /// gets them in one order: sending every replica's calls to other members first was
+    /// slower here (followers forward writes to the leader and ask it for every read).
     pub(super) fn endpoints_flag(&self) -> String {
         self.members
             .iter()

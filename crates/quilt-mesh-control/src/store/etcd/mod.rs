@@ -21,7 +21,9 @@
 //! one subnet; racing other replicas, the compares decide as always.
 //!
 //! A new node costs one read (its host key and a page of lease keys from the hint,
-//! together) and one write transaction. When other registrations are under way, the
+//! together) and one write transaction. A heartbeat
+//! reuses the read that authorized it and writes only if the node's key is unchanged
+//! since. When other registrations are under way, the
 //! subnet is drawn at random among the lowest free ones rather than the lowest itself, so
 //! replicas registering at once seldom try the same one; alone, a store leases the lowest.
 
@@ -36,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use quilt_common::ClusterNetwork;
-use quilt_etcd::ops::{self, absent, present, unchanged_since};
+use quilt_etcd::ops::{self, absent, unchanged_since};
 use quilt_etcd::pb::{KeyValue, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse};
 use quilt_etcd::{EtcdClient, EtcdError};
 
@@ -104,6 +106,8 @@ pub struct EtcdStore {
     draws: RandomState,
     health: WriteHealth,
     unavailable_since: Option<(Instant, String)>,
+    /// The node [`Store::get`] read last, for the heartbeat that follows it in one job.
+    last_read: Option<Read>,
 }
 
 /// A subnet index one handle is leasing; other handles pass it by until this drops.
@@ -170,6 +174,7 @@ fn decode_number(kv: &KeyValue) -> Result<u64, StoreError> {
 }
 
 /// A node as read, with the revision of its key (for the compare of the write after).
+#[derive(Clone)]
 struct Read {
     node: Node,
     mod_revision: i64,
@@ -263,6 +268,7 @@ impl EtcdStore {
             draws: RandomState::new(),
             health,
             unavailable_since: None,
+            last_read: None,
         };
         Ok((store, feed))
     }
@@ -725,21 +731,28 @@ impl Store for EtcdStore {
         now_ms: u64,
         condition: Option<&Condition>,
     ) -> Result<Option<Change>, StoreError> {
+        // The read that authorized this heartbeat, if it was of this node: any change
+        // since fails the compare below and the node is read again.
+        let mut cached = self.last_read.take().filter(|read| read.node.id == id);
         for _ in 0..MAX_ATTEMPTS {
-            let Some(Read { node, mod_revision }) = self.read_node(id)? else {
+            let read = match cached.take() {
+                Some(read) => Some(read),
+                None => self.read_node(id)?,
+            };
+            let Some(Read { node, mod_revision }) = read else {
                 return Err(StoreError::NotFound(id));
             };
             let beat = ops::put(self.keys.heartbeat(id), now_ms.to_string());
             if node.status == NodeStatus::Up && node.condition.as_ref() == condition {
                 let answer = self.txn(TxnRequest {
-                    compare: vec![present(self.keys.node(id))],
+                    compare: vec![unchanged_since(self.keys.node(id), mod_revision)],
                     success: vec![beat],
                     failure: vec![],
                 })?;
-                if !answer.succeeded {
-                    return Err(StoreError::NotFound(id));
+                if answer.succeeded {
+                    return Ok(None);
                 }
-                return Ok(None);
+                continue; // changed, marked down or deleted since the read
             }
             let updated = Node {
                 status: NodeStatus::Up,
@@ -755,7 +768,9 @@ impl Store for EtcdStore {
     }
 
     fn get(&mut self, id: NodeId) -> Result<Option<Node>, StoreError> {
-        Ok(self.read_node(id)?.map(|read| read.node))
+        let read = self.read_node(id)?;
+        self.last_read = read.clone();
+        Ok(read.map(|read| read.node))
     }
 
     fn mac_holder(&mut self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
@@ -886,6 +901,7 @@ impl Store for EtcdStore {
                     draws: RandomState::new(),
                     health: self.health.clone(),
                     unavailable_since: None,
+                    last_read: None,
                 }) as Box<dyn Store>
             })
             .collect()
