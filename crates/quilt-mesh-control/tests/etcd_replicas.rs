@@ -85,7 +85,7 @@ async fn three_hundred_registrations_across_three_replicas_get_three_hundred_sub
     let mut tasks = Vec::new();
     for (r, replica) in replicas.iter().enumerate() {
         for worker in 0..4 {
-            let control = Arc::new(client_of(&[replica.base.clone()]));
+            let control = Arc::new(client_of(std::slice::from_ref(&replica.base)));
             tasks.push(tokio::spawn(async move {
                 let mut got = Vec::new();
                 for i in 0..25 {
@@ -320,7 +320,7 @@ async fn a_sqlite_cluster_migrated_to_etcd_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("quilt-mesh.db");
     let sqlite = ControlBinary::start(Path::new(BINARY), &db, &[]);
-    let control = client_of(&[sqlite.base.clone()]);
+    let control = client_of(std::slice::from_ref(&sqlite.base));
     let mut nodes = Vec::new();
     for i in 1..=12 {
         let mut request = RegisterRequest::new(format!("n{i}"), format!("10.7.0.{i}"));
@@ -356,7 +356,7 @@ async fn a_sqlite_cluster_migrated_to_etcd_carries_on() {
     assert!(stdout.contains("migrated 11 nodes"), "{stdout}");
 
     let replica = replica(&etcd, &[]);
-    let control = client_of(&[replica.base.clone()]);
+    let control = client_of(std::slice::from_ref(&replica.base));
     let after = control.list().await.unwrap();
     assert_eq!(
         after.revision, before.revision,
