@@ -18,7 +18,9 @@
 //! the runtime that opened the store. A replica runs several calls at once on handles of
 //! one store ([`Store::more_handles`]): they share the free-lease hint, the block of node
 //! ids and the set of subnets being leased right now, so they do not race each other for
-//! one subnet; racing other replicas, the compares decide as always.
+//! one subnet; racing other replicas, the compares decide as always. (The registry's
+//! duplicate-MAC check is a read before the write, not a compare: two hosts registering
+//! one MAC at the same moment through two handles, as through two replicas, both get it.)
 //!
 //! A new node costs one read (its host key and a page of lease keys from the hint,
 //! together) and one write transaction. A heartbeat
