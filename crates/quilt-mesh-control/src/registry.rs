@@ -5,7 +5,10 @@
 //! order, and a request whose client went away still finishes what it started (the job
 //! runs to the end; nobody is left half-published). A store shared by several replicas
 //! (etcd) has its changes published by its own feed instead ([`Publication::ByFeed`]),
-//! which also carries the other replicas' changes.
+//! which also carries the other replicas' changes. Such a store may also hand the registry
+//! more handles on itself ([`Store::more_handles`]): then several threads take jobs from
+//! the one queue and run them at once, since that store guards every write against
+//! concurrent writers anyway (the other replicas).
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -39,6 +42,10 @@ pub enum RegistryError {
 
 /// How long the registry waits idle before it lets the store write what it held back.
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How many jobs run at once on a store that offers more handles (each round trip to
+/// etcd takes a millisecond or more; one at a time, a replica would mostly wait).
+const JOBS_AT_ONCE: usize = 16;
 
 /// Who tells watchers about the store's changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,43 +85,65 @@ pub struct Registry {
     write_health: WriteHealth,
 }
 
-/// Owns the registry thread: [`RegistryThread::stop`] ends it after the jobs already queued.
+/// Owns the registry threads: [`RegistryThread::stop`] ends them after the jobs already
+/// queued.
 pub struct RegistryThread {
     sender: mpsc::Sender<Message>,
-    handle: JoinHandle<()>,
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl RegistryThread {
-    /// Stops the thread and waits for it; the store is closed when this returns.
+    /// Stops the threads and waits for them; the store is closed when this returns.
     pub async fn stop(self) {
-        let _ = self.sender.send(Message::Stop);
-        let handle = self.handle;
-        match tokio::task::spawn_blocking(move || handle.join()).await {
-            Ok(Ok(())) => {}
-            _ => tracing::error!("registry thread panicked"),
+        // One stop for each thread, queued after every job already sent.
+        for _ in &self.handles {
+            let _ = self.sender.send(Message::Stop);
+        }
+        for handle in self.handles {
+            match tokio::task::spawn_blocking(move || handle.join()).await {
+                Ok(Ok(())) => {}
+                _ => tracing::error!("registry thread panicked"),
+            }
         }
     }
 }
 
 impl Registry {
-    /// Starts the registry thread over `store`; its changes reach `hub` as `publication`
-    /// says.
+    /// Starts the registry thread over `store` (and more threads on more handles when the
+    /// store offers them and a feed publishes its changes); its changes reach `hub` as
+    /// `publication` says.
     pub fn start(
         mut store: Box<dyn Store>,
         hub: Arc<Hub>,
         publication: Publication,
     ) -> std::io::Result<(Registry, RegistryThread)> {
         let (sender, receiver) = mpsc::channel::<Message>();
-        let publisher = Publisher {
-            hub: hub.clone(),
-            publication,
-        };
+        let receiver = Arc::new(std::sync::Mutex::new(receiver));
         let write_health = store.write_health();
-        let handle = std::thread::Builder::new()
-            .name("quilt-registry".into())
-            .spawn(move || {
+        // Publishing as jobs return needs them one at a time, in revision order.
+        let more = match publication {
+            Publication::ByFeed => store.more_handles(JOBS_AT_ONCE - 1),
+            Publication::ByRegistry => Vec::new(),
+        };
+        let mut handles = Vec::new();
+        for (i, mut store) in std::iter::once(store).chain(more).enumerate() {
+            let receiver = receiver.clone();
+            let publisher = Publisher {
+                hub: hub.clone(),
+                publication,
+            };
+            let name = match i {
+                0 => "quilt-registry".to_string(),
+                i => format!("quilt-registry-{i}"),
+            };
+            let handle = std::thread::Builder::new().name(name).spawn(move || {
                 loop {
-                    match receiver.recv_timeout(IDLE_FLUSH) {
+                    // One thread waits on the queue at a time; the job runs unlocked.
+                    let message = match receiver.lock() {
+                        Ok(queue) => queue.recv_timeout(IDLE_FLUSH),
+                        Err(_) => break,
+                    };
+                    match message {
                         Ok(Message::Job(job)) => job(store.as_mut(), &publisher),
                         Ok(Message::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -125,14 +154,24 @@ impl Registry {
                     }
                 }
                 tracing::debug!("registry thread stopped");
-            })?;
+            });
+            match handle {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    for _ in &handles {
+                        let _ = sender.send(Message::Stop);
+                    }
+                    return Err(e);
+                }
+            }
+        }
         Ok((
             Registry {
                 sender: sender.clone(),
                 hub,
                 write_health,
             },
-            RegistryThread { sender, handle },
+            RegistryThread { sender, handles },
         ))
     }
 

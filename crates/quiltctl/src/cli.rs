@@ -181,7 +181,9 @@ pub enum BenchCommand {
     Runtime(RuntimeArgs),
     /// The control plane's release binary on loopback over a fresh database:
     /// registrations/s, heartbeats/s, the time from one change to many watchers reading
-    /// it, and its RSS with every node and watcher.
+    /// it, and its RSS with every node and watcher; with --store etcd, also replicas over
+    /// a real etcd cluster in the same run, with etcd's writes per heartbeat and the
+    /// ratios to SQLite; with --growth, registrations/s block by block up to 20,000 nodes.
     Control(ControlArgs),
     /// Container attach and detach through the quilt-cni binary, as a container engine
     /// runs it, against quilt-runtime in a host namespace of its own: calls/s, p50, p99.
@@ -256,6 +258,38 @@ pub struct ControlArgs {
     /// Open watch streams that wait for one change.
     #[arg(long, default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20_000))]
     pub watchers: usize,
+    /// What the control plane keeps its state in. `sqlite`: one server over a fresh
+    /// database, then the same registrations and heartbeats over TLS. `etcd`: the SQLite
+    /// server first, then --replicas servers over an etcd cluster of --etcd-members
+    /// started for the run (Debian's `etcd` on loopback ports), the same load spread over
+    /// the replicas, and the ratio etcd/SQLite of every figure.
+    #[arg(long, value_enum, default_value_t = BenchStore::Sqlite)]
+    pub store: BenchStore,
+    /// Control-plane replicas over etcd (with --store etcd).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=9))]
+    pub replicas: usize,
+    /// Members of the etcd cluster started for the run (with --store etcd).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=7))]
+    pub etcd_members: usize,
+    /// Measure instead whether a registration costs as much in a big cluster as in a
+    /// small one: register --growth-nodes nodes on a 10.0.0.0/8 cluster (/24 each) in
+    /// blocks of --growth-block and print registrations/s per block, on SQLite and, with
+    /// --store etcd, on the replicas too. Target: the last block within 1.5x of the first.
+    #[arg(long)]
+    pub growth: bool,
+    /// Nodes registered with --growth.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=60_000))]
+    pub growth_nodes: usize,
+    /// Nodes per timed block with --growth.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=60_000))]
+    pub growth_block: usize,
+}
+
+/// The store of `quiltctl bench control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchStore {
+    Sqlite,
+    Etcd,
 }
 
 #[derive(Debug, Args)]

@@ -164,6 +164,14 @@ pub trait Store: Send + 'static {
     fn write_health(&self) -> WriteHealth {
         WriteHealth::default()
     }
+
+    /// Up to `wanted` more handles on this same store, for the registry to run jobs on at
+    /// once, each on a thread of its own; none (the default) for a store that takes one
+    /// writer. A store that hands them out guards every write against writers racing it
+    /// (as etcd's does against other replicas), and publishes its changes through a feed.
+    fn more_handles(&mut self, _wanted: usize) -> Vec<Box<dyn Store>> {
+        Vec::new()
+    }
 }
 
 /// Which up nodes [`Store::mark_down`] marks down.

@@ -3,7 +3,9 @@
 //! are in `quilt_lab::bench`; the method is in docs/quiltctl.md and docs/benchmarks.md.
 //!
 //! - `runtime`: route programming against `ip -batch`;
-//! - `control`: the control plane's registrations, heartbeats, watch fan-out and RSS;
+//! - `control`: the control plane's registrations, heartbeats, watch fan-out and RSS, on
+//!   SQLite or also on replicas over a real etcd cluster (`etcd`); `growth`: registration
+//!   cost as the cluster grows;
 //! - `cni`: container attach and detach through the quilt-cni binary;
 //! - `convergence` and `dataplane`: on a lab.
 //!
@@ -22,6 +24,8 @@ use serde_json::json;
 
 mod cni;
 mod control;
+mod etcd;
+mod growth;
 mod runtime;
 mod scratch;
 
@@ -40,7 +44,7 @@ pub fn run(command: BenchCommand, json: bool) -> anyhow::Result<ExitCode> {
         BenchCommand::Control(args) => {
             let bin_dir = bin_dir_or_own(&args.bin_dir)?;
             scratch::prepare();
-            control::run(args, &bin_dir)
+            control::run(args, &bin_dir, json)
         }
         BenchCommand::Cni(args) => {
             let bin_dir = bin_dir_or_own(&args.bin_dir)?;

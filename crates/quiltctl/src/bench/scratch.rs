@@ -4,8 +4,10 @@
 //! a killed run left behind.
 
 use std::path::PathBuf;
+use std::process::Child;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
@@ -70,7 +72,12 @@ pub fn forget_child(pid: u32) {
 /// Removes what earlier runs that no longer live left behind, then, on SIGINT or SIGTERM,
 /// stops this run's daemons, removes its namespaces and folders and exits with 130.
 pub fn prepare() {
-    let leftovers = remove_where(|pid| pid != std::process::id() && !alive(pid));
+    let stale = |pid| pid != std::process::id() && !alive(pid);
+    let stopped = kill_daemons_where(stale);
+    if stopped > 0 {
+        eprintln!("killed {stopped} daemons a killed benchmark left behind");
+    }
+    let leftovers = remove_where(stale);
     if leftovers > 0 {
         eprintln!("removed {leftovers} namespaces and folders a killed benchmark left behind");
     }
@@ -93,14 +100,57 @@ pub fn prepare() {
         });
 }
 
+/// Stops `child` (SIGTERM, then SIGKILL after 10 s) and forgets it.
+pub fn stop(child: &mut Child) {
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            forget_child(child.id());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    forget_child(child.id());
+}
+
+/// The run (pid) whose folder or namespace `name` is, if it is a bench one.
+fn run_of(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?.strip_prefix('-')?;
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Kills (SIGKILL) the processes whose command line names a temporary folder of a run
+/// that `matches`; answers how many.
+fn kill_daemons_where(matches: impl Fn(u32) -> bool) -> usize {
+    let needle = format!("{}/{PREFIX}-", std::env::temp_dir().display());
+    let mut killed = 0;
+    for pid in entries(PathBuf::from("/proc")) {
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let owner = cmdline
+            .split(needle.as_str())
+            .skip(1)
+            .find_map(|rest| run_of(&format!("{PREFIX}-{rest}")));
+        if owner.is_some_and(&matches) && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    killed
+}
+
 /// Removes every bench namespace and temporary folder whose run's pid matches; answers
 /// how many it removed.
 fn remove_where(matches: impl Fn(u32) -> bool) -> usize {
     let mut removed = 0;
-    let run_of = |name: &str| -> Option<u32> {
-        let rest = name.strip_prefix(PREFIX)?.strip_prefix('-')?;
-        rest.split('-').next()?.parse().ok()
-    };
     for name in entries(netns::path("").as_path().to_path_buf()) {
         if run_of(&name).is_some_and(&matches) {
             drop(OwnedNetns::adopt(&name)); // kills what runs inside, then deletes it

@@ -14,20 +14,33 @@
 //! from where SQLite was). Watchers learn changes from etcd's watch ([`feed`]), which carries
 //! every replica's writes in revision order, not from this replica's own results.
 //!
-//! The [`Store`] calls are synchronous (the registry thread makes them); each one blocks on
-//! the runtime that opened the store.
+//! The [`Store`] calls are synchronous (the registry threads make them); each one blocks on
+//! the runtime that opened the store. A replica runs several calls at once on handles of
+//! one store ([`Store::more_handles`]): they share the free-lease hint, the block of node
+//! ids and the set of subnets being leased right now, so they do not race each other for
+//! one subnet; racing other replicas, the compares decide as always. (The registry's
+//! duplicate-MAC check is a read before the write, not a compare: two hosts registering
+//! one MAC at the same moment through two handles, as through two replicas, both get it.)
+//!
+//! A new node costs one read (its host key and a page of lease keys from the hint,
+//! together) and one write transaction. A heartbeat
+//! reuses the read that authorized it and writes only if the node's key is unchanged
+//! since. When other registrations are under way, the
+//! subnet is drawn at random among the lowest free ones rather than the lowest itself, so
+//! replicas registering at once seldom try the same one; alone, a store leases the lowest.
 
 pub mod feed;
 pub mod keys;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use quilt_common::ClusterNetwork;
-use quilt_etcd::ops::{self, absent, present, unchanged_since};
+use quilt_etcd::ops::{self, absent, unchanged_since};
 use quilt_etcd::pb::{KeyValue, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse};
 use quilt_etcd::{EtcdClient, EtcdError};
 
@@ -59,6 +72,10 @@ const REPLAY_REVISIONS: i64 = 20_000;
 /// How many lease keys one read looks at when it searches for a free subnet.
 const LEASE_PAGE: i64 = 256;
 
+/// Among how many of the lowest free subnets one is drawn when other registrations are
+/// under way (see the module docs).
+const SPREAD: usize = 128;
+
 /// What the store and its feed share: the lowest subnet index that may be free.
 #[derive(Debug)]
 pub(crate) struct Hint {
@@ -87,10 +104,34 @@ pub struct EtcdStore {
     /// Added to etcd's revisions to make the API's.
     base: i64,
     hint: Arc<Hint>,
-    /// Node ids taken from `P/next-node-id` and not handed out yet.
-    ids: Range<u64>,
+    /// Node ids taken from `P/next-node-id` and not handed out yet (shared by handles).
+    ids: Arc<Mutex<Range<u64>>>,
+    /// Subnet indices some handle of this store is leasing right now.
+    leasing: Arc<Mutex<BTreeSet<u64>>>,
+    /// Draws among free subnets.
+    draws: RandomState,
     health: WriteHealth,
     unavailable_since: Option<(Instant, String)>,
+    /// The node [`Store::get`] read last, for the heartbeat that follows it in one job.
+    last_read: Option<Read>,
+}
+
+/// A subnet index one handle is leasing; other handles pass it by until this drops.
+struct Leasing {
+    index: u64,
+    set: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+impl Drop for Leasing {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.index);
+    }
+}
+
+/// A lock that a panicked holder did not spoil: every value under these locks stays
+/// consistent between statements.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The revision an etcd answer's header names.
@@ -139,6 +180,7 @@ fn decode_number(kv: &KeyValue) -> Result<u64, StoreError> {
 }
 
 /// A node as read, with the revision of its key (for the compare of the write after).
+#[derive(Clone)]
 struct Read {
     node: Node,
     mod_revision: i64,
@@ -231,9 +273,12 @@ impl EtcdStore {
             plan,
             base,
             hint,
-            ids: 0..0,
+            ids: Arc::new(Mutex::new(0..0)),
+            leasing: Arc::new(Mutex::new(BTreeSet::new())),
+            draws: RandomState::new(),
             health,
             unavailable_since: None,
+            last_read: None,
         };
         Ok((store, feed))
     }
@@ -305,8 +350,11 @@ impl EtcdStore {
 
     /// The next node id, from this replica's block (a new block taken when it runs out).
     fn take_id(&mut self) -> Result<NodeId, StoreError> {
+        // Held while a block is taken, so handles take one block, not one each.
+        let ids = self.ids.clone();
+        let mut ids = lock(&ids);
         for _ in 0..MAX_ATTEMPTS {
-            if let Some(id) = self.ids.next() {
+            if let Some(id) = ids.next() {
                 return Ok(NodeId::new(id));
             }
             let key = self.keys.next_node_id();
@@ -322,7 +370,7 @@ impl EtcdStore {
                 failure: vec![],
             })?;
             if taken.succeeded {
-                self.ids = start..end;
+                *ids = start..end;
             }
         }
         Err(conflicting("taking a block of node ids"))
@@ -330,17 +378,35 @@ impl EtcdStore {
 
     /// Gives back an id taken for a registration that lost its race.
     fn give_back(&mut self, id: NodeId) {
-        if id.number() + 1 == self.ids.start {
-            self.ids.start = id.number();
+        let mut ids = lock(&self.ids);
+        if id.number() + 1 == ids.start {
+            ids.start = id.number();
         }
     }
 
-    /// The lowest free subnet index at or above the hint (from the first subnet again if
-    /// the hint finds none), or exhaustion.
-    fn lowest_free(&mut self) -> Result<u64, StoreError> {
-        let hinted = self.hint.free_from.load(Ordering::Relaxed).max(1);
-        let mut from = hinted;
-        let mut from_the_start = hinted == 1;
+    /// A read of up to [`LEASE_PAGE`] lease keys from index `from` on.
+    fn lease_page(&self, from: u64) -> RangeRequest {
+        ops::keys_between(
+            self.keys.lease(from),
+            quilt_etcd::ops::prefix_end(self.keys.leases().as_bytes()),
+            LEASE_PAGE,
+        )
+    }
+
+    /// A free subnet index, marked as being leased by this handle: the lowest one at or
+    /// above the hint (from the first subnet again if the hint finds none), or, when
+    /// other registrations of this store are under way or `contended` (the last try lost
+    /// a race), one drawn among the [`SPREAD`] lowest. `page` is the read of
+    /// [`Self::lease_page`] from `from`, when the caller made it already.
+    fn pick_free(
+        &mut self,
+        mut from: u64,
+        mut page: Option<RangeResponse>,
+        contended: bool,
+    ) -> Result<Leasing, StoreError> {
+        let hinted = from;
+        let mut from_the_start = from == 1;
+        let mut lowest_unused = None;
         loop {
             if self.plan.subnet_at(from).is_none() {
                 if from_the_start {
@@ -348,38 +414,72 @@ impl EtcdStore {
                 }
                 from = 1;
                 from_the_start = true;
+                page = None;
                 continue;
             }
-            let answer = self.read(vec![ops::keys_between(
-                self.keys.lease(from),
-                quilt_etcd::ops::prefix_end(self.keys.leases().as_bytes()),
-                LEASE_PAGE,
-            )])?;
-            let page = read_answer(&answer, 0).cloned().unwrap_or_default();
+            let read = match page.take() {
+                Some(read) => read,
+                None => {
+                    let answer = self.read(vec![self.lease_page(from)])?;
+                    read_answer(&answer, 0).cloned().unwrap_or_default()
+                }
+            };
+            let used: Vec<u64> = read
+                .kvs
+                .iter()
+                .filter_map(|kv| self.keys.lease_index(&kv.key))
+                .filter(|used| *used >= from)
+                .collect();
+            // The page shows every used index below `end`; past it, the next page tells.
+            let end = match (read.more, used.last()) {
+                (true, Some(last)) => last + 1,
+                _ => u64::MAX,
+            };
+            let mut leasing = lock(&self.leasing);
+            let spread = if contended || !leasing.is_empty() {
+                SPREAD
+            } else {
+                1
+            };
+            let mut free = Vec::new();
             let mut candidate = from;
-            let mut gap = false;
-            for kv in &page.kvs {
-                let Some(used) = self.keys.lease_index(&kv.key) else {
-                    continue;
-                };
-                if used > candidate {
-                    gap = true;
+            let mut used_at = 0;
+            while candidate < end && free.len() < spread {
+                if self.plan.subnet_at(candidate).is_none() {
                     break;
                 }
-                if used == candidate {
-                    candidate += 1;
+                while used_at < used.len() && used[used_at] < candidate {
+                    used_at += 1;
                 }
+                if used.get(used_at) != Some(&candidate) {
+                    lowest_unused.get_or_insert(candidate);
+                    if !leasing.contains(&candidate) {
+                        free.push(candidate);
+                    }
+                }
+                candidate += 1;
             }
-            if !gap && page.more {
+            if free.is_empty() {
+                drop(leasing);
                 from = candidate;
                 continue;
             }
-            if self.plan.subnet_at(candidate).is_none() {
-                from = candidate;
-                continue;
+            let chosen = free[(self.draws.hash_one(Instant::now()) % free.len() as u64) as usize];
+            leasing.insert(chosen);
+            drop(leasing);
+            if let Some(lowest) = lowest_unused {
+                // Unless a lease was let go meanwhile (the hint went down): keep that.
+                let _ = self.hint.free_from.compare_exchange(
+                    hinted,
+                    lowest,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
-            self.hint.free_from.store(candidate, Ordering::Relaxed);
-            return Ok(candidate);
+            return Ok(Leasing {
+                index: chosen,
+                set: self.leasing.clone(),
+            });
         }
     }
 
@@ -463,17 +563,25 @@ impl EtcdStore {
     }
 
     /// Creates a node for `new.host_ip`; `None` when another replica took the host IP or
-    /// the subnet first.
+    /// the subnet first. `page` is a read of the lease keys from `from`, made with the
+    /// read that found the host IP free.
     fn create(
         &mut self,
         new: &NewNode,
         token_hash: &TokenHash,
         now_ms: u64,
+        (from, page): (u64, RangeResponse),
+        contended: bool,
     ) -> Result<Option<Registration>, StoreError> {
         let wish = self.free_wish(new)?;
-        let index = match wish {
-            Some(index) => index,
-            None => self.lowest_free()?,
+        let leasing = match wish {
+            Some(_) => None,
+            None => Some(self.pick_free(from, Some(page), contended)?),
+        };
+        let index = match (wish, &leasing) {
+            (Some(index), _) => index,
+            (None, Some(leasing)) => leasing.index,
+            (None, None) => unreachable!("a subnet is wished or being leased"),
         };
         let subnet = self
             .plan
@@ -603,14 +711,22 @@ impl Store for EtcdStore {
         token_hash: TokenHash,
         now_ms: u64,
     ) -> Result<Registration, StoreError> {
-        for _ in 0..MAX_ATTEMPTS {
-            let answer = self.read(vec![ops::get(self.keys.host(new.host_ip))])?;
+        for attempt in 0..MAX_ATTEMPTS {
+            // One round trip: the host's key, and the leases from the hint in case it is new.
+            let from = self.hint.free_from.load(Ordering::Relaxed).max(1);
+            let answer = self.read(vec![
+                ops::get(self.keys.host(new.host_ip)),
+                self.lease_page(from),
+            ])?;
             let done = match first_kv(&answer, 0) {
                 Some(kv) => {
                     let id = NodeId::new(decode_number(kv)?);
                     self.renew(id, new, &token_hash, now_ms)?
                 }
-                None => self.create(new, &token_hash, now_ms)?,
+                None => {
+                    let page = read_answer(&answer, 1).cloned().unwrap_or_default();
+                    self.create(new, &token_hash, now_ms, (from, page), attempt > 0)?
+                }
             };
             if let Some(registration) = done {
                 return Ok(registration);
@@ -625,21 +741,28 @@ impl Store for EtcdStore {
         now_ms: u64,
         condition: Option<&Condition>,
     ) -> Result<Option<Change>, StoreError> {
+        // The read that authorized this heartbeat, if it was of this node: any change
+        // since fails the compare below and the node is read again.
+        let mut cached = self.last_read.take().filter(|read| read.node.id == id);
         for _ in 0..MAX_ATTEMPTS {
-            let Some(Read { node, mod_revision }) = self.read_node(id)? else {
+            let read = match cached.take() {
+                Some(read) => Some(read),
+                None => self.read_node(id)?,
+            };
+            let Some(Read { node, mod_revision }) = read else {
                 return Err(StoreError::NotFound(id));
             };
             let beat = ops::put(self.keys.heartbeat(id), now_ms.to_string());
             if node.status == NodeStatus::Up && node.condition.as_ref() == condition {
                 let answer = self.txn(TxnRequest {
-                    compare: vec![present(self.keys.node(id))],
+                    compare: vec![unchanged_since(self.keys.node(id), mod_revision)],
                     success: vec![beat],
                     failure: vec![],
                 })?;
-                if !answer.succeeded {
-                    return Err(StoreError::NotFound(id));
+                if answer.succeeded {
+                    return Ok(None);
                 }
-                return Ok(None);
+                continue; // changed, marked down or deleted since the read
             }
             let updated = Node {
                 status: NodeStatus::Up,
@@ -655,7 +778,9 @@ impl Store for EtcdStore {
     }
 
     fn get(&mut self, id: NodeId) -> Result<Option<Node>, StoreError> {
-        Ok(self.read_node(id)?.map(|read| read.node))
+        let read = self.read_node(id)?;
+        self.last_read = read.clone();
+        Ok(read.map(|read| read.node))
     }
 
     fn mac_holder(&mut self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
@@ -769,6 +894,27 @@ impl Store for EtcdStore {
 
     fn write_health(&self) -> WriteHealth {
         self.health.clone()
+    }
+
+    fn more_handles(&mut self, wanted: usize) -> Vec<Box<dyn Store>> {
+        (0..wanted)
+            .map(|_| {
+                Box::new(EtcdStore {
+                    client: self.client.clone(),
+                    runtime: self.runtime.clone(),
+                    keys: self.keys.clone(),
+                    plan: self.plan,
+                    base: self.base,
+                    hint: self.hint.clone(),
+                    ids: self.ids.clone(),
+                    leasing: self.leasing.clone(),
+                    draws: RandomState::new(),
+                    health: self.health.clone(),
+                    unavailable_since: None,
+                    last_read: None,
+                }) as Box<dyn Store>
+            })
+            .collect()
     }
 }
 
