@@ -188,6 +188,30 @@ impl EtcdClient {
         }
     }
 
+    /// Makes the leader the member calls go to first, when a member names one: the leader
+    /// serves writes and linearizable reads without the extra hop a follower adds. Answers
+    /// the leader's URL. Members are asked at once; one that does not answer is skipped.
+    pub async fn prefer_leader(&self) -> Option<String> {
+        let statuses =
+            futures::future::join_all(self.members.iter().map(|m| self.member_status(&m.url)))
+                .await;
+        let leader = statuses
+            .iter()
+            .flatten()
+            .map(|s| s.leader)
+            .find(|id| *id != 0)?;
+        let index = statuses.iter().position(|s| {
+            s.as_ref()
+                .ok()
+                .and_then(|s| s.header.as_ref())
+                .is_some_and(|h| h.member_id == leader)
+        })?;
+        if self.preferred.swap(index, Ordering::Relaxed) != index {
+            tracing::info!(member = %self.members[index].url, "etcd calls now go to the leader first");
+        }
+        Some(self.members[index].url.clone())
+    }
+
     /// Opens a watch on some member that has a leader; etcd ends the stream if that member
     /// loses its leader later (the `hasleader` requirement), so a watch never goes quietly
     /// stale on a member cut off from the others.

@@ -394,6 +394,8 @@ pub(super) struct Figures {
     /// etcd's revisions over the heartbeat phase, per heartbeat accepted.
     revisions_per_heartbeat: Option<f64>,
     etcd_rss_kib: Option<u64>,
+    /// etcd alone, in the same run: registration-shaped transactions per second.
+    etcd_baseline_txns: Option<f64>,
 }
 
 impl Figures {
@@ -418,6 +420,7 @@ impl Figures {
             "server_idle_rss_kib": self.idle_kib,
             "etcd_revisions_per_heartbeat": self.revisions_per_heartbeat,
             "etcd_rss_kib": self.etcd_rss_kib,
+            "etcd_baseline_txns_per_s": self.etcd_baseline_txns,
         })
     }
 }
@@ -427,6 +430,14 @@ impl Figures {
 async fn measure(args: &ControlArgs, plane: &Plane) -> anyhow::Result<Figures> {
     let idle_kib = plane.largest("VmRSS")?;
     let clients = &plane.clients;
+    // 0. etcd alone, on the same cluster: the most registrations it could carry.
+    let etcd_baseline_txns = match &plane.etcd {
+        Some(etcd) => Some(
+            etcd.registration_shaped_txns(args.nodes, args.concurrency)
+                .await?,
+        ),
+        None => None,
+    };
 
     // 1. registrations
     let started = Instant::now();
@@ -498,6 +509,7 @@ async fn measure(args: &ControlArgs, plane: &Plane) -> anyhow::Result<Figures> {
         hwm_kib,
         idle_kib,
         revisions_per_heartbeat,
+        etcd_baseline_txns,
         etcd_rss_kib,
     })
 }
@@ -658,6 +670,27 @@ fn print_compared(args: &ControlArgs, sqlite: &Figures, etcd: &Figures) {
         "",
         None,
     );
+    if let Some(baseline) = etcd.etcd_baseline_txns {
+        row(
+            &format!(
+                "etcd alone: node-shaped txns/s (conc. {})",
+                args.concurrency
+            ),
+            "-".into(),
+            format!("{baseline:.0}"),
+            String::new(),
+            "",
+            None,
+        );
+        row(
+            "registrations / etcd alone",
+            "-".into(),
+            x(etcd.registrations / baseline),
+            String::new(),
+            "",
+            None,
+        );
+    }
     let per_beat = etcd.revisions_per_heartbeat.unwrap_or(f64::NAN);
     row(
         &format!("etcd writes per heartbeat ({} beats)", etcd.beats),

@@ -124,6 +124,51 @@ impl EtcdMembers {
             .join(",")
     }
 
+    /// The baseline of the registrations over etcd, measured on the same cluster: `count`
+    /// transactions shaped like a new node's (two create-if-absent compares, five puts of
+    /// a node's size), `concurrency` at a time, straight from one client. Answers them
+    /// per second.
+    pub(super) async fn registration_shaped_txns(
+        &self,
+        count: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<f64> {
+        use quilt_etcd::ops::{absent, put};
+        let value = vec![b'x'; 400];
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = std::time::Instant::now();
+        let workers: Vec<_> = (0..concurrency.max(1))
+            .map(|_| {
+                let (client, next, value) = (self.client.clone(), next.clone(), value.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= count {
+                            return anyhow::Ok(());
+                        }
+                        let key = |kind: &str| format!("/bench-baseline/{kind}/{i:010}");
+                        let txn = quilt_etcd::pb::TxnRequest {
+                            compare: vec![absent(key("host")), absent(key("lease"))],
+                            success: vec![
+                                put(key("node"), value.clone()),
+                                put(key("host"), i.to_string()),
+                                put(key("lease"), i.to_string()),
+                                put(key("heartbeat"), i.to_string()),
+                                put(key("mac"), i.to_string()),
+                            ],
+                            failure: vec![],
+                        };
+                        client.txn(txn).await?;
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await??;
+        }
+        Ok(count as f64 / started.elapsed().as_secs_f64())
+    }
+
     /// etcd's current revision: it grows by one with every write transaction.
     pub(super) async fn revision(&self) -> anyhow::Result<i64> {
         let read = quilt_etcd::pb::RangeRequest {

@@ -194,15 +194,22 @@ impl Feed {
     }
 }
 
+/// How many probes apart the leader is looked up again.
+const LEADER_EVERY: u32 = 5;
+
 /// Reads from etcd every second (a read that needs quorum) and records in `health`
-/// whether that works, so `/health` tells within a second when etcd is lost or back.
+/// whether that works, so `/health` tells within a second when etcd is lost or back; every
+/// few seconds it also points the client at the current leader.
 async fn probe(
     client: EtcdClient,
     keys: Keys,
     health: WriteHealth,
     mut stopping: signal::Receiver<bool>,
 ) {
-    loop {
+    for round in 0u32.. {
+        if round % LEADER_EVERY == 0 {
+            client.prefer_leader().await;
+        }
         let read = quilt_etcd::pb::RangeRequest {
             count_only: true,
             ..ops::get(keys.plan())
