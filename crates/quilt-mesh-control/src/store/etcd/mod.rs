@@ -329,6 +329,23 @@ impl EtcdStore {
         })
     }
 
+    /// Reads that only guide a write whose compares decide (is this host known, which
+    /// leases look free, who holds this MAC): served by the member asked from what it
+    /// holds (etcd's serializable reads: no round to the leader and its followers), so
+    /// they may miss the newest writes. A write built on a stale one fails its compares
+    /// and the caller reads again, in full.
+    fn read_hint(&mut self, ranges: Vec<RangeRequest>) -> Result<TxnResponse, StoreError> {
+        self.read(
+            ranges
+                .into_iter()
+                .map(|range| RangeRequest {
+                    serializable: true,
+                    ..range
+                })
+                .collect(),
+        )
+    }
+
     /// Node `id` with the revision of its key, and its last heartbeat filled in.
     fn read_node(&mut self, id: NodeId) -> Result<Option<Read>, StoreError> {
         let answer = self.read(vec![
@@ -712,12 +729,15 @@ impl Store for EtcdStore {
         now_ms: u64,
     ) -> Result<Registration, StoreError> {
         for attempt in 0..MAX_ATTEMPTS {
-            // One round trip: the host's key, and the leases from the hint in case it is new.
+            // One round trip: the host's key, and the leases from the hint in case it is
+            // new; as a hint the first time (the write's compares decide), in full after.
             let from = self.hint.free_from.load(Ordering::Relaxed).max(1);
-            let answer = self.read(vec![
-                ops::get(self.keys.host(new.host_ip)),
-                self.lease_page(from),
-            ])?;
+            let reads = vec![ops::get(self.keys.host(new.host_ip)), self.lease_page(from)];
+            let answer = if attempt == 0 {
+                self.read_hint(reads)?
+            } else {
+                self.read(reads)?
+            };
             let done = match first_kv(&answer, 0) {
                 Some(kv) => {
                     let id = NodeId::new(decode_number(kv)?);
@@ -784,7 +804,9 @@ impl Store for EtcdStore {
     }
 
     fn mac_holder(&mut self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
-        let answer = self.read(vec![ops::get(self.keys.mac(mac))])?;
+        // The registry's check before a registration: best effort already (see the
+        // module docs), so a hint is enough.
+        let answer = self.read_hint(vec![ops::get(self.keys.mac(mac))])?;
         let Some(kv) = first_kv(&answer, 0) else {
             return Ok(None);
         };
