@@ -20,7 +20,9 @@ use quilt_etcd::{EtcdClient, EtcdError, ops};
 use tokio::sync::watch as signal;
 
 use super::keys::{KeyKind, Keys};
-use super::{Hint, decode_node};
+use super::known::{Known, Seen};
+use super::{Hint, decode_node, decode_number};
+use crate::model::NodeId;
 use crate::store::{Change, ChangeKind, Revision, WriteHealth};
 use crate::watch::Hub;
 
@@ -39,6 +41,7 @@ pub struct Feed {
     /// opened: the replay).
     after: i64,
     hint: Arc<Hint>,
+    known: Arc<Known>,
     health: WriteHealth,
 }
 
@@ -49,6 +52,7 @@ impl Feed {
         base: i64,
         after: i64,
         hint: Arc<Hint>,
+        known: Arc<Known>,
         health: WriteHealth,
     ) -> Self {
         Self {
@@ -57,6 +61,7 @@ impl Feed {
             base,
             after,
             hint,
+            known,
             health,
         }
     }
@@ -187,8 +192,24 @@ impl Feed {
                     }]);
                 }
             }
-            KeyKind::Lease(index) if deleted => self.hint.freed(index),
-            _ => {}
+            KeyKind::Lease(index) => {
+                if deleted {
+                    self.hint.freed(index);
+                }
+                self.known
+                    .apply(Seen::Lease(index), !deleted, kv.mod_revision);
+            }
+            KeyKind::Host(ip) => {
+                let id = NodeId::new(decode_number(kv).unwrap_or_default());
+                self.known
+                    .apply(Seen::Host(ip, id), !deleted, kv.mod_revision);
+            }
+            KeyKind::Mac(mac) => {
+                let id = NodeId::new(decode_number(kv).unwrap_or_default());
+                self.known
+                    .apply(Seen::Mac(mac, id), !deleted, kv.mod_revision);
+            }
+            KeyKind::Other => {}
         }
         kv.mod_revision
     }

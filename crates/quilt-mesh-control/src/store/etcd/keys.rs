@@ -22,6 +22,8 @@ use crate::model::{MacAddr, NodeId};
 pub enum KeyKind {
     Node(NodeId),
     Lease(u64),
+    Host(Ipv4Addr),
+    Mac(MacAddr),
     Other,
 }
 
@@ -77,8 +79,16 @@ impl Keys {
         format!("{}{:020}", self.heartbeats(), id.number())
     }
 
+    pub fn hosts(&self) -> String {
+        format!("{}/hosts/", self.prefix)
+    }
+
     pub fn host(&self, ip: Ipv4Addr) -> String {
-        format!("{}/hosts/{ip}", self.prefix)
+        format!("{}{ip}", self.hosts())
+    }
+
+    pub fn macs(&self) -> String {
+        format!("{}/macs/", self.prefix)
     }
 
     pub fn leases(&self) -> String {
@@ -90,7 +100,7 @@ impl Keys {
     }
 
     pub fn mac(&self, mac: MacAddr) -> String {
-        format!("{}/macs/{mac}", self.prefix)
+        format!("{}{mac}", self.macs())
     }
 
     /// What `key` names.
@@ -104,6 +114,18 @@ impl Keys {
         }
         if let Some(index) = key.strip_prefix(&self.leases()).and_then(number) {
             return KeyKind::Lease(index);
+        }
+        if let Some(ip) = key
+            .strip_prefix(&self.hosts())
+            .and_then(|ip| ip.parse().ok())
+        {
+            return KeyKind::Host(ip);
+        }
+        if let Some(mac) = key
+            .strip_prefix(&self.macs())
+            .and_then(|mac| crate::model::parse_mac(mac).ok())
+        {
+            return KeyKind::Mac(mac);
         }
         KeyKind::Other
     }
@@ -135,6 +157,10 @@ mod tests {
             k.kind(k.heartbeat(NodeId::new(3)).as_bytes()),
             KeyKind::Other
         );
+        let ip: Ipv4Addr = "10.0.0.7".parse().unwrap();
+        assert_eq!(k.kind(k.host(ip).as_bytes()), KeyKind::Host(ip));
+        let mac = crate::model::parse_mac("02:00:00:00:00:0a").unwrap();
+        assert_eq!(k.kind(k.mac(mac).as_bytes()), KeyKind::Mac(mac));
         assert_eq!(k.kind(b"/quilt/nodes/x"), KeyKind::Other);
         assert_eq!(k.kind(b"/other/nodes/1"), KeyKind::Other);
     }

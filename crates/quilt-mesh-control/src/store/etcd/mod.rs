@@ -22,8 +22,12 @@
 //! duplicate-MAC check is a read before the write, not a compare: two hosts registering
 //! one MAC at the same moment through two handles, as through two replicas, both get it.)
 //!
-//! A new node costs one read (its host key and a page of lease keys from the hint,
-//! together) and one write transaction. A heartbeat
+//! Each replica also keeps the lease, host and MAC keys in memory ([`known`]: loaded at
+//! open, kept from the feed and its own writes), as a guess that the compares check. A
+//! host it does not know becomes a node in one transaction with no read before it; when
+//! the compares fail (another replica took the host or the subnet), the registration
+//! reads in full: one read (its host key and a page of lease keys from the hint,
+//! together) and one write. A heartbeat
 //! reuses the read that authorized it and writes only if the node's key is unchanged
 //! since. When other registrations are under way, the
 //! subnet is drawn at random among the lowest free ones rather than the lowest itself, so
@@ -31,6 +35,7 @@
 
 pub mod feed;
 pub mod keys;
+pub(crate) mod known;
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
@@ -51,6 +56,7 @@ use super::{
 };
 use crate::model::{Condition, MacAddr, NewNode, Node, NodeId, NodeStatus, TokenHash};
 use keys::Keys;
+use known::{Known, Seen};
 
 pub use feed::Feed;
 
@@ -75,6 +81,10 @@ const LEASE_PAGE: i64 = 256;
 /// Among how many of the lowest free subnets one is drawn when other registrations are
 /// under way (see the module docs).
 const SPREAD: usize = 128;
+
+/// The same when the subnet is drawn from what the replica knows (no page to read): wider,
+/// so that replicas registering at once seldom draw the same one.
+const KNOWN_SPREAD: usize = 512;
 
 /// What the store and its feed share: the lowest subnet index that may be free.
 #[derive(Debug)]
@@ -104,6 +114,8 @@ pub struct EtcdStore {
     /// Added to etcd's revisions to make the API's.
     base: i64,
     hint: Arc<Hint>,
+    /// Leases, hosts and MACs as this replica last saw them (shared by handles and feed).
+    known: Arc<Known>,
     /// Node ids taken from `P/next-node-id` and not handed out yet (shared by handles).
     ids: Arc<Mutex<Range<u64>>>,
     /// Subnet indices some handle of this store is leasing right now.
@@ -255,6 +267,7 @@ impl EtcdStore {
             free_from: AtomicU64::new(1),
         });
         let health = WriteHealth::new(Backend::Etcd);
+        let known = Arc::new(load_known(&client, &keys).await?);
         let started_at = header_revision(answer.header.as_ref());
         let replay_after = (started_at - REPLAY_REVISIONS).max(base_set_at).max(0);
         let feed = Feed::new(
@@ -263,6 +276,7 @@ impl EtcdStore {
             base,
             replay_after,
             hint.clone(),
+            known.clone(),
             health.clone(),
         );
         tracing::info!(endpoints = ?client.urls(), prefix = keys.prefix(), etcd_revision = started_at, revision_base = base, "using etcd");
@@ -273,6 +287,7 @@ impl EtcdStore {
             plan,
             base,
             hint,
+            known,
             ids: Arc::new(Mutex::new(0..0)),
             leasing: Arc::new(Mutex::new(BTreeSet::new())),
             draws: RandomState::new(),
@@ -568,6 +583,18 @@ impl EtcdStore {
             && let Some(previous) = self.plan.index_of(old.subnet)
         {
             self.hint.freed(previous);
+            self.known.note(Seen::Lease(previous), false);
+            if let Some(now) = self.plan.index_of(node.subnet) {
+                self.known.note(Seen::Lease(now), true);
+            }
+        }
+        if node.vtep_mac != old.vtep_mac {
+            if let Some(mac) = old.vtep_mac {
+                self.known.note(Seen::Mac(mac, id), false);
+            }
+            if let Some(mac) = node.vtep_mac {
+                self.known.note(Seen::Mac(mac, id), true);
+            }
         }
         let change = old
             .differs_for_watchers(&node)
@@ -606,28 +633,96 @@ impl EtcdStore {
             .ok_or_else(|| exhausted(&self.plan))?;
         let id = self.take_id()?;
         let node = new.leased(id, subnet, token_hash.clone(), now_ms);
-        let mut success = vec![
-            ops::put(self.keys.node(id), encode_node(&node)),
-            ops::put(self.keys.host(node.host_ip), id.number().to_string()),
-            ops::put(self.keys.lease(index), id.number().to_string()),
-            ops::put(self.keys.heartbeat(id), now_ms.to_string()),
-        ];
-        if let Some(mac) = node.vtep_mac {
-            success.push(ops::put(self.keys.mac(mac), id.number().to_string()));
-        }
         let answer = self.txn(TxnRequest {
             compare: vec![
                 absent(self.keys.host(node.host_ip)),
                 absent(self.keys.lease(index)),
             ],
-            success,
+            success: self.creation(&node, index),
             failure: vec![],
         })?;
         if !answer.succeeded {
             self.give_back(id);
             return Ok(None);
         }
-        if wish.is_none() {
+        Ok(Some(self.created(&answer, node, index, wish.is_none())))
+    }
+
+    /// Creates a node for `new.host_ip` from what this replica knows, without reading
+    /// first: one transaction whose compares (host and lease keys absent) decide. `None`
+    /// when they fail; what they found is noted, and the caller reads in full.
+    fn create_unread(
+        &mut self,
+        new: &NewNode,
+        token_hash: &TokenHash,
+        now_ms: u64,
+    ) -> Result<Option<Registration>, StoreError> {
+        let leasing = self.pick_known_free()?;
+        let index = leasing.index;
+        let subnet = self
+            .plan
+            .subnet_at(index)
+            .ok_or_else(|| exhausted(&self.plan))?;
+        let id = self.take_id()?;
+        let node = new.leased(id, subnet, token_hash.clone(), now_ms);
+        let answer = self.txn(TxnRequest {
+            compare: vec![
+                absent(self.keys.host(node.host_ip)),
+                absent(self.keys.lease(index)),
+            ],
+            success: self.creation(&node, index),
+            failure: vec![
+                ops::read(ops::get(self.keys.host(node.host_ip))),
+                ops::read(ops::get(self.keys.lease(index))),
+            ],
+        })?;
+        if !answer.succeeded {
+            self.give_back(id);
+            if let Some(kv) = first_kv(&answer, 0) {
+                let holder = NodeId::new(decode_number(kv)?);
+                self.known.note(Seen::Host(node.host_ip, holder), true);
+            }
+            if first_kv(&answer, 1).is_some() {
+                self.known.note(Seen::Lease(index), true);
+            }
+            return Ok(None);
+        }
+        Ok(Some(self.created(&answer, node, index, true)))
+    }
+
+    /// The writes that make `node` with lease `index`.
+    fn creation(&self, node: &Node, index: u64) -> Vec<RequestOp> {
+        let id = node.id.number().to_string();
+        let mut success = vec![
+            ops::put(self.keys.node(node.id), encode_node(node)),
+            ops::put(self.keys.host(node.host_ip), id.clone()),
+            ops::put(self.keys.lease(index), id.clone()),
+            ops::put(
+                self.keys.heartbeat(node.id),
+                node.last_heartbeat_ms.to_string(),
+            ),
+        ];
+        if let Some(mac) = node.vtep_mac {
+            success.push(ops::put(self.keys.mac(mac), id));
+        }
+        success
+    }
+
+    /// Notes a node just created with lease `index` (`searched`: the lowest free one was
+    /// looked for, not wished) and answers its registration.
+    fn created(
+        &mut self,
+        answer: &TxnResponse,
+        node: Node,
+        index: u64,
+        searched: bool,
+    ) -> Registration {
+        self.known.note(Seen::Lease(index), true);
+        self.known.note(Seen::Host(node.host_ip, node.id), true);
+        if let Some(mac) = node.vtep_mac {
+            self.known.note(Seen::Mac(mac, node.id), true);
+        }
+        if searched {
             // Everything below the lowest free one was taken; so is it now.
             let _ = self.hint.free_from.compare_exchange(
                 index,
@@ -636,12 +731,43 @@ impl EtcdStore {
                 Ordering::Relaxed,
             );
         }
-        let change = self.change(&answer, ChangeKind::Added, node.clone());
-        Ok(Some(Registration {
+        let change = self.change(answer, ChangeKind::Added, node.clone());
+        Registration {
             node,
             created: true,
             change: Some(change),
-        }))
+        }
+    }
+
+    /// A subnet index that looks free to this replica, marked as being leased by this
+    /// handle: the lowest from the hint, or one drawn among the [`KNOWN_SPREAD`] lowest
+    /// while other registrations of this store are under way.
+    fn pick_known_free(&mut self) -> Result<Leasing, StoreError> {
+        let hinted = self.hint.free_from.load(Ordering::Relaxed).max(1);
+        let mut leasing = lock(&self.leasing);
+        let spread = if leasing.is_empty() { 1 } else { KNOWN_SPREAD };
+        let (mut free, mut lowest) = self.known.free(&self.plan, hinted, spread, &leasing);
+        if free.is_empty() && hinted > 1 {
+            (free, lowest) = self.known.free(&self.plan, 1, spread, &leasing);
+        }
+        if free.is_empty() {
+            return Err(exhausted(&self.plan));
+        }
+        let chosen = free[(self.draws.hash_one(Instant::now()) % free.len() as u64) as usize];
+        leasing.insert(chosen);
+        drop(leasing);
+        if let Some(lowest) = lowest {
+            let _ = self.hint.free_from.compare_exchange(
+                hinted,
+                lowest,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        Ok(Leasing {
+            index: chosen,
+            set: self.leasing.clone(),
+        })
     }
 
     /// Writes `node` (read at `mod_revision`) with its new status or condition.
@@ -699,6 +825,48 @@ impl EtcdStore {
     }
 }
 
+/// Every lease, host and MAC key under `keys`, read at one revision.
+async fn load_known(client: &EtcdClient, keys: &Keys) -> Result<Known, StoreError> {
+    let answer = client
+        .txn(TxnRequest {
+            success: vec![
+                ops::read(RangeRequest {
+                    keys_only: true,
+                    ..ops::with_prefix(keys.leases())
+                }),
+                ops::read(ops::with_prefix(keys.hosts())),
+                ops::read(ops::with_prefix(keys.macs())),
+            ],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable_or_backend(&e))?;
+    let kvs = |i| {
+        read_answer(&answer, i)
+            .map(|r| r.kvs.as_slice())
+            .unwrap_or_default()
+    };
+    let leases = kvs(0).iter().filter_map(|kv| keys.lease_index(&kv.key));
+    let mut hosts = Vec::new();
+    for kv in kvs(1) {
+        if let keys::KeyKind::Host(ip) = keys.kind(&kv.key) {
+            hosts.push((ip, NodeId::new(decode_number(kv)?)));
+        }
+    }
+    let mut macs = Vec::new();
+    for kv in kvs(2) {
+        if let keys::KeyKind::Mac(mac) = keys.kind(&kv.key) {
+            macs.push((mac, NodeId::new(decode_number(kv)?)));
+        }
+    }
+    Ok(Known::loaded(
+        leases,
+        hosts,
+        macs,
+        header_revision(answer.header.as_ref()),
+    ))
+}
+
 /// An etcd error as a store error: unavailable (503, try again) or anything else.
 fn unavailable_or_backend(e: &EtcdError) -> StoreError {
     match e {
@@ -728,6 +896,13 @@ impl Store for EtcdStore {
         token_hash: TokenHash,
         now_ms: u64,
     ) -> Result<Registration, StoreError> {
+        // A host this replica does not know, with no wish: one transaction, no read first.
+        if new.wanted_subnet.is_none()
+            && self.known.host(new.host_ip).is_none()
+            && let Some(registration) = self.create_unread(new, &token_hash, now_ms)?
+        {
+            return Ok(registration);
+        }
         for attempt in 0..MAX_ATTEMPTS {
             // One round trip: the host's key, and the leases from the hint in case it is
             // new; as a hint the first time (the write's compares decide), in full after.
@@ -805,12 +980,10 @@ impl Store for EtcdStore {
 
     fn mac_holder(&mut self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
         // The registry's check before a registration: best effort already (see the
-        // module docs), so a hint is enough.
-        let answer = self.read_hint(vec![ops::get(self.keys.mac(mac))])?;
-        let Some(kv) = first_kv(&answer, 0) else {
+        // module docs), so what this replica knows is enough to pass a MAC nobody holds.
+        let Some(id) = self.known.mac(mac) else {
             return Ok(None);
         };
-        let id = NodeId::new(decode_number(kv)?);
         Ok(self.get(id)?.filter(|node| node.vtep_mac == Some(mac)))
     }
 
@@ -847,6 +1020,11 @@ impl Store for EtcdStore {
             if answer.succeeded {
                 if let Some(index) = index {
                     self.hint.freed(index);
+                    self.known.note(Seen::Lease(index), false);
+                }
+                self.known.note(Seen::Host(node.host_ip, id), false);
+                if let Some(mac) = node.vtep_mac {
+                    self.known.note(Seen::Mac(mac, id), false);
                 }
                 return Ok(self.change(&answer, ChangeKind::Deleted, node));
             }
@@ -928,6 +1106,7 @@ impl Store for EtcdStore {
                     plan: self.plan,
                     base: self.base,
                     hint: self.hint.clone(),
+                    known: self.known.clone(),
                     ids: self.ids.clone(),
                     leasing: self.leasing.clone(),
                     draws: RandomState::new(),
