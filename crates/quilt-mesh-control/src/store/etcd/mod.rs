@@ -22,7 +22,7 @@
 //! duplicate-MAC check is a read before the write, not a compare: two hosts registering
 //! one MAC at the same moment through two handles, as through two replicas, both get it.)
 //!
-//! Each replica also keeps the lease, host and MAC keys in memory ([`known`]: loaded at
+//! Each replica also keeps the lease, host and MAC keys in memory (`known`: loaded at
 //! open, kept from the feed and its own writes), as a guess that the compares check. A
 //! host it does not know becomes a node in one transaction with no read before it; when
 //! the compares fail (another replica took the host or the subnet), the registration
