@@ -210,18 +210,20 @@ fn rogue(lab: &Lab) -> OwnedNetns {
         ])
         .unwrap();
     let sw = &state.switch_netns;
-    for args in [vec![
-        "-n",
-        sw,
-        "link",
-        "set",
-        "prg",
-        "master",
-        SWITCH_BRIDGE,
-        "up",
-    ]] {
-        assert!(Command::new("ip").args(&args).status().unwrap().success());
-    }
+    let port = Command::new("ip")
+        .args([
+            "-n",
+            sw,
+            "link",
+            "set",
+            "prg",
+            "master",
+            SWITCH_BRIDGE,
+            "up",
+        ])
+        .status()
+        .unwrap();
+    assert!(port.success());
     rogue
         .ip(&["addr", "add", &format!("{rogue_ip}/24"), "dev", "eth0"])
         .unwrap();
