@@ -83,6 +83,10 @@ pub struct LabState {
     /// Hosts whose iptables FORWARD policy drops (as Docker leaves one).
     #[serde(default)]
     pub forward_drop_hosts: std::collections::BTreeSet<u16>,
+    /// The MTU of the underlay's links (hosts' uplinks, switch ports); the kernel's
+    /// default (1500) when not set.
+    #[serde(default)]
+    pub underlay_mtu: Option<u32>,
     pub heartbeat_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     /// The agents' `--resync-interval`.

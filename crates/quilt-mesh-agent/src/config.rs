@@ -89,6 +89,11 @@ pub struct Config {
     #[arg(long = flags::RESYNC_INTERVAL, env = "QUILT_AGENT_RESYNC_INTERVAL", default_value = "60s", value_parser = quilt_common::duration::parse)]
     pub resync_interval: Duration,
 
+    /// MTU of the VXLAN device, which containers follow (default: the underlay
+    /// interface's MTU - 50, so a 9000-byte underlay gives 8950).
+    #[arg(long = flags::MTU, env = "QUILT_AGENT_MTU", value_parser = clap::value_parser!(u32).range(576..=65535))]
+    pub mtu: Option<u32>,
+
     /// Masquerade traffic from this node's containers to destinations outside the
     /// cluster CIDR (in the agent's nftables table `inet quilt`). Traffic between
     /// containers and nodes keeps its source address either way.
@@ -280,6 +285,13 @@ mod tests {
         ];
         args.extend_from_slice(extra);
         Config::try_parse_from(args)
+    }
+
+    #[test]
+    fn the_mtu_is_the_underlays_unless_set() {
+        assert_eq!(parse(&[]).unwrap().mtu, None);
+        assert_eq!(parse(&["--mtu", "8950"]).unwrap().mtu, Some(8950));
+        assert!(parse(&["--mtu", "100"]).is_err());
     }
 
     #[test]

@@ -450,4 +450,9 @@ pub struct LabUpArgs {
     /// Docker leaves a host (repeatable).
     #[arg(long = "forward-drop-host", value_name = "N")]
     pub forward_drop_hosts: Vec<u16>,
+
+    /// MTU of the underlay's links (hosts' uplinks, switch ports); the agents derive the
+    /// overlay MTU from it (9000 gives 8950).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    pub underlay_mtu: Option<u32>,
 }

@@ -67,6 +67,9 @@ pub struct LabSpec {
     /// Hosts (by index) given iptables' FORWARD chain with policy drop before any daemon
     /// starts, as Docker leaves a host (`ip filter FORWARD`, made with `nft`).
     pub forward_drop_hosts: std::collections::BTreeSet<u16>,
+    /// The MTU of every underlay link (hosts' uplinks and switch ports, the router's);
+    /// 1500 when not set. The agents derive the overlay MTU from it.
+    pub underlay_mtu: Option<u32>,
 }
 
 impl LabSpec {
@@ -92,6 +95,7 @@ impl LabSpec {
             control_replicas: 1,
             outside: false,
             forward_drop_hosts: Default::default(),
+            underlay_mtu: None,
         }
     }
 }

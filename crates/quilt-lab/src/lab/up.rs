@@ -105,6 +105,7 @@ impl Lab {
             agent_args: spec.agent_args.clone(),
             outside: spec.outside,
             forward_drop_hosts: spec.forward_drop_hosts.clone(),
+            underlay_mtu: spec.underlay_mtu,
             heartbeat_timeout_ms: spec.heartbeat_timeout.as_millis() as u64,
             heartbeat_interval_ms: spec.heartbeat_interval.as_millis() as u64,
             resync_interval_ms: spec.resync_interval.as_millis() as u64,
@@ -295,6 +296,12 @@ impl Lab {
         };
         let sw = find(self, &switch_ns)?;
         self.namespaces[sw].ip(&["link", "set", "prt", "master", SWITCH_BRIDGE, "up"])?;
+        if let Some(mtu) = self.state.underlay_mtu {
+            let mtu = mtu.to_string();
+            self.namespaces[sw].ip(&["link", "set", "prt", "mtu", &mtu])?;
+            let rt = find(self, &layout.router_ns())?;
+            self.namespaces[rt].ip(&["link", "set", ROUTER_UPLINK_IF, "mtu", &mtu])?;
+        }
         let rt = find(self, &layout.router_ns())?;
         let router = &self.namespaces[rt];
         router.ip(&[
@@ -378,6 +385,11 @@ impl Lab {
             .ok_or_else(|| LabError::setup(format!("join h{i}"), "the switch is not ours"))?;
         sw.ip(&["link", "set", &port, "master", SWITCH_BRIDGE, "up"])?;
         let host = self.namespaces.last().expect("just pushed");
+        if let Some(mtu) = self.state.underlay_mtu {
+            let mtu = mtu.to_string();
+            sw.ip(&["link", "set", &port, "mtu", &mtu])?;
+            host.ip(&["link", "set", UNDERLAY_IF, "mtu", &mtu])?;
+        }
         host.ip(&["addr", "add", &addr, "dev", UNDERLAY_IF])?;
         host.ip(&["link", "set", UNDERLAY_IF, "up"])?;
         // Hosts route container traffic; forwarding is per namespace, never the root's.

@@ -85,8 +85,13 @@ pub async fn run<O: Overlay, F: Firewall>(
         stop.clone(),
     )
     .await?;
+    // The overlay MTU: as set, else the underlay's less the VXLAN overhead.
+    let mtu = config
+        .mtu
+        .unwrap_or_else(|| underlay.mtu.saturating_sub(VXLAN_OVERHEAD));
     info!(
-        host_ip = %config.host_ip, underlay = %underlay.name, vtep_mac = %state.vtep_mac,
+        host_ip = %config.host_ip, underlay = %underlay.name, underlay_mtu = underlay.mtu,
+        overlay_mtu = mtu, mtu_set = config.mtu.is_some(), vtep_mac = %state.vtep_mac,
         control_planes = ?config.control_planes, runtime = %config.runtime_addr,
         "quilt-mesh-agent starting"
     );
@@ -104,7 +109,7 @@ pub async fn run<O: Overlay, F: Firewall>(
             port: config.vxlan_port,
             local: config.host_ip,
             underlay: underlay.name.clone(),
-            mtu: underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
+            mtu,
             mac: state.vtep_mac,
         },
         underlay_index: underlay.index,
