@@ -57,6 +57,10 @@ pub mod agent {
     pub const HEARTBEAT_INTERVAL: &str = "heartbeat-interval";
     pub const RESYNC_INTERVAL: &str = "resync-interval";
     pub const LOG_LEVEL: &str = "log-level";
+    pub const MASQUERADE: &str = "masquerade";
+    pub const MTU: &str = "mtu";
+    pub const CLUSTER_CIDR: &str = "cluster-cidr";
+    pub const LEAVE_ON_EXIT: &str = "leave-on-exit";
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! |---|---|---|---|
 //! | [`Kernel`] ([`kernel`]): routes toward node subnets, the bridge `quilt0`, veth pairs, the container side of them | the runtime | [`kernel::netlink::NetlinkKernel`] | [`kernel::fake::FakeKernel`] |
 //! | [`overlay::Overlay`]: the VXLAN device, its address, neighbour and FDB entries | the agent | `NetlinkKernel` too | [`overlay::fake::FakeOverlay`] |
+//! | [`firewall::Firewall`]: the agent's nftables table `inet quilt` and its marked accept rules in iptables' FORWARD chain | the agent | [`firewall::nft::NftFirewall`] (the `nft` program) | [`firewall::fake::FakeFirewall`] |
 //!
 //! Beside them:
 //! - [`nexthop`]: the raw, blocking netlink socket for nexthop objects and route batches,
@@ -20,6 +21,7 @@
 
 pub mod blocking;
 pub mod error;
+pub mod firewall;
 pub mod kernel;
 pub mod netns;
 pub mod nexthop;

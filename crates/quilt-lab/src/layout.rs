@@ -30,6 +30,18 @@ pub const SWITCH_BRIDGE: &str = "br0";
 /// The interface name of every container's network.
 pub const CONTAINER_IF: &str = "eth0";
 
+/// The outside network, beyond the lab's router: TEST-NET-3, never in a cluster CIDR.
+pub const OUTSIDE_NET: &str = "203.0.113.0/24";
+/// The router's address on the outside network.
+pub const OUTSIDE_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 1);
+/// The outside namespace's address: what containers reach through masquerade.
+pub const OUTSIDE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 2);
+/// The router's interfaces: on the switch, and toward the outside namespace.
+pub const ROUTER_UPLINK_IF: &str = "uplink0";
+pub const ROUTER_OUTSIDE_IF: &str = "out0";
+/// The outside namespace's interface.
+pub const OUTSIDE_IF: &str = "eth0";
+
 /// Checks a lab name: 1-24 of `[a-z0-9-]`, not starting with a hyphen.
 pub fn check_name(name: &str) -> Result<(), LabError> {
     let ok = !name.is_empty()
@@ -141,6 +153,21 @@ impl Layout {
 
     pub fn hostname(&self, i: u16) -> String {
         format!("{}-h{i}", self.name)
+    }
+
+    /// The router between the underlay and the outside network.
+    pub fn router_ns(&self) -> String {
+        format!("qlab-{}-rt", self.name)
+    }
+
+    /// The outside network's one machine.
+    pub fn outside_ns(&self) -> String {
+        format!("qlab-{}-out", self.name)
+    }
+
+    /// The router's address on the underlay (.254): the hosts' default gateway.
+    pub fn router_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(192, 168, self.octet, 254)
     }
 
     pub fn control_addr(&self) -> SocketAddr {

@@ -148,3 +148,47 @@ pub fn runtime_allocations(netns: &str, address: &str) -> Result<Vec<(String, St
         Ok(all)
     })
 }
+
+/// Runs `commands` as one `nft -f -` script inside `netns`; answers nft's output.
+pub fn nft(netns: &str, commands: &[&str]) -> Result<String, crate::LabError> {
+    use std::io::Write;
+    let what = format!("nft in {netns}: {}", commands.join("; "));
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| crate::LabError::setup(&what, e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(commands.join("\n").as_bytes())
+            .map_err(|e| crate::LabError::setup(&what, e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| crate::LabError::setup(&what, e))?;
+    if !out.status.success() {
+        return Err(crate::LabError::setup(
+            &what,
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `nft list ruleset` inside `netns`.
+pub fn nft_ruleset(netns: &str) -> Result<String, crate::LabError> {
+    let what = format!("nft list ruleset in {netns}");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "list", "ruleset"])
+        .output()
+        .map_err(|e| crate::LabError::setup(&what, e))?;
+    if !out.status.success() {
+        return Err(crate::LabError::setup(
+            &what,
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

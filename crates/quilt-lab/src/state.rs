@@ -76,6 +76,17 @@ pub struct LabState {
     /// More flags for the agents of some hosts, by host index.
     #[serde(default)]
     pub agent_args: std::collections::BTreeMap<u16, Vec<String>>,
+    /// The lab has an outside network beyond a router on the switch; hosts route to it
+    /// by default through their uplinks.
+    #[serde(default)]
+    pub outside: bool,
+    /// Hosts whose iptables FORWARD policy drops (as Docker leaves one).
+    #[serde(default)]
+    pub forward_drop_hosts: std::collections::BTreeSet<u16>,
+    /// The MTU of the underlay's links (hosts' uplinks, switch ports); the kernel's
+    /// default (1500) when not set.
+    #[serde(default)]
+    pub underlay_mtu: Option<u32>,
     pub heartbeat_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     /// The agents' `--resync-interval`.

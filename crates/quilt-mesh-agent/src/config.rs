@@ -89,10 +89,37 @@ pub struct Config {
     #[arg(long = flags::RESYNC_INTERVAL, env = "QUILT_AGENT_RESYNC_INTERVAL", default_value = "60s", value_parser = quilt_common::duration::parse)]
     pub resync_interval: Duration,
 
+    /// MTU of the VXLAN device, which containers follow (default: the underlay
+    /// interface's MTU - 50, so a 9000-byte underlay gives 8950).
+    #[arg(long = flags::MTU, env = "QUILT_AGENT_MTU", value_parser = clap::value_parser!(u32).range(576..=65535))]
+    pub mtu: Option<u32>,
+
+    /// Masquerade traffic from this node's containers to destinations outside the
+    /// cluster CIDR (in the agent's nftables table `inet quilt`). Traffic between
+    /// containers and nodes keeps its source address either way.
+    #[arg(
+        long = flags::MASQUERADE,
+        env = "QUILT_AGENT_MASQUERADE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "true|false"
+    )]
+    pub masquerade: bool,
+
+    /// The cluster CIDR, for masquerading (default: what the control plane answers at
+    /// registration, else 10.42.0.0/16).
+    #[arg(long = flags::CLUSTER_CIDR, env = "QUILT_AGENT_CLUSTER_CIDR")]
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+
+    /// The runtime's container bridge, whose forwarded traffic is accepted (with the
+    /// VXLAN device's) on hosts whose iptables FORWARD policy drops.
+    #[arg(long, env = "QUILT_AGENT_BRIDGE_INTERFACE", default_value = defaults::BRIDGE)]
+    pub bridge_interface: String,
+
     /// On SIGTERM, delete this node from the control plane (its subnet is freed) and
-    /// remove the device, entries and routes (otherwise all stay, so restarting the
-    /// agent does not disturb traffic).
-    #[arg(long, env = "QUILT_AGENT_LEAVE_ON_EXIT")]
+    /// remove the device, entries, routes and the nftables table with its marked rules
+    /// (otherwise all stay, so restarting the agent does not disturb traffic).
+    #[arg(long = flags::LEAVE_ON_EXIT, env = "QUILT_AGENT_LEAVE_ON_EXIT")]
     pub leave_on_exit: bool,
 
     /// On SIGTERM, mark this node down on the control plane (`deregister`, as the
@@ -258,6 +285,21 @@ mod tests {
         ];
         args.extend_from_slice(extra);
         Config::try_parse_from(args)
+    }
+
+    #[test]
+    fn the_mtu_is_the_underlays_unless_set() {
+        assert_eq!(parse(&[]).unwrap().mtu, None);
+        assert_eq!(parse(&["--mtu", "8950"]).unwrap().mtu, Some(8950));
+        assert!(parse(&["--mtu", "100"]).is_err());
+    }
+
+    #[test]
+    fn masquerade_is_on_unless_turned_off() {
+        assert!(parse(&[]).unwrap().masquerade);
+        assert!(!parse(&["--masquerade", "false"]).unwrap().masquerade);
+        assert!(parse(&["--masquerade", "true"]).unwrap().masquerade);
+        assert!(parse(&["--masquerade", "maybe"]).is_err());
     }
 
     #[test]

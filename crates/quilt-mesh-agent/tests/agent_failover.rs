@@ -117,9 +117,14 @@ async fn mesh(control_args: &[&str]) -> Mesh {
         "10m",
     ]);
     let (stop, stopped) = oneshot::channel::<()>();
-    let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
-        let _ = stopped.await;
-    }));
+    let agent = tokio::spawn(quilt_mesh_agent::run(
+        config,
+        overlay.clone(),
+        quilt_kernel::firewall::fake::FakeFirewall::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     // The first URL is dead: the agent registers and watches through the next.
     eventually(Duration::from_secs(10), "both peers in place", async || {
         overlay.neighbours_of("vxlan100").len() == 2 && routes(runtime.addr).await.len() == 2

@@ -10,6 +10,8 @@ use quilt_api::ControlClient;
 use quilt_api::types::RegisterRequest;
 use quilt_kernel::fake::FakeKernel;
 use quilt_kernel::fake_overlay::FakeOverlay;
+use quilt_kernel::firewall::fake::FakeFirewall;
+use quilt_kernel::firewall::{ForeignChain, Observed};
 use quilt_kernel::overlay::{FdbEntry, Mac, Neighbour, Overlay};
 use quilt_testkit::control::ControlServer;
 use quilt_testkit::fake_runtime::FakeRuntime;
@@ -58,10 +60,27 @@ fn start_agent(
     oneshot::Sender<()>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
+    start_agent_with(config, overlay, &FakeFirewall::default())
+}
+
+/// [`start_agent`] with `firewall` as its nftables.
+fn start_agent_with(
+    config: quilt_mesh_agent::Config,
+    overlay: &FakeOverlay,
+    firewall: &FakeFirewall,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let (stop, stopped) = oneshot::channel::<()>();
-    let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
-        let _ = stopped.await;
-    }));
+    let agent = tokio::spawn(quilt_mesh_agent::run(
+        config,
+        overlay.clone(),
+        firewall.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     (stop, agent)
 }
 
@@ -682,4 +701,85 @@ async fn the_agent_joins_over_mutual_tls_only_with_a_certificate_naming_its_host
     assert_eq!(later.status, quilt_api::types::Status::Up);
     stop_agent.send(()).unwrap();
     agent.await.unwrap().unwrap();
+}
+
+/// The members set of the fake firewall's table, if the table exists.
+fn allowed(firewall: &FakeFirewall) -> Option<Vec<String>> {
+    let table = firewall.state().table?;
+    Some(table.members?.iter().map(|m| m.to_string()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vxlan_allow_list_follows_the_peers_and_a_deleted_table_comes_back() {
+    let cluster = cluster().await;
+    let overlay = FakeOverlay::new();
+    overlay.add_underlay("eth0", Ipv4Addr::new(192, 168, 77, 11), 1500);
+    let firewall = FakeFirewall::default();
+    // As Docker leaves a host: iptables' FORWARD chain exists.
+    firewall.set_state(Observed {
+        forward_chain: Some(ForeignChain::DockerUser),
+        ..Default::default()
+    });
+    let config = agent_config(
+        &cluster,
+        "fw-node",
+        &["--resync-interval", "500ms", "--leave-on-exit"],
+    );
+    let (stop, agent) = start_agent_with(config, &overlay, &firewall);
+    let peer = register_peer(&cluster.control, 1).await;
+    eventually(Duration::from_secs(10), "the allow-list", async || {
+        allowed(&firewall) == Some(vec!["192.168.77.21".to_string()])
+    })
+    .await;
+    let state = firewall.state();
+    let layout = state.table.as_ref().unwrap().rules.clone();
+    assert!(
+        layout.iter().any(|(_, c)| c.contains("masquerade 10.42.")),
+        "{layout:?}"
+    );
+    assert_eq!(state.marked.len(), 4, "{state:?}");
+    assert!(
+        state
+            .marked
+            .iter()
+            .all(|r| r.chain == ForeignChain::DockerUser)
+    );
+
+    // A second peer is added by element, a deleted one removed by element.
+    register_peer(&cluster.control, 2).await;
+    eventually(Duration::from_secs(10), "the allow-list", async || {
+        allowed(&firewall).is_some_and(|m| m.len() == 2)
+    })
+    .await;
+    control_client(&cluster.control)
+        .delete_node(&peer)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the allow-list", async || {
+        allowed(&firewall) == Some(vec!["192.168.77.22".to_string()])
+    })
+    .await;
+    assert!(firewall.batches().iter().any(|b| {
+        b.iter()
+            .any(|op| matches!(op, quilt_kernel::firewall::FirewallOp::DeleteMembers(_)))
+    }));
+
+    // Someone deletes the table: the next resync makes it again.
+    let mut deleted = firewall.state();
+    deleted.table = None;
+    firewall.set_state(deleted);
+    eventually(Duration::from_secs(10), "the allow-list", async || {
+        allowed(&firewall) == Some(vec!["192.168.77.22".to_string()])
+    })
+    .await;
+
+    // Leaving takes the table and the marked rules away, and nothing else.
+    stop.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    let state = firewall.state();
+    assert!(
+        state.table.is_none() && state.marked.is_empty(),
+        "{state:?}"
+    );
+    assert_eq!(state.forward_chain, Some(ForeignChain::DockerUser));
 }

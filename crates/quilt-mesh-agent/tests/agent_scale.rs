@@ -128,9 +128,14 @@ async fn a_resync_with_a_thousand_peers_makes_a_bounded_number_of_runtime_calls(
         "1s",
     ]);
     let (stop_agent, stopped) = oneshot::channel::<()>();
-    let agent = tokio::spawn(quilt_mesh_agent::run(config, overlay.clone(), async {
-        let _ = stopped.await;
-    }));
+    let agent = tokio::spawn(quilt_mesh_agent::run(
+        config,
+        overlay.clone(),
+        quilt_kernel::firewall::fake::FakeFirewall::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     // Converged: every peer's entries on the device and its route in one InjectRoutes.
     eventually(

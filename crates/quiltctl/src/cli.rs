@@ -439,4 +439,20 @@ pub struct LabUpArgs {
     /// replicas share that etcd cluster; every agent is given every replica's URL.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
     pub control_replicas: u16,
+
+    /// Add an outside network (203.0.113.0/24, namespace qlab-NAME-out) beyond a router on
+    /// the switch (qlab-NAME-rt, the hosts' default gateway): what containers reach
+    /// through the agents' masquerade.
+    #[arg(long)]
+    pub outside: bool,
+
+    /// Give host N iptables' FORWARD chain with policy drop before its daemons start, as
+    /// Docker leaves a host (repeatable).
+    #[arg(long = "forward-drop-host", value_name = "N")]
+    pub forward_drop_hosts: Vec<u16>,
+
+    /// MTU of the underlay's links (hosts' uplinks, switch ports); the agents derive the
+    /// overlay MTU from it (9000 gives 8950).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    pub underlay_mtu: Option<u32>,
 }

@@ -132,6 +132,9 @@ fn up(args: LabUpArgs, json: bool) -> anyhow::Result<ExitCode> {
         control_program: None,
         agent_args: Default::default(),
         control_replicas: args.control_replicas,
+        outside: args.outside,
+        forward_drop_hosts: args.forward_drop_hosts.iter().copied().collect(),
+        underlay_mtu: args.underlay_mtu,
     };
     let mut progress = |p: &quilt_lab::Progress| {
         if json {

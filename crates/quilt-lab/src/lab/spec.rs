@@ -60,6 +60,16 @@ pub struct LabSpec {
     /// Control-plane replicas, on hosts 1..=N. One runs over SQLite; several share an etcd
     /// cluster with one member on each of those hosts.
     pub control_replicas: u16,
+    /// An outside network (`203.0.113.0/24`, not in the cluster CIDR) beyond a router on
+    /// the switch: the router's underlay address is every host's default gateway, and
+    /// the outside namespace routes only back to the router.
+    pub outside: bool,
+    /// Hosts (by index) given iptables' FORWARD chain with policy drop before any daemon
+    /// starts, as Docker leaves a host (`ip filter FORWARD`, made with `nft`).
+    pub forward_drop_hosts: std::collections::BTreeSet<u16>,
+    /// The MTU of every underlay link (hosts' uplinks and switch ports, the router's);
+    /// 1500 when not set. The agents derive the overlay MTU from it.
+    pub underlay_mtu: Option<u32>,
 }
 
 impl LabSpec {
@@ -83,6 +93,9 @@ impl LabSpec {
             control_program: None,
             agent_args: Default::default(),
             control_replicas: 1,
+            outside: false,
+            forward_drop_hosts: Default::default(),
+            underlay_mtu: None,
         }
     }
 }
@@ -113,7 +126,11 @@ pub fn preflight(binaries_dir: &Path, with_agents: bool, with_etcd: bool) -> Res
     if !nix::unistd::geteuid().is_root() {
         return Err(LabError::NotRoot);
     }
-    let mut tools = vec![("ip", "iproute2"), ("ping", "iputils-ping")];
+    let mut tools = vec![
+        ("ip", "iproute2"),
+        ("ping", "iputils-ping"),
+        ("nft", "nftables"),
+    ];
     if with_etcd {
         tools.push((ETCD_BIN, "etcd-server"));
     }

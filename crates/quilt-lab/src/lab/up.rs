@@ -103,12 +103,24 @@ impl Lab {
             pki_dir,
             control_program: spec.control_program.clone(),
             agent_args: spec.agent_args.clone(),
+            outside: spec.outside,
+            forward_drop_hosts: spec.forward_drop_hosts.clone(),
+            underlay_mtu: spec.underlay_mtu,
             heartbeat_timeout_ms: spec.heartbeat_timeout.as_millis() as u64,
             heartbeat_interval_ms: spec.heartbeat_interval.as_millis() as u64,
             resync_interval_ms: spec.resync_interval.as_millis() as u64,
             reconcile_interval_ms: spec.reconcile_interval.as_millis() as u64,
             log_level: spec.log_level.clone(),
-            namespaces: layout.namespaces(),
+            namespaces: {
+                let mut all = layout.namespaces();
+                if spec.outside {
+                    // Before the switch, which is last: torn down before it.
+                    let at = all.len() - 1;
+                    all.insert(at, layout.router_ns());
+                    all.insert(at, layout.outside_ns());
+                }
+                all
+            },
             switch_netns: layout.switch_ns(),
             legacy_control_pid: None,
             hosts: (1..=layout.nodes)
@@ -203,6 +215,9 @@ impl Lab {
         sw.ip(&["link", "add", SWITCH_BRIDGE, "type", "bridge"])?;
         sw.ip(&["link", "set", SWITCH_BRIDGE, "up"])?;
         self.namespaces.push(sw);
+        if self.state.outside {
+            self.build_outside(layout)?;
+        }
         for i in 1..=layout.nodes {
             self.check_cancel()?;
             self.join_underlay(layout, i)?;
@@ -249,7 +264,102 @@ impl Lab {
         Ok(())
     }
 
-    /// Makes host `i`'s namespace and joins it to the switch, with forwarding on.
+    /// Makes the router on the switch and the outside namespace behind it. The outside
+    /// routes only to the router's own networks, so an unmasqueraded container address
+    /// gets no answer from it.
+    fn build_outside(&mut self, layout: &Layout) -> Result<(), LabError> {
+        use crate::layout::{
+            OUTSIDE_GATEWAY, OUTSIDE_IF, OUTSIDE_IP, ROUTER_OUTSIDE_IF, ROUTER_UPLINK_IF,
+        };
+        let switch_ns = layout.switch_ns();
+        let router = OwnedNetns::create(&layout.router_ns())?;
+        router.ip(&[
+            "link",
+            "add",
+            ROUTER_UPLINK_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "prt",
+            "netns",
+            &switch_ns,
+        ])?;
+        self.namespaces.push(router);
+        let outside = OwnedNetns::create(&layout.outside_ns())?;
+        self.namespaces.push(outside);
+        let find = |lab: &Lab, name: &str| -> Result<usize, LabError> {
+            lab.namespaces
+                .iter()
+                .position(|n| n.name() == name)
+                .ok_or_else(|| LabError::setup("build the outside", format!("{name} is not ours")))
+        };
+        let sw = find(self, &switch_ns)?;
+        self.namespaces[sw].ip(&["link", "set", "prt", "master", SWITCH_BRIDGE, "up"])?;
+        if let Some(mtu) = self.state.underlay_mtu {
+            let mtu = mtu.to_string();
+            self.namespaces[sw].ip(&["link", "set", "prt", "mtu", &mtu])?;
+            let rt = find(self, &layout.router_ns())?;
+            self.namespaces[rt].ip(&["link", "set", ROUTER_UPLINK_IF, "mtu", &mtu])?;
+        }
+        let rt = find(self, &layout.router_ns())?;
+        let router = &self.namespaces[rt];
+        router.ip(&[
+            "link",
+            "add",
+            ROUTER_OUTSIDE_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            OUTSIDE_IF,
+            "netns",
+            &layout.outside_ns(),
+        ])?;
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", layout.router_ip()),
+            "dev",
+            ROUTER_UPLINK_IF,
+        ])?;
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("{OUTSIDE_GATEWAY}/24"),
+            "dev",
+            ROUTER_OUTSIDE_IF,
+        ])?;
+        router.ip(&["link", "set", ROUTER_UPLINK_IF, "up"])?;
+        router.ip(&["link", "set", ROUTER_OUTSIDE_IF, "up"])?;
+        let name = router.name().to_string();
+        quilt_kernel::netns::run_in(&name, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        })
+        .map_err(|e| LabError::setup(format!("enter {name}"), e))?
+        .map_err(|e| LabError::setup(format!("turn on ip_forward in {name}"), e))?;
+        let out = &self.namespaces[find(self, &layout.outside_ns())?];
+        out.ip(&[
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP}/24"),
+            "dev",
+            OUTSIDE_IF,
+        ])?;
+        out.ip(&["link", "set", OUTSIDE_IF, "up"])?;
+        out.ip(&["link", "set", "lo", "up"])?;
+        out.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &OUTSIDE_GATEWAY.to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// Makes host `i`'s namespace and joins it to the switch, with forwarding on (and,
+    /// as the lab says, a default route through the router, iptables' FORWARD dropping).
     pub(super) fn join_underlay(&mut self, layout: &Layout, i: u16) -> Result<(), LabError> {
         let switch_ns = layout.switch_ns();
         let host = OwnedNetns::create(&layout.host_ns(i))?;
@@ -275,6 +385,11 @@ impl Lab {
             .ok_or_else(|| LabError::setup(format!("join h{i}"), "the switch is not ours"))?;
         sw.ip(&["link", "set", &port, "master", SWITCH_BRIDGE, "up"])?;
         let host = self.namespaces.last().expect("just pushed");
+        if let Some(mtu) = self.state.underlay_mtu {
+            let mtu = mtu.to_string();
+            sw.ip(&["link", "set", &port, "mtu", &mtu])?;
+            host.ip(&["link", "set", UNDERLAY_IF, "mtu", &mtu])?;
+        }
         host.ip(&["addr", "add", &addr, "dev", UNDERLAY_IF])?;
         host.ip(&["link", "set", UNDERLAY_IF, "up"])?;
         // Hosts route container traffic; forwarding is per namespace, never the root's.
@@ -285,6 +400,24 @@ impl Lab {
         })
         .map_err(|e| LabError::setup(format!("enter {name}"), e))?
         .map_err(|e| LabError::setup(format!("turn on ip_forward in {name}"), e))?;
+        if self.state.outside {
+            host.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &layout.router_ip().to_string(),
+            ])?;
+        }
+        if self.state.forward_drop_hosts.contains(&i) {
+            crate::remote::nft(
+                &name,
+                &[
+                    "add table ip filter",
+                    "add chain ip filter FORWARD { type filter hook forward priority 0 ; policy drop ; }",
+                ],
+            )?;
+        }
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use ipnet::Ipv4Net;
 use quilt_kernel::KernelError;
+use quilt_kernel::firewall::Firewall;
 use quilt_kernel::overlay::Overlay;
 use tracing::{debug, info, warn};
 
@@ -36,7 +37,7 @@ pub(super) struct Outcome {
     pub failures: u64,
 }
 
-impl<O: Overlay> Agent<O> {
+impl<O: Overlay, F: Firewall> Agent<O, F> {
     /// Makes the kernel and the runtime match the peers: device, entries, routes.
     pub(super) async fn reconcile(&mut self, registered: &Registered) -> Result<(), AgentError> {
         self.dirty = true;
@@ -56,11 +57,20 @@ impl<O: Overlay> Agent<O> {
                 route.in_kernel = false;
             }
         }
+        match self.reconcile_firewall(registered).await {
+            Ok(changes) if self.synced => repairs += changes,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "could not reconcile the nftables table inet quilt");
+                self.dirty = true;
+            }
+        }
+        let device = &self.spec_template.name;
         let plan = plan::plan(&self.peers, &observed, device);
         let scope = self.peers.clone();
         let outcome = self.apply(&plan, &scope, Trigger::Resync).await;
         repairs += outcome.changes;
-        let failures = outcome.failures;
+        let failures = outcome.failures + u64::from(self.firewall_members.is_none());
         self.metrics.count_peers(&self.applied);
         if !self.synced {
             info!(peers = self.peers.len(), failures, "initial sync done");

@@ -1,8 +1,10 @@
 //! Leaving on exit. `--leave-on-exit`: the agent takes away what it made (routes, then
-//! the device and every entry on it), then deletes its node. `--deregister-on-exit`:
+//! the device and every entry on it, then its nftables table and marked rules), then
+//! deletes its node. `--deregister-on-exit`:
 //! it only marks its node down, keeping everything else. Best effort: each failure is
 //! logged and the rest still goes.
 
+use quilt_kernel::firewall::Firewall;
 use quilt_kernel::overlay::Overlay;
 use tracing::{info, warn};
 
@@ -10,7 +12,7 @@ use super::Agent;
 use crate::device;
 use crate::peers::Peer;
 
-impl<O: Overlay> Agent<O> {
+impl<O: Overlay, F: Firewall> Agent<O, F> {
     /// Routes, device (and every entry on it), then the registration.
     pub(super) async fn leave(&mut self) {
         let peers: Vec<Peer> = self.applied.values().cloned().collect();
@@ -31,6 +33,7 @@ impl<O: Overlay> Agent<O> {
             Ok(None) => {}
             Err(e) => warn!(error = %e, "could not look at the vxlan device while leaving"),
         }
+        self.remove_firewall().await;
         if let Some(registered) = &self.registered {
             match self
                 .control

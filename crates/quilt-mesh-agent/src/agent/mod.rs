@@ -1,11 +1,13 @@
 //! The agent's wiring: [`run`] builds the `Agent` from the flags and the kernel, then
 //! drives it. The rooms: `session` (register, prepare the node, the session loop and
 //! heartbeats), `feed` (the watch stream, polling, and reopening with backoff), `apply`
-//! (observe, plan, and the one executor for resyncs and watch events alike) and `leave`
+//! (observe, plan, and the one executor for resyncs and watch events alike), `firewall`
+//! (the nftables table `inet quilt` and its marked rules) and `leave`
 //! (`--leave-on-exit`).
 
 mod apply;
 mod feed;
+mod firewall;
 mod leave;
 mod session;
 
@@ -18,6 +20,7 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 use quilt_api::types::NodeCondition;
 use quilt_common::metrics_endpoint::{self, Health};
+use quilt_kernel::firewall::Firewall;
 use quilt_kernel::overlay::{Overlay, VxlanSpec};
 use tokio::sync::watch;
 use tracing::info;
@@ -38,11 +41,13 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long after a reconcile with failures (a refused route, say) it is tried again.
 const FAILED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Runs the agent until `shutdown` completes. Kernel state and the registration stay
+/// Runs the agent until `shutdown` completes, with `kernel` for the device and its
+/// entries and `firewall` for the nftables table. Kernel state and the registration stay
 /// in place on exit unless `--leave-on-exit` is set.
-pub async fn run<O: Overlay>(
+pub async fn run<O: Overlay, F: Firewall>(
     config: Config,
     kernel: O,
+    firewall: F,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = state::load_or_create(&config.state_dir).with_context(|| {
@@ -80,8 +85,13 @@ pub async fn run<O: Overlay>(
         stop.clone(),
     )
     .await?;
+    // The overlay MTU: as set, else the underlay's less the VXLAN overhead.
+    let mtu = config
+        .mtu
+        .unwrap_or_else(|| underlay.mtu.saturating_sub(VXLAN_OVERHEAD));
     info!(
-        host_ip = %config.host_ip, underlay = %underlay.name, vtep_mac = %state.vtep_mac,
+        host_ip = %config.host_ip, underlay = %underlay.name, underlay_mtu = underlay.mtu,
+        overlay_mtu = mtu, mtu_set = config.mtu.is_some(), vtep_mac = %state.vtep_mac,
         control_planes = ?config.control_planes, runtime = %config.runtime_addr,
         "quilt-mesh-agent starting"
     );
@@ -99,12 +109,14 @@ pub async fn run<O: Overlay>(
             port: config.vxlan_port,
             local: config.host_ip,
             underlay: underlay.name.clone(),
-            mtu: underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
+            mtu,
             mac: state.vtep_mac,
         },
         underlay_index: underlay.index,
         config,
         kernel,
+        firewall,
+        firewall_members: None,
         metrics,
         state,
         registered: None,
@@ -139,11 +151,17 @@ pub struct Registered {
     pub node_id: String,
     pub token: String,
     pub subnet: Ipv4Net,
+    /// The cluster CIDR: `--cluster-cidr`, else the control plane's answer, else the default.
+    pub cluster_cidr: Ipv4Net,
 }
 
-struct Agent<O> {
+struct Agent<O, F> {
     config: Config,
     kernel: O,
+    firewall: F,
+    /// The members set as last applied; `None` when not known (before the first
+    /// reconcile, or after a change failed).
+    firewall_members: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
     control: ControlClient,
     runtime: RuntimeClient,
     metrics: Arc<Metrics>,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use quilt_api::types::{EventType, NodeCondition, RegisterRequest, WatchEvent};
+use quilt_kernel::firewall::Firewall;
 use quilt_kernel::overlay::Overlay;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -78,7 +79,7 @@ enum Prepared {
     Stopped,
 }
 
-impl<O: Overlay> Agent<O> {
+impl<O: Overlay, F: Firewall> Agent<O, F> {
     pub(super) async fn main_loop(
         &mut self,
         mut stop: watch::Receiver<bool>,
@@ -144,6 +145,15 @@ impl<O: Overlay> Agent<O> {
                         node_id: node.node_id,
                         token: answer.node_token,
                         subnet: node.subnet,
+                        cluster_cidr: self
+                            .config
+                            .cluster_cidr
+                            .or(answer.cluster_cidr)
+                            .unwrap_or_else(|| {
+                                quilt_common::defaults::CLUSTER_CIDR
+                                    .parse()
+                                    .expect("the default cluster cidr parses")
+                            }),
                     };
                     self.state.node_id = Some(registered.node_id.clone());
                     self.state.node_token = Some(registered.token.clone());
@@ -546,6 +556,13 @@ impl<O: Overlay> Agent<O> {
             Some(peer) => self.peers.insert(id.clone(), peer.clone()),
             None => self.peers.remove(&id),
         };
+        // The allow-list follows the peers in the same step: a joining node's VXLAN is
+        // accepted before its route is in place, a gone one's dropped before its route goes.
+        if let Err(e) = self.sync_members().await {
+            warn!(node_id = %id, error = %e, "could not update the vxlan allow-list; retrying with a full reconcile");
+            self.dirty = true;
+            self.retry_at = Instant::now();
+        }
         let previous = self.applied.get(&id).cloned();
         if previous == wanted {
             return false;
