@@ -96,8 +96,17 @@ pub fn sample_while(lab: &mut Lab, during: impl FnOnce(&mut Lab)) -> Vec<Vec<Hos
             }
             samples
         });
+        // Set on the way out even when `during` panics: the scope waits for the sampler,
+        // and a sampler that never stopped would hang the test past its teardown.
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let stop = Done(&done);
         during(lab);
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(stop);
         sampler.join().unwrap()
     })
 }
