@@ -627,25 +627,10 @@ impl EtcdStore {
             (None, Some(leasing)) => leasing.index,
             (None, None) => unreachable!("a subnet is wished or being leased"),
         };
-        let subnet = self
-            .plan
-            .subnet_at(index)
-            .ok_or_else(|| exhausted(&self.plan))?;
-        let id = self.take_id()?;
-        let node = new.leased(id, subnet, token_hash.clone(), now_ms);
-        let answer = self.txn(TxnRequest {
-            compare: vec![
-                absent(self.keys.host(node.host_ip)),
-                absent(self.keys.lease(index)),
-            ],
-            success: self.creation(&node, index),
-            failure: vec![],
-        })?;
-        if !answer.succeeded {
-            self.give_back(id);
-            return Ok(None);
+        match self.attempt_creation(new, token_hash, now_ms, index)? {
+            Some((answer, node)) => Ok(Some(self.created(&answer, node, index, wish.is_none()))),
+            None => Ok(None),
         }
-        Ok(Some(self.created(&answer, node, index, wish.is_none())))
     }
 
     /// Creates a node for `new.host_ip` from what this replica knows, without reading
@@ -659,6 +644,22 @@ impl EtcdStore {
     ) -> Result<Option<Registration>, StoreError> {
         let leasing = self.pick_known_free()?;
         let index = leasing.index;
+        match self.attempt_creation(new, token_hash, now_ms, index)? {
+            Some((answer, node)) => Ok(Some(self.created(&answer, node, index, true))),
+            None => Ok(None),
+        }
+    }
+
+    /// One try at making the node for `new` with lease `index`: the transaction whose
+    /// compares (host and lease keys absent) decide. `None` when they fail; what they
+    /// found is noted for the next pick.
+    fn attempt_creation(
+        &mut self,
+        new: &NewNode,
+        token_hash: &TokenHash,
+        now_ms: u64,
+        index: u64,
+    ) -> Result<Option<(TxnResponse, Node)>, StoreError> {
         let subnet = self
             .plan
             .subnet_at(index)
@@ -676,18 +677,18 @@ impl EtcdStore {
                 ops::read(ops::get(self.keys.lease(index))),
             ],
         })?;
-        if !answer.succeeded {
-            self.give_back(id);
-            if let Some(kv) = first_kv(&answer, 0) {
-                let holder = NodeId::new(decode_number(kv)?);
-                self.known.note(Seen::Host(node.host_ip, holder), true);
-            }
-            if first_kv(&answer, 1).is_some() {
-                self.known.note(Seen::Lease(index), true);
-            }
-            return Ok(None);
+        if answer.succeeded {
+            return Ok(Some((answer, node)));
         }
-        Ok(Some(self.created(&answer, node, index, true)))
+        self.give_back(id);
+        if let Some(kv) = first_kv(&answer, 0) {
+            let holder = NodeId::new(decode_number(kv)?);
+            self.known.note(Seen::Host(node.host_ip, holder), true);
+        }
+        if first_kv(&answer, 1).is_some() {
+            self.known.note(Seen::Lease(index), true);
+        }
+        Ok(None)
     }
 
     /// The writes that make `node` with lease `index`.
