@@ -67,19 +67,10 @@ fn three_replicas_over_etcd_lose_a_replica_a_member_and_quorum_without_the_data_
         lab.kill_control(1).unwrap();
         std::thread::sleep(HEARTBEAT_TIMEOUT * 2 + Duration::from_secs(1));
     });
-    let joined = lab.add_host().unwrap();
-    lab.start_agent(joined).unwrap();
-    wait_until(
-        &lab,
-        Duration::from_secs(20),
+    join_a_host(
+        &mut lab,
         "the new host registers through another replica",
         &logs,
-        |lab| {
-            lab.status()
-                .nodes
-                .iter()
-                .all(|n| n.status.as_deref() == Some("up"))
-        },
     );
     wait_full_mesh(
         &lab,
@@ -173,6 +164,18 @@ fn unchanged_while(
     assert_unchanged(&before, &sampled, when);
 }
 
+/// Adds a host with its agent and waits until every node, the new one too, is up.
+fn join_a_host(lab: &mut Lab, what: &str, logs: &dyn Fn() -> String) {
+    let joined = lab.add_host().unwrap();
+    lab.start_agent(joined).unwrap();
+    wait_until(lab, Duration::from_secs(20), what, logs, |lab| {
+        lab.status()
+            .nodes
+            .iter()
+            .all(|n| n.status.as_deref() == Some("up"))
+    });
+}
+
 fn wait_until(
     lab: &Lab,
     timeout: Duration,
@@ -229,20 +232,7 @@ fn a_running_lab_migrated_from_sqlite_to_etcd_carries_on() {
     );
     assert_eq!(lab.status().replicas.len(), 3);
 
-    let joined = lab.add_host().unwrap();
-    lab.start_agent(joined).unwrap();
-    wait_until(
-        &lab,
-        Duration::from_secs(20),
-        "a new host registers over etcd",
-        &logs,
-        |lab| {
-            lab.status()
-                .nodes
-                .iter()
-                .all(|n| n.status.as_deref() == Some("up"))
-        },
-    );
+    join_a_host(&mut lab, "a new host registers over etcd", &logs);
     lab.down(true).expect("down");
     assert_nothing_left(&name, root.path());
 }
